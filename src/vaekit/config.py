@@ -1,0 +1,249 @@
+"""Run configuration: dataclasses are the schema, YAML holds what differs, the CLI takes dotted overrides.
+
+A run config has four sections and three top-level values::
+
+    model: {name: mlp-vae, latent_dim: 8, ...}   # fields of the model's ...Config
+    data:  {name: shapes, ...}                    # fields of the dataset's ...Config
+    train: {...}                                  # TrainConfig
+    eval:  {...}                                  # EvalConfig
+    seed: 0
+    output_dir: runs
+    run_name: null
+
+Unknown keys and values of the wrong type are errors that name the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vaekit.errors import ConfigError
+from vaekit.registry import DATASETS, MODELS, Registry
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 10.0
+    kl_warmup_steps: int = 0
+    """The KL weight rises linearly from 0 to β over this many optimizer steps."""
+    checkpoint_every: int = 500
+    """Optimizer steps between checkpoints; one is always written at the end of each epoch."""
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    max_nonfinite_steps: int = 5
+    """Consecutive steps with a non-finite loss or gradient after which the run stops."""
+    num_workers: int = 0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    tensorboard: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    iwae_samples: int = 1000
+    """k of the importance-weighted bound on log p(x); 0 skips it."""
+    batch_size: int = 256
+    active_unit_threshold: float = 0.01
+
+
+@dataclass
+class ComponentConfig:
+    """A registered component (model or dataset) and the fields of its own ...Config."""
+
+    name: str
+    params: Any
+
+
+@dataclass
+class RunConfig:
+    model: ComponentConfig
+    data: ComponentConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    output_dir: str = "runs"
+    run_name: str | None = None
+
+
+DEFAULT_MODEL = "mlp-vae"
+DEFAULT_DATA = "shapes"
+
+
+def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate ``cls`` from ``values``, rejecting unknown keys and converting/validating types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping of keys to values, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys{' of ' + where if where else ''}: "
+            f"{', '.join(sorted(fields))}"
+        )
+    kwargs = {
+        key: coerce(value, hints[key], f"{where}.{key}" if where else key)
+        for key, value in values.items()
+    }
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:  # __post_init__ validation
+        raise ConfigError(f"{where or 'config'}: {err}") from None
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Return ``value`` as ``annotation`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {annotation}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+    if origin in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key} must have {len(args)} entries, got {list(value)!r}")
+            items = [coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_type = args[0] if args else Any
+            items = [coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if annotation is Any:
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return value if isinstance(value, annotation) else build_dataclass(annotation, value, key)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise TypeError(f"config type {annotation} of {key} is not supported")
+
+
+def _component(registry: Registry, raw: Any, default_name: str, section: str) -> ComponentConfig:
+    raw = dict(raw or {})
+    name = raw.pop("name", default_name)
+    entry = registry.get(name)
+    params = build_dataclass(entry.config_cls, {**entry.defaults, **raw}, section)
+    return ComponentConfig(name, params)
+
+
+def build_run_config(raw: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from a nested dict (as read from YAML plus overrides)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a run config must be a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    model = _component(MODELS, raw.pop("model", None), DEFAULT_MODEL, "model")
+    data = _component(DATASETS, raw.pop("data", None), DEFAULT_DATA, "data")
+    return build_dataclass(RunConfig, {**raw, "model": model, "data": data}, "")
+
+
+def to_dict(config: Any) -> Any:
+    """Plain-data view (dicts, lists, scalars) of a config, for YAML/JSON."""
+    if isinstance(config, ComponentConfig):
+        return {"name": config.name, **to_dict(config.params)}
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    return config
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-4", "model.hidden_dims=[256,128]"]`` -> nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.lr=3e-4)")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part}")
+        node[leaf] = value
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``update`` wins. A new model/data name drops the old section's fields."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if "name" in value and value["name"] != out[key].get("name"):
+                out[key] = dict(value)
+            else:
+                out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (presets are in configs/ of the vaekit checkout)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (model, data, train, eval), not {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    raw = read_yaml(path) if path is not None else {}
+    return build_run_config(merge(raw, parse_overrides(overrides or [])))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

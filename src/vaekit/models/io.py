@@ -1,0 +1,84 @@
+"""Saved models: a folder with ``config.json`` and ``model.safetensors``. Nothing is pickled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from vaekit import __version__
+from vaekit.config import build_dataclass, to_dict
+from vaekit.errors import VaekitError
+from vaekit.fileio import save_tensors, write_json
+from vaekit.registry import MODELS
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def create_model(name: str, **config) -> nn.Module:
+    """Build a registered model or preset, e.g. ``create_model("mlp-vae", input_shape=(1, 16, 16))``."""
+    entry = MODELS.get(name)
+    return entry.obj(build_dataclass(entry.config_cls, {**entry.defaults, **config}, "model"))
+
+
+def save_model(model: nn.Module, path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_tensors(path / WEIGHTS_NAME, model.state_dict(), metadata={"format": "pt"})
+    write_json(path / CONFIG_NAME, {"_vaekit_model": model.registry_name, "_vaekit_version": __version__,
+                                    **to_dict(model.config)})
+    return path
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model folder itself, or the model inside a run directory (its final ``model/``, else its latest
+    checkpoint, so a stopped run can be inspected)."""
+    path = Path(path)
+    if not path.exists():
+        raise VaekitError(f"no such model folder or run directory: {path}")
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if (path / "model" / CONFIG_NAME).is_file():
+        return path / "model"
+    from vaekit.training.checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(path / "checkpoints")
+    if checkpoint is not None:
+        return checkpoint
+    raise VaekitError(
+        f"{path} is neither a saved model folder ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a vaekit run directory "
+        "(model/ or checkpoints/ inside); pass the folder that `vaekit train` printed"
+    )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a saved model folder or the model of a run directory, in eval mode."""
+    model_dir = resolve_model_dir(path)
+    try:
+        config = json.loads((model_dir / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as err:
+        raise VaekitError(f"{model_dir / CONFIG_NAME} is not valid JSON ({err}); the model folder is damaged") from None
+    name = config.pop("_vaekit_model", None)
+    if name is None:
+        raise VaekitError(f"{model_dir / CONFIG_NAME} has no _vaekit_model key: it was not saved by vaekit")
+    config = {key: value for key, value in config.items() if not key.startswith("_")}
+    model = create_model(name, **config)
+    weights = model_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        raise VaekitError(f"{model_dir} has {CONFIG_NAME} but no {WEIGHTS_NAME}: copy the weights file beside it")
+    try:
+        state = load_file(weights, device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise VaekitError(f"{weights} cannot be read ({err}); the file is damaged or incomplete") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise VaekitError(
+            f"{weights} does not fit the model in {CONFIG_NAME}: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    return model.to(device).eval()

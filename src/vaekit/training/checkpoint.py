@@ -1,0 +1,135 @@
+"""Training checkpoints: everything a resumed run needs to continue bit for bit.
+
+A checkpoint is a folder ``checkpoints/step-00001234/`` holding
+
+- ``config.json`` + ``model.safetensors``: a saved model (``vaekit.load_model`` opens it);
+- ``trainer.safetensors``: optimizer tensors and RNG states;
+- ``trainer.json``: step, epoch, position in the epoch, optimizer hyper-parameters, counters.
+
+It is written into a hidden temporary folder and renamed into place, so a kill at any moment leaves the
+previous checkpoints intact and never a half-written one under a ``step-*`` name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from vaekit.errors import VaekitError
+from vaekit.fileio import save_tensors, write_json
+from vaekit.models.io import save_model
+
+PREFIX = "step-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(directory)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for param_id, param_state in state["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{param_id}.{key}"] = value
+            else:
+                scalars[f"{param_id}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, param_id, key = name.split(".", 2)
+            state.setdefault(int(param_id), {})[key] = value
+    for name, value in meta["scalars"].items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = value
+    # JSON turned tuples (Adam's betas) into lists; optimizers expect what they were given.
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_tensors(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = cuda_state
+    for name, generator in generators.items():
+        tensors[f"rng.generator.{name}"] = generator.get_state()
+    return tensors
+
+
+def save_checkpoint(
+    directory: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    trainer_state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` into ``directory`` and delete all but the newest ``keep``."""
+    directory = Path(directory)
+    final = directory / checkpoint_name(step)
+    if final.exists():  # this step is already saved (e.g. a stop right after a periodic save)
+        return final
+    tmp = directory / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp)
+    optimizer_tensors, optimizer_meta = _optimizer_to_files(optimizer)
+    save_tensors(tmp / "trainer.safetensors", {**optimizer_tensors, **_rng_tensors(generators)})
+    write_json(tmp / "trainer.json", {**trainer_state, "step": step, "optimizer": optimizer_meta})
+    os.replace(tmp, final)
+    for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+) -> dict[str, Any]:
+    """Restore model, optimizer and RNG states in place; returns the trainer state saved with them."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "trainer.json").read_text())
+        tensors = load_file(path / "trainer.safetensors")
+        weights = load_file(path / "model.safetensors")
+    except (OSError, json.JSONDecodeError) as err:
+        raise VaekitError(f"checkpoint {path} cannot be read ({err}); delete it to resume from the one before") from None
+    model.load_state_dict(weights)  # copies into the parameters, on whatever device they live
+    optimizer.load_state_dict(_optimizer_from_files(tensors, meta.pop("optimizer")))
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        cuda_states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    for name, generator in generators.items():
+        generator.set_state(tensors[f"rng.generator.{name}"])
+    return meta

@@ -1,0 +1,328 @@
+"""The trainer: one loop, read top to bottom, on Accelerate (CPU now; GPUs and processes unchanged).
+
+Every source of randomness after model initialisation has its own generator whose state is
+checkpointed: the data order comes from (seed, epoch) and the reparameterisation noise from a
+``torch.Generator``. A resumed run therefore replays exactly the batches and noise the uninterrupted
+run would have used, and ends with bitwise identical weights on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vaekit.config import RunConfig, build_run_config, load_config, save_config
+from vaekit.data import ImageDataset, batch_loader, build_dataset
+from vaekit.errors import ConfigError, TrainingDiverged, VaekitError
+from vaekit.evaluation import evaluate
+from vaekit.fileio import write_text
+from vaekit.losses import ELBOLoss, linear_warmup
+from vaekit.models.io import create_model, save_model
+from vaekit.runs import CONFIG_FILE, LOG_FILE, create_run_dir, read_run_config, update_metrics
+from vaekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+log = logging.getLogger("vaekit")
+
+
+class TrainingInterrupted(VaekitError):
+    """The run was stopped by SIGINT/SIGTERM after saving a checkpoint; it can be resumed."""
+
+
+class EpochBatchSampler:
+    """Batches of a permutation drawn from (seed, epoch); resumable mid-epoch; sharded across processes.
+
+    A batch is ``batch_size`` examples in total; process ``p`` of ``n`` takes every n-th of them.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, num_processes: int = 1, process_index: int = 0):
+        self.num_examples = num_examples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.num_examples / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_examples)
+        for b in range(self.start_batch, self.batches_per_epoch):
+            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield batch[self.process_index::self.num_processes].tolist()
+
+
+def resolve_for_data(config: RunConfig, dataset: ImageDataset) -> RunConfig:
+    """Fill the model fields that follow from the data (input shape, number of classes) and check them."""
+    params = config.model.params
+    updates: dict[str, Any] = {}
+    if hasattr(params, "input_shape"):
+        if params.input_shape is None:
+            updates["input_shape"] = dataset.image_shape
+        elif tuple(params.input_shape) != dataset.image_shape:
+            raise ConfigError(
+                f"model.input_shape is {list(params.input_shape)} but {dataset.name} has images of shape "
+                f"{list(dataset.image_shape)}; remove model.input_shape to take it from the data"
+            )
+    if hasattr(params, "num_classes"):
+        if not dataset.has_labels:
+            raise ConfigError(f"model {config.model.name} needs labels, and {dataset.name} has none")
+        if params.num_classes is None:
+            updates["num_classes"] = dataset.num_classes
+        elif params.num_classes != dataset.num_classes:
+            raise ConfigError(
+                f"model.num_classes is {params.num_classes} but {dataset.name} has {dataset.num_classes} classes"
+            )
+    model = dataclasses.replace(config.model, params=dataclasses.replace(params, **updates))
+    return dataclasses.replace(config, model=model)
+
+
+@contextmanager
+def stop_on_signal() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set an event that the loop checks between steps, so the run stops at a clean
+    point with a checkpoint; a second Ctrl-C stops at once."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        log.warning("stopping after this step (signal %d); press Ctrl-C again to stop at once", signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _as_run_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
+    if config is None:
+        return load_config()
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        return build_run_config(config)
+    return load_config(config)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a run resumes from (they will be written again)."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        write_text(path, "".join(line + "\n" for line in kept))
+
+
+def train(
+    config: RunConfig | dict | str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    evaluate_at_end: bool = True,
+) -> Path:
+    """Train a model and return its run directory.
+
+    ``config``: a RunConfig, a nested dict, a YAML path, or None for the defaults (MLP VAE on shapes).
+    ``resume``: a run directory to continue from its latest checkpoint (``config`` must then be None).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if resume is not None:
+        if config is not None:
+            raise VaekitError("give either a config or a run directory to resume, not both")
+        run_dir = Path(resume)
+        config = read_run_config(run_dir)
+        checkpoint = latest_checkpoint(run_dir / "checkpoints")
+        if checkpoint is None:
+            raise VaekitError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
+    else:
+        config = _as_run_config(config)
+        checkpoint = None
+    cfg = config.train
+
+    if cfg.tensorboard:
+        from accelerate.utils import is_tensorboard_available
+
+        if not is_tensorboard_available():
+            raise VaekitError("train.tensorboard=true needs TensorBoard: pip install 'vaekit[tensorboard]'")
+    set_seed(config.seed)
+    train_data = build_dataset(config.data, "train")
+    config = resolve_for_data(config, train_data)
+    if resume is None:
+        run_dir = create_run_dir(config)
+        save_config(config, run_dir / CONFIG_FILE)
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard" if cfg.tensorboard else None,
+        project_dir=str(run_dir),
+    )
+    is_main = accelerator.is_main_process
+    device = accelerator.device
+    model = create_model(config.model.name, **dataclasses.asdict(config.model.params))
+    loss_fn = ELBOLoss(beta=getattr(model.config, "beta", 1.0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+    conditional = getattr(raw_model, "conditional", False)
+    noise = torch.Generator(device=device).manual_seed(config.seed)
+
+    sampler = EpochBatchSampler(len(train_data), cfg.batch_size, config.seed,
+                                accelerator.num_processes, accelerator.process_index)
+    loader = batch_loader(train_data, batch_sampler=sampler, num_workers=cfg.num_workers,
+                          pin_memory=device.type == "cuda")
+    total_steps = cfg.epochs * sampler.batches_per_epoch
+
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped_nonfinite_steps": 0,
+                             "train_time_s": 0.0, "samples_seen": 0}
+    log_path = run_dir / LOG_FILE
+    if checkpoint is not None:
+        state.update(load_checkpoint(checkpoint, raw_model, optimizer, {"noise": noise}))
+        if is_main:
+            _truncate_log(log_path, state["step"])
+            log.info("resuming %s from %s (step %d of %d)", run_dir, checkpoint.name, state["step"], total_steps)
+    if train_data.skipped and is_main:
+        log.warning("%d unreadable file(s) skipped in the training data", len(train_data.skipped))
+
+    checkpoint_dir = run_dir / "checkpoints"
+
+    started = time.perf_counter()
+
+    def clock_in() -> None:
+        """Move the time since the last call into the state (checkpoint writes count as training time)."""
+        nonlocal started
+        now = time.perf_counter()
+        state["train_time_s"] += now - started
+        started = now
+
+    def save() -> Path | None:
+        clock_in()
+        saved = None
+        if is_main:
+            saved = save_checkpoint(checkpoint_dir, state["step"], raw_model, optimizer, {"noise": noise},
+                                    {k: v for k, v in state.items() if k != "step"}, keep=cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        return saved
+
+    if cfg.tensorboard:
+        accelerator.init_trackers("tensorboard")
+    progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True,
+                    disable=not (is_main and cfg.progress_bar))
+    interval: dict[str, float] = {}
+    consecutive_nonfinite = 0
+    log_file = open(log_path, "a") if is_main else None
+    try:
+        with stop_on_signal() as stop_requested:
+            for epoch in range(state["epoch"], cfg.epochs):
+                sampler.set_epoch(epoch, state["batch_in_epoch"])
+                for x, labels in loader:
+                    x = x.to(device, non_blocking=True)
+                    labels = labels.to(device, non_blocking=True) if conditional else None
+                    kl_weight = loss_fn.beta * linear_warmup(state["step"], cfg.kl_warmup_steps)
+
+                    with accelerator.autocast():
+                        output = model(x, labels, generator=noise)
+                        loss, logs = loss_fn(x, output, kl_weight)
+                    accelerator.backward(loss)
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+                    # fp16's loss scaler skips overflowing steps itself; elsewhere a bad gradient is ours to skip.
+                    finite = math.isfinite(logs["loss"]) and (
+                        cfg.mixed_precision == "fp16" or bool(torch.isfinite(grad_norm)))
+                    if finite:
+                        optimizer.step()
+                        consecutive_nonfinite = 0
+                    else:
+                        state["skipped_nonfinite_steps"] += 1
+                        consecutive_nonfinite += 1
+                        log.warning("step %d: non-finite loss or gradient (loss=%s); step skipped",
+                                    state["step"] + 1, logs["loss"])
+                    optimizer.zero_grad(set_to_none=True)
+                    state["step"] += 1
+                    state["batch_in_epoch"] += 1
+                    state["samples_seen"] += len(x) * accelerator.num_processes
+                    progress.update(1)
+
+                    if consecutive_nonfinite >= cfg.max_nonfinite_steps:
+                        last_good = latest_checkpoint(checkpoint_dir)
+                        raise TrainingDiverged(
+                            f"training stopped at step {state['step']} (epoch {epoch + 1}): the loss or gradient was "
+                            f"non-finite for {consecutive_nonfinite} consecutive steps. "
+                            + (f"Last good checkpoint: {last_good} (resume with `vaekit train --resume {run_dir}`). "
+                               if last_good else "No checkpoint was written yet. ")
+                            + "Lower train.lr, set train.grad_clip, or check the data for NaN/inf values."
+                        )
+                    if finite:
+                        for key, value in logs.items():
+                            interval[key] = interval.get(key, 0.0) + value
+                        interval["grad_norm"] = interval.get("grad_norm", 0.0) + float(grad_norm)
+                        interval["count"] = interval.get("count", 0) + 1
+                    if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
+                        if interval.get("count") and is_main:
+                            count = interval.pop("count")
+                            record = {"step": state["step"], "epoch": epoch + 1,
+                                      **{k: v / count for k, v in interval.items()},
+                                      "lr": optimizer.param_groups[0]["lr"]}
+                            log_file.write(json.dumps(record) + "\n")
+                            log_file.flush()
+                            progress.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record['kl']:.2f}")
+                            if cfg.tensorboard:
+                                accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"},
+                                                step=state["step"])
+                        interval.clear()
+                    if state["step"] % cfg.checkpoint_every == 0:
+                        save()
+                    if stop_requested.is_set():
+                        saved = save()
+                        raise TrainingInterrupted(
+                            f"stopped at step {state['step']} of {total_steps}; checkpoint {saved}. "
+                            f"Resume with: vaekit train --resume {run_dir}"
+                        )
+                state["epoch"] = epoch + 1
+                state["batch_in_epoch"] = 0
+                save()
+            clock_in()
+    finally:
+        progress.close()
+        if log_file is not None:
+            log_file.close()
+        if cfg.tensorboard:
+            accelerator.end_training()
+
+    if is_main:
+        save_model(raw_model, run_dir / "model")
+        update_metrics(run_dir, "train", {
+            "steps": state["step"],
+            "epochs": cfg.epochs,
+            "train_time_s": state["train_time_s"],
+            "samples_per_s": state["samples_seen"] / max(state["train_time_s"], 1e-9),
+            "skipped_nonfinite_steps": state["skipped_nonfinite_steps"],
+            "skipped_files": [path for path, _ in train_data.skipped],
+        })
+        if evaluate_at_end:
+            evaluate(run_dir, device=str(device))
+    accelerator.wait_for_everyone()
+    return run_dir
