@@ -18,8 +18,17 @@ from torch.utils.data import Dataset
 from vaekit.data.base import batch_loader
 from vaekit.models.distributions import LOG_2PI
 
-IWAE_CHUNK_ELEMENTS = 1 << 22
-"""Decoded values (examples × samples × data dims) per IWAE chunk: bounds memory at ~16 MB a tensor."""
+CPU_ACTIVATION_BYTES = 3 << 19
+"""Bytes of the decoder's widest activation per IWAE chunk on CPU. Chunks that stay inside the L2 caches
+(2 × 1 MiB here) run about 2.5x faster than large ones: with hidden width 512, ~800 decoded rows at a
+time take 1.5 s for k = 5000 on 297 digits where 65k rows take 3.5 s. GPUs want large chunks."""
+GPU_ACTIVATION_BYTES = 1 << 28
+
+
+def _chunk_rows(model: nn.Module, data_dim: int, device: torch.device) -> int:
+    widest = max([data_dim] + [m.out_features for m in model.modules() if isinstance(m, nn.Linear)])
+    budget = GPU_ACTIVATION_BYTES if device.type == "cuda" else CPU_ACTIVATION_BYTES
+    return max(1, budget // (4 * widest))
 
 
 def _labels_for(model: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
@@ -42,8 +51,7 @@ def iwae_log_likelihood(
     posterior = model.encode(x, labels)
     mean, logvar, std = posterior.mean[:, None], posterior.logvar[:, None], posterior.std[:, None]
     batch, latent_dim = posterior.mean.shape
-    data_dim = x[0].numel()
-    chunk = max(1, min(num_samples, IWAE_CHUNK_ELEMENTS // max(1, batch * data_dim)))
+    chunk = max(1, min(num_samples, _chunk_rows(model, x[0].numel(), x.device) // batch))
     x_expanded = x[:, None]
     log_sum = torch.full((batch,), -math.inf, device=x.device, dtype=mean.dtype)
     for start in range(0, num_samples, chunk):

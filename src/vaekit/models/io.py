@@ -75,10 +75,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
         state = load_file(weights, device=str(device))
     except (SafetensorError, OSError) as err:
         raise VaekitError(f"{weights} cannot be read ({err}); the file is damaged or incomplete") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise VaekitError(
-            f"{weights} does not fit the model in {CONFIG_NAME}: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in state.items()}
+    if expected != found:
+        problems = [f"missing {k}" for k in sorted(expected.keys() - found.keys())]
+        problems += [f"unexpected {k}" for k in sorted(found.keys() - expected.keys())]
+        problems += [f"{k} has shape {list(found[k])}, the config needs {list(expected[k])}"
+                     for k in sorted(expected.keys() & found.keys()) if expected[k] != found[k]]
+        raise VaekitError(f"{weights} does not fit the model in {CONFIG_NAME}: {'; '.join(problems[:3])}")
+    model.load_state_dict(state)
     return model.to(device).eval()

@@ -1,0 +1,5 @@
+import sys
+
+from vaekit.cli import main
+
+sys.exit(main())

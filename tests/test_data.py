@@ -1,0 +1,109 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaekit.config import load_config
+from vaekit.data import build_dataset
+from vaekit.data.shapes import CLASS_NAMES, make_shapes
+from vaekit.errors import ConfigError, VaekitError
+
+
+def dataset(split="train", **overrides):
+    return build_dataset(load_config(None, [f"data.{k}={v}" for k, v in overrides.items()]).data, split)
+
+
+def test_shapes_are_seeded_labelled_and_in_range():
+    train = dataset(num_train=400, num_test=100)
+    assert train.images.shape == (400, 1, 16, 16) and train.value_range == (0.0, 1.0)
+    assert train.images.min() >= 0 and train.images.max() <= 1
+    assert train.class_names == list(CLASS_NAMES)
+    assert set(train.labels.tolist()) == {0, 1, 2, 3}
+    assert torch.equal(train.images, dataset(num_train=400, num_test=100).images)
+    assert not torch.equal(train.images[:100], dataset("test", num_train=400, num_test=100).images)
+    # The test split does not depend on the size of the training split.
+    assert torch.equal(dataset("test", num_train=50, num_test=100).images,
+                       dataset("test", num_train=400, num_test=100).images)
+
+
+def test_each_shape_kind_has_its_geometry():
+    images, labels = make_shapes(400, 16, np.random.default_rng(0))
+    images = images[:, 0]
+    horizontal, vertical = images[labels == 1], images[labels == 2]
+    assert np.allclose(horizontal, horizontal[:, :, :1])  # constant along each row
+    assert np.allclose(vertical, vertical[:, :1, :])  # constant along each column
+    for cross in images[labels == 3]:  # a full row and a full column
+        assert (cross.min(axis=1) > 0.5).any() and (cross.min(axis=0) > 0.5).any()
+    for diagonal in images[labels == 0]:  # invariant along one of the diagonals (away from the edges)
+        down = np.allclose(diagonal[1:, 1:], diagonal[:-1, :-1])
+        up = np.allclose(diagonal[1:, :-1], diagonal[:-1, 1:])
+        assert down or up
+    assert all(img.sum() > 10 for img in images)  # every image has a visible line
+
+
+def test_digits_split_is_fixed_and_matches_sklearn():
+    from sklearn.datasets import load_digits
+
+    train, test = dataset(name="digits"), dataset("test", name="digits")
+    assert (len(train), len(test)) == (1500, 297)
+    assert train.image_shape == (1, 8, 8) and train.num_classes == 10
+    assert train.images.max() == 1.0 and train.images.min() == 0.0
+    reference = {bytes(img.astype(np.uint8)) for img in load_digits().images}
+    assert all(bytes((img[0].numpy() * 16).round().astype(np.uint8)) in reference for img in test.images[:20])
+    assert torch.equal(test.images, dataset("test", name="digits").images)
+
+
+def _write_folder(root):
+    rng = np.random.default_rng(0)
+    (root / "cats").mkdir(parents=True)
+    (root / "dogs" / "nested").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(root / "cats" / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8), "RGBA").save(root / "dogs" / "rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (12, 12), dtype=np.uint16)).save(root / "dogs" / "deep.png")
+    Image.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8)).convert("P").save(root / "dogs" / "nested" / "p.gif")
+    Image.fromarray(rng.integers(0, 255, (50, 20, 3), dtype=np.uint8)).save(root / "dogs" / "photo.jpg")
+    (root / "dogs" / "corrupt.png").write_bytes(b"this is not a png")
+    good = root / "cats" / "0.png"
+    (root / "dogs" / "truncated.jpg").write_bytes((root / "dogs" / "photo.jpg").read_bytes()[:200])
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    return good
+
+
+def test_folder_converts_odd_images_skips_bad_ones_and_labels_from_subfolders(tmp_path, caplog):
+    _write_folder(tmp_path / "imgs")
+    with caplog.at_level(logging.WARNING, logger="vaekit"):
+        train = dataset(name="folder", path=tmp_path / "imgs", image_size=8, test_fraction=0.25)
+    test = dataset("test", name="folder", path=tmp_path / "imgs", image_size=8, test_fraction=0.25)
+    assert len(train) + len(test) == 8
+    assert train.image_shape == (1, 8, 8)
+    assert train.class_names == ["cats", "dogs"]
+    assert sorted(name.rsplit("/", 1)[-1] for name, _ in train.skipped) == ["corrupt.png", "truncated.jpg"]
+    assert "skipped 2 of 10 files" in caplog.text
+    x, label = train[0]
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    rgb = dataset(name="folder", path=tmp_path / "imgs", image_size=8, grayscale="false")
+    assert rgb.image_shape == (3, 8, 8)
+
+
+def test_flat_folder_has_no_labels(tmp_path):
+    for i in range(3):
+        Image.new("L", (5, 5), i * 50).save(tmp_path / f"{i}.png")
+    data = dataset(name="folder", path=tmp_path, image_size=4)
+    assert not data.has_labels and (data.labels == -1).all()
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(ConfigError, match="data.path is required"):
+        dataset(name="folder")
+    with pytest.raises(VaekitError, match="is not a folder of images"):
+        dataset(name="folder", path=tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VaekitError, match="has no image files"):
+        dataset(name="folder", path=tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"garbage")
+    with pytest.raises(VaekitError, match=r"has 0 readable image\(s\) \(1 skipped\)"):
+        dataset(name="folder", path=tmp_path / "bad")
