@@ -30,7 +30,7 @@ from vaekit.registry import DATASETS, MODELS, Registry
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 50
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -39,7 +39,7 @@ class TrainConfig:
     kl_warmup_steps: int = 0
     """The KL weight rises linearly from 0 to β over this many optimizer steps."""
     checkpoint_every: int = 500
-    """Optimizer steps between checkpoints; one is always written at the end of each epoch."""
+    """Optimizer steps between checkpoints; one is always written at the end of training."""
     keep_checkpoints: int = 2
     log_every: int = 25
     max_nonfinite_steps: int = 5

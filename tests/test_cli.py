@@ -1,0 +1,117 @@
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaekit.cli import main
+from vaekit.losses import ELBOLoss
+
+from conftest import tiny_overrides
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_eval_and_resume(tmp_path, capsys, monkeypatch):
+    code, out, err = run_cli(capsys, "train", *tiny_overrides(tmp_path, run_name="a"))
+    assert code == 0
+    run = tmp_path / "runs" / "a"
+    assert f"run directory: {run}" in out and "negative_iwae_bound" in out
+
+    code, out, _ = run_cli(capsys, "eval", str(run), "--iwae-samples", "20")
+    assert code == 0 and "negative_elbo" in out and "written to" in out
+
+    original, calls = ELBOLoss.forward, {"n": 0}
+
+    def interrupt(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ELBOLoss, "forward", interrupt)
+    code, _, err = run_cli(capsys, "train", *tiny_overrides(tmp_path, run_name="b"))
+    monkeypatch.undo()
+    assert code == 130 and f"vaekit train --resume {tmp_path / 'runs' / 'b'}" in err
+    code, out, _ = run_cli(capsys, "train", "--resume", str(tmp_path / "runs" / "b"))
+    assert code == 0 and "run directory" in out
+    a = (run / "model" / "model.safetensors").read_bytes()
+    assert a == (tmp_path / "runs" / "b" / "model" / "model.safetensors").read_bytes()
+
+
+def test_train_with_a_config_file_and_overrides(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  name: cvae\ndata:\n  name: digits\ntrain:\n  epochs: 1\n")
+    code, out, _ = run_cli(capsys, "train", str(config), f"output_dir={tmp_path}", "model.hidden_dims=[16]",
+                           "train.progress_bar=false", "eval.iwae_samples=4")
+    assert code == 0 and "cvae-digits" in out
+
+
+def _image_folder(root, bad_file=None):
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for i in range(12):
+        size = (10 + i, 12)  # a different size for each image
+        Image.fromarray(rng.integers(0, 255, size, dtype=np.uint8)).save(root / f"{i}.png")
+    if bad_file:
+        (root / bad_file).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "model.latent=3"], "unknown config key model.latent; valid keys of model"),
+        (["train", "train.epochs=many"], "train.epochs must be an integer, got 'many'"),
+        (["train", "missing.yaml"], "config file not found: missing.yaml"),
+        (["train", "train.epochs=1", "extra.yaml"], "expected one config file then key=value overrides"),
+        (["train", "data.name=folder", "data.path=EMPTY"], "has no image files"),
+        (["train", "data.name=folder", "data.path=BADONLY"], "readable image(s)"),
+        (["train", "model.name=cvae", "data.name=folder", "data.path=FLAT"], "needs labels"),
+        (["train", "model.input_shape=[1,8,8]"], "model.input_shape is [1, 8, 8] but shapes/train has images"),
+        (["train", "--resume", "NOTRUN"], "is not a vaekit run directory"),
+        (["train", "--resume", "NOTRUN", "train.epochs=2"], "give no config or overrides"),
+        (["eval", "NOTRUN"], "is not a vaekit run directory"),
+        (["eval", "MISSING"], "no such run directory"),
+    ],
+)
+def test_bad_input_gets_one_line_error(tmp_path, capsys, argv, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notrun").mkdir()
+    (tmp_path / "badonly").mkdir()
+    (tmp_path / "badonly" / "x.jpg").write_bytes(b"not a jpeg")
+    _image_folder(tmp_path / "flat")
+    paths = {"EMPTY": tmp_path / "empty", "BADONLY": tmp_path / "badonly", "FLAT": tmp_path / "flat",
+             "NOTRUN": tmp_path / "notrun", "MISSING": tmp_path / "missing"}
+    argv = [next((a.replace(k, str(v)) for k, v in paths.items() if k in a), a) for a in argv]
+    if argv[0] == "train" and "--resume" not in argv:
+        argv.append(f"output_dir={tmp_path / 'runs'}")
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("vaekit: error: ") and message in lines[-1]
+
+
+def test_a_bad_file_in_a_folder_is_skipped_not_fatal(tmp_path, capsys, caplog):
+    folder = _image_folder(tmp_path / "imgs", bad_file="broken.png")
+    code, out, err = run_cli(capsys, "train", "data.name=folder", f"data.path={folder}", "data.image_size=8",
+                             "model.hidden_dims=[8]", "train.epochs=1", "train.progress_bar=false",
+                             "eval.iwae_samples=2", f"output_dir={tmp_path / 'runs'}")
+    assert code == 0
+    assert "skipped 1 of 13 files" in caplog.text and "broken.png" in caplog.text
+    assert "broken.png" in out  # listed under skipped_files in the metrics
+
+
+def test_help_of_every_command_through_the_entry_point():
+    for argv in ([], ["train"], ["eval"]):
+        result = subprocess.run([sys.executable, "-m", "vaekit", *argv, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "usage: vaekit" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "vaekit"], capture_output=True, text=True)
+    assert result.returncode == 2 and "COMMAND" in result.stderr
