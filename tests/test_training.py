@@ -94,35 +94,30 @@ def test_a_half_written_checkpoint_is_never_picked_up(tiny):
     assert latest_checkpoint(run / "checkpoints").name == "step-00000024"
 
 
-def test_nonfinite_steps_are_skipped_and_counted(tiny, monkeypatch):
+def _poison_loss(monkeypatch, bad_call, value):
+    """Make the loss of the calls for which ``bad_call(n)`` holds (n counts from 1) equal ``value``."""
     original = ELBOLoss.forward
     calls = {"n": 0}
 
-    def sometimes_nan(self, x, output, kl_weight=None):
+    def forward(self, x, output, kl_weight=None):
         calls["n"] += 1
         loss, logs = original(self, x, output, kl_weight)
-        if calls["n"] in (3, 4, 9):
-            loss, logs = loss * float("nan"), {**logs, "loss": float("nan")}
+        if bad_call(calls["n"]):
+            loss, logs = loss * value, {**logs, "loss": value}
         return loss, logs
 
-    monkeypatch.setattr(ELBOLoss, "forward", sometimes_nan)
+    monkeypatch.setattr(ELBOLoss, "forward", forward)
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tiny, monkeypatch):
+    _poison_loss(monkeypatch, lambda n: n in (3, 4, 9), float("nan"))
     run = vaekit.train(tiny())
     assert read_metrics(run)["train"]["skipped_nonfinite_steps"] == 3
     assert all(torch.isfinite(w).all() for w in weights(run).values())
 
 
 def test_consecutive_nonfinite_steps_stop_the_run_and_point_to_the_last_checkpoint(tiny, monkeypatch):
-    original = ELBOLoss.forward
-    calls = {"n": 0}
-
-    def nan_after_seven(self, x, output, kl_weight=None):
-        calls["n"] += 1
-        loss, logs = original(self, x, output, kl_weight)
-        if calls["n"] > 7:
-            loss, logs = loss * float("inf"), {**logs, "loss": float("inf")}
-        return loss, logs
-
-    monkeypatch.setattr(ELBOLoss, "forward", nan_after_seven)
+    _poison_loss(monkeypatch, lambda n: n > 7, float("inf"))
     with pytest.raises(TrainingDiverged) as info:
         vaekit.train(tiny(run_name="diverged", **{"train.max_nonfinite_steps": 3}))
     message = str(info.value)

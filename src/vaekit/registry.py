@@ -18,7 +18,6 @@ class Entry:
     obj: Any
     config_cls: type | None
     defaults: dict[str, Any] = field(default_factory=dict)
-    base: str | None = None  # the model a preset is built on
 
 
 class Registry:
@@ -36,7 +35,7 @@ class Registry:
 
     def register_preset(self, name: str, base: str, **defaults: Any) -> None:
         entry = self.get(base)
-        self._add(Entry(name, entry.obj, entry.config_cls, {**entry.defaults, **defaults}, base))
+        self._add(Entry(name, entry.obj, entry.config_cls, {**entry.defaults, **defaults}))
 
     def _add(self, entry: Entry) -> None:
         if entry.name in self._entries:
