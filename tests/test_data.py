@@ -107,3 +107,14 @@ def test_folder_errors(tmp_path):
     (tmp_path / "bad" / "a.png").write_bytes(b"garbage")
     with pytest.raises(VaekitError, match=r"has 0 readable image\(s\) \(1 skipped\)"):
         dataset(name="folder", path=tmp_path / "bad")
+
+
+def test_odd_modes_convert_to_8_bit():
+    from vaekit.data.folder import to_mode
+
+    transparent = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert np.asarray(to_mode(transparent, grayscale=False)).min() == 255  # composited onto white
+    deep = Image.fromarray(np.full((3, 3), 65535, dtype=np.uint16))
+    assert np.asarray(to_mode(deep, grayscale=True)).min() == 255  # 16-bit full scale -> 255
+    cmyk = Image.new("CMYK", (2, 2), (0, 0, 0, 0))
+    assert to_mode(cmyk, grayscale=False).mode == "RGB"

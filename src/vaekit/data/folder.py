@@ -47,14 +47,14 @@ def find_images(root: Path) -> list[Path]:
 
 
 def to_mode(image: Image.Image, grayscale: bool) -> Image.Image:
-    """Convert any PIL mode to 8-bit L or RGB; transparency is composited onto black."""
+    """Convert any PIL mode to 8-bit L or RGB; transparency is composited onto white."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         values = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
         image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), "L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return image.convert("L" if grayscale else "RGB")
 
 
