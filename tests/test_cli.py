@@ -24,6 +24,7 @@ def test_train_eval_and_resume(tmp_path, capsys, monkeypatch):
     assert code == 0
     run = tmp_path / "runs" / "a"
     assert f"run directory: {run}" in out and "negative_iwae_bound" in out
+    assert f"report: {run / 'report.html'}" in out and (run / "report.html").is_file()
 
     code, out, _ = run_cli(capsys, "eval", str(run), "--iwae-samples", "20")
     assert code == 0 and "negative_elbo" in out and "written to" in out
@@ -37,11 +38,11 @@ def test_train_eval_and_resume(tmp_path, capsys, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ELBOLoss, "forward", interrupt)
-    code, _, err = run_cli(capsys, "train", *tiny_overrides(tmp_path, run_name="b"))
+    code, _, err = run_cli(capsys, "train", "--no-explore", *tiny_overrides(tmp_path, run_name="b"))
     monkeypatch.undo()
     assert code == 130 and f"vaekit train --resume {tmp_path / 'runs' / 'b'}" in err
-    code, out, _ = run_cli(capsys, "train", "--resume", str(tmp_path / "runs" / "b"))
-    assert code == 0 and "run directory" in out
+    code, out, _ = run_cli(capsys, "train", "--resume", str(tmp_path / "runs" / "b"), "--no-explore")
+    assert code == 0 and "run directory" in out and "report:" not in out
     a = (run / "model" / "model.safetensors").read_bytes()
     assert a == (tmp_path / "runs" / "b" / "model" / "model.safetensors").read_bytes()
 
@@ -49,7 +50,7 @@ def test_train_eval_and_resume(tmp_path, capsys, monkeypatch):
 def test_train_with_a_config_file_and_overrides(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("model:\n  name: cvae\ndata:\n  name: digits\ntrain:\n  epochs: 1\n")
-    code, out, _ = run_cli(capsys, "train", str(config), f"output_dir={tmp_path}", "model.hidden_dims=[16]",
+    code, out, _ = run_cli(capsys, "train", "--no-explore", str(config), f"output_dir={tmp_path}", "model.hidden_dims=[16]",
                            "train.progress_bar=false", "eval.iwae_samples=4")
     assert code == 0 and "cvae-digits" in out
 
@@ -101,7 +102,7 @@ def test_bad_input_gets_one_line_error(tmp_path, capsys, argv, message):
 
 def test_a_bad_file_in_a_folder_is_skipped_not_fatal(tmp_path, capsys, caplog):
     folder = _image_folder(tmp_path / "imgs", bad_file="broken.png")
-    code, out, err = run_cli(capsys, "train", "data.name=folder", f"data.path={folder}", "data.image_size=8",
+    code, out, err = run_cli(capsys, "train", "--no-explore", "data.name=folder", f"data.path={folder}", "data.image_size=8",
                              "model.hidden_dims=[8]", "train.epochs=1", "train.progress_bar=false",
                              "eval.iwae_samples=2", f"output_dir={tmp_path / 'runs'}")
     assert code == 0
@@ -110,7 +111,7 @@ def test_a_bad_file_in_a_folder_is_skipped_not_fatal(tmp_path, capsys, caplog):
 
 
 def test_help_of_every_command_through_the_entry_point():
-    for argv in ([], ["train"], ["eval"]):
+    for argv in ([], ["train"], ["eval"], ["explore"], ["sweep"]):
         result = subprocess.run([sys.executable, "-m", "vaekit", *argv, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: vaekit" in result.stdout
     result = subprocess.run([sys.executable, "-m", "vaekit"], capture_output=True, text=True)

@@ -61,10 +61,13 @@ def test_preset_sets_its_values_and_user_values_win():
     assert load_config(None, ["model.name=beta-vae", "model.beta=2"]).model.params.beta == 2.0
 
 
-def test_changing_the_model_name_drops_fields_of_the_old_model(tmp_path):
+def test_changing_the_model_name_keeps_only_fields_the_new_model_has(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  name: cvae\n  num_classes: 4\n")
     assert load_config(path, ["model.name=mlp-vae"]).model.name == "mlp-vae"
+    path.write_text("model:\n  hidden_dims: [64]\n  beta: 2.0\n")
+    switched = load_config(path, ["model.name=mlp-ae"])  # keeps what an autoencoder has too
+    assert switched.model.name == "mlp-ae" and switched.model.params.hidden_dims == (64,)
 
 
 def test_round_trip_through_plain_data():
@@ -92,4 +95,11 @@ def test_parse_overrides_nests_keys():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_preset_in_configs_is_valid(path):
-    load_config(path)
+    from vaekit.sweep import read_sweep_config
+
+    raw, grid = read_sweep_config(path)  # validates the config without its sweep: section
+    if path.stem.startswith("sweep-"):
+        assert grid and all(len(values) >= 2 for values in grid.values())
+    else:
+        assert not grid
+        load_config(path)

@@ -14,6 +14,11 @@ from vaekit.training import TrainingInterrupted
 from vaekit.training.checkpoint import latest_checkpoint, list_checkpoints
 
 
+def train(*args, **kwargs):
+    """The trainer without the figures (tests/test_explore.py covers those)."""
+    return vaekit.train(*args, explore=False, **kwargs)
+
+
 def weights(run_dir):
     return load_file(run_dir / "model" / "model.safetensors")
 
@@ -30,7 +35,7 @@ def log_records(run_dir):
 
 
 def test_training_lowers_the_loss_and_writes_a_complete_run_directory(tiny):
-    run = vaekit.train(tiny(**{"train.epochs": 6}))
+    run = train(tiny(**{"train.epochs": 6}))
     records = log_records(run)
     assert records[-1]["loss"] < 0.8 * records[0]["loss"]
     assert (run / "config.yaml").is_file() and (run / "model" / "config.json").is_file()
@@ -59,37 +64,37 @@ def _stop_at_call(monkeypatch, call, action):
 
 
 def test_resume_after_ctrl_c_gives_bitwise_identical_weights(tiny, monkeypatch):
-    reference = vaekit.train(tiny(run_name="reference"))
+    reference = train(tiny(run_name="reference"))
     _stop_at_call(monkeypatch, 11, lambda: os.kill(os.getpid(), signal.SIGINT))
     with pytest.raises(TrainingInterrupted, match="stopped at step 11 of 24"):
-        vaekit.train(tiny(run_name="stopped"))
+        train(tiny(run_name="stopped"))
     monkeypatch.undo()
     run = reference.parent / "stopped"
     assert latest_checkpoint(run / "checkpoints").name == "step-00000011"
-    vaekit.train(resume=run)
+    train(resume=run)
     assert_same_weights(reference, run)
     assert [r["step"] for r in log_records(run)] == [r["step"] for r in log_records(reference)]
 
 
 def test_resume_after_a_crash_restarts_from_the_last_periodic_checkpoint(tiny, monkeypatch):
-    reference = vaekit.train(tiny(run_name="reference", **{"model.name": "cvae", "train.kl_warmup_steps": 10}))
+    reference = train(tiny(run_name="reference", **{"model.name": "cvae", "train.kl_warmup_steps": 10}))
 
     def crash():
         raise RuntimeError("simulated power cut")
 
     _stop_at_call(monkeypatch, 13, crash)
     with pytest.raises(RuntimeError, match="power cut"):
-        vaekit.train(tiny(run_name="crashed", **{"model.name": "cvae", "train.kl_warmup_steps": 10}))
+        train(tiny(run_name="crashed", **{"model.name": "cvae", "train.kl_warmup_steps": 10}))
     monkeypatch.undo()
     run = reference.parent / "crashed"
     assert latest_checkpoint(run / "checkpoints").name == "step-00000010"  # checkpoint_every=5
-    vaekit.train(resume=run)
+    train(resume=run)
     assert_same_weights(reference, run)
     assert read_metrics(run)["test"] == read_metrics(reference)["test"]
 
 
 def test_a_half_written_checkpoint_is_never_picked_up(tiny):
-    run = vaekit.train(tiny())
+    run = train(tiny())
     (run / "checkpoints" / ".tmp-step-00000099-1").mkdir()
     assert latest_checkpoint(run / "checkpoints").name == "step-00000024"
 
@@ -111,7 +116,7 @@ def _poison_loss(monkeypatch, bad_call, value):
 
 def test_nonfinite_steps_are_skipped_and_counted(tiny, monkeypatch):
     _poison_loss(monkeypatch, lambda n: n in (3, 4, 9), float("nan"))
-    run = vaekit.train(tiny())
+    run = train(tiny())
     assert read_metrics(run)["train"]["skipped_nonfinite_steps"] == 3
     assert all(torch.isfinite(w).all() for w in weights(run).values())
 
@@ -119,7 +124,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tiny, monkeypatch):
 def test_consecutive_nonfinite_steps_stop_the_run_and_point_to_the_last_checkpoint(tiny, monkeypatch):
     _poison_loss(monkeypatch, lambda n: n > 7, float("inf"))
     with pytest.raises(TrainingDiverged) as info:
-        vaekit.train(tiny(run_name="diverged", **{"train.max_nonfinite_steps": 3}))
+        train(tiny(run_name="diverged", **{"train.max_nonfinite_steps": 3}))
     message = str(info.value)
     assert "stopped at step 10" in message and "non-finite for 3 consecutive steps" in message
     assert "step-00000005" in message and "--resume" in message
@@ -137,11 +142,11 @@ def test_nan_in_the_data_is_caught_too(tiny, monkeypatch):
 
     monkeypatch.setattr(shapes, "make_shapes", with_nan)
     with pytest.raises(TrainingDiverged, match="No checkpoint was written yet"):
-        vaekit.train(tiny(**{"train.max_nonfinite_steps": 2}))
+        train(tiny(**{"train.max_nonfinite_steps": 2}))
 
 
 def test_kl_warmup_rises_linearly_to_beta(tiny):
-    run = vaekit.train(tiny(**{"model.name": "beta-vae", "train.kl_warmup_steps": 16, "train.log_every": 1}))
+    run = train(tiny(**{"model.name": "beta-vae", "train.kl_warmup_steps": 16, "train.log_every": 1}))
     weights_by_step = {r["step"]: r["kl_weight"] for r in log_records(run)}
     assert weights_by_step[1] == 0.0  # the first step runs at step count 0
     assert weights_by_step[9] == pytest.approx(4.0 * 8 / 16)
@@ -149,17 +154,17 @@ def test_kl_warmup_rises_linearly_to_beta(tiny):
 
 
 def test_autoencoder_run_reports_no_likelihood(tiny):
-    metrics = read_metrics(vaekit.train(tiny(**{"model.name": "mlp-ae"})))["test"]
+    metrics = read_metrics(train(tiny(**{"model.name": "mlp-ae"})))["test"]
     assert "negative_elbo" not in metrics and metrics["mse"] < 0.2
 
 
 def test_tensorboard_scalars_are_written(tiny):
     pytest.importorskip("tensorboard")
-    run = vaekit.train(tiny(**{"train.tensorboard": "true"}))
+    run = train(tiny(**{"train.tensorboard": "true"}))
     assert list(run.rglob("events.out.tfevents.*"))
 
 
 def test_model_of_a_run_loads_from_the_run_directory(tiny):
-    run = vaekit.train(tiny(**{"train.epochs": 1}))
+    run = train(tiny(**{"train.epochs": 1}))
     model = vaekit.load_model(run)
     assert model.encode(torch.rand(2, 1, 16, 16)).mean.shape == (2, 3)

@@ -51,13 +51,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if config_path or positional:
             raise VaekitError("--resume continues a run with its saved config; give no config or overrides with it")
-        run_dir = train(resume=args.resume, evaluate_at_end=not args.no_eval)
+        run_dir = train(resume=args.resume, evaluate_at_end=not args.no_eval, explore=not args.no_explore)
     else:
         bad = [item for item in positional if "=" not in item]
         if bad:
             raise VaekitError(f"expected one config file then key=value overrides, got {bad[0]!r} after them")
-        run_dir = train(load_config(config_path, positional), evaluate_at_end=not args.no_eval)
+        run_dir = train(load_config(config_path, positional), evaluate_at_end=not args.no_eval,
+                        explore=not args.no_explore)
     print(format_metrics(read_metrics(run_dir)))
+    if not args.no_explore:
+        print(f"report: {run_dir / 'report.html'}")
     print(f"run directory: {run_dir}")
     return 0
 
@@ -68,6 +71,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(args.run_dir, iwae_samples=args.iwae_samples, device=args.device)
     print(format_metrics({"test": metrics}))
     print(f"written to {Path(args.run_dir) / 'metrics.json'}")
+    return 0
+
+
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from vaekit.explore import explore_run
+
+    report = explore_run(args.run_dir, device=args.device)
+    print(f"figures: {report.parent / 'figures'}")
+    print(f"report: {report}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from vaekit.sweep import sweep
+
+    positional = list(args.items)
+    config_path = positional.pop(0) if positional and "=" not in positional[0] else None
+    report = sweep(config_path, positional, output_dir=args.output_dir)
+    print((report.parent / "sweep.csv").read_text().rstrip())
+    print(f"sweep report: {report}")
     return 0
 
 
@@ -95,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue a stopped run from its latest checkpoint (same config, same result)")
     train.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation at the end")
+    train.add_argument("--no-explore", action="store_true",
+                       help="skip the figures and report.html at the end (`vaekit explore RUN_DIR` draws them later)")
     train.set_defaults(func=_cmd_train)
 
     evaluate = commands.add_parser(
@@ -109,6 +134,40 @@ def build_parser() -> argparse.ArgumentParser:
                           help="samples of the importance-weighted bound (default: the run's eval.iwae_samples; 0 skips)")
     evaluate.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     evaluate.set_defaults(func=_cmd_eval)
+
+    explore = commands.add_parser(
+        "explore",
+        help="draw a run's latent space: figures and report.html",
+        description="Draw what a trained run's latent space holds into RUN_DIR/figures/ and write RUN_DIR/report.html "
+        "(opens from disk, no server): reconstructions, prior samples, linear and spherical interpolations, latent "
+        "maps (the latent itself when 2-D, else PCA and t-SNE, and UMAP when umap-learn is installed), traversals "
+        "sorted by KL, training progression, a latent-walk GIF through the class centroids, nearest neighbours, "
+        "attribute arithmetic, KL per dimension and loss curves, and a model card. What to draw is the run's "
+        "explore section (e.g. explore.arithmetic_source, explore.arithmetic_target).",
+    )
+    explore.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `vaekit train`")
+    explore.add_argument("--device", default="cpu", help="torch device for encoding the test set (default: cpu)")
+    explore.set_defaults(func=_cmd_explore)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train one run per value of one or more keys and compare them",
+        description="Train one run per combination of the swept values (a grid), each with figures and a report, "
+        "then write sweep.csv and sweep.html beside them: test negative ELBO, IWAE bound, reconstruction, KL, "
+        "active units, MSE and interpolation smoothness per run, plots against the swept value, and the runs' "
+        "reconstructions and samples side by side.",
+        epilog="examples:\n"
+        "  vaekit sweep configs/digits-vae.yaml model.latent_dim=2,8,32,64\n"
+        "  vaekit sweep configs/digits-vae.yaml model.beta=0.5,1,4 train.epochs=50\n"
+        "  vaekit sweep configs/digits-vae.yaml model.hidden_dims=[256],[512,256,128]\n"
+        "  vaekit sweep configs/sweep-beta.yaml            a preset whose sweep: section holds the grid\n"
+        "\nA key with one value is a plain override; commas inside [...] do not split values.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [KEY=V1,V2,... ...]",
+                       help="a YAML config (optional), then keys with the values to sweep")
+    sweep.add_argument("--output-dir", help="where the sweep directory goes (default: the config's output_dir)")
+    sweep.set_defaults(func=_cmd_sweep)
     return parser
 
 

@@ -6,6 +6,7 @@ A run config has four sections and three top-level values::
     data:  {name: shapes, ...}                    # fields of the dataset's ...Config
     train: {...}                                  # TrainConfig
     eval:  {...}                                  # EvalConfig
+    explore: {...}                                # ExploreConfig
     seed: 0
     output_dir: runs
     run_name: null
@@ -48,6 +49,9 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     tensorboard: bool = False
     progress_bar: bool = True
+    snapshot_examples: int = 8
+    """Fixed test examples reconstructed at the end of every epoch, for the training-progression
+    figure; 0 turns snapshots off."""
 
 
 @dataclass
@@ -56,6 +60,31 @@ class EvalConfig:
     """k of the importance-weighted bound on log p(x); 0 skips it."""
     batch_size: int = 256
     active_unit_threshold: float = 0.01
+
+
+@dataclass
+class ExploreConfig:
+    """What `vaekit explore` draws. Class names refer to the dataset's labels."""
+
+    num_examples: int = 10
+    """Test examples in the reconstruction figure."""
+    sample_grid: int = 8
+    """Prior samples: a grid of sample_grid × sample_grid (one row per class for a conditional VAE)."""
+    interpolation_pairs: int = 4
+    interpolation_steps: int = 10
+    traversal_steps: int = 9
+    traversal_extent: float = 3.0
+    neighbour_queries: int = 6
+    neighbours: int = 6
+    map_examples: int = 2000
+    """At most this many test examples in the latent maps (t-SNE is quadratic in them)."""
+    walk_frames_per_class: int = 12
+    arithmetic_source: str | None = None
+    """Class whose examples are moved (default: the first class)."""
+    arithmetic_target: str | None = None
+    """Class whose centroid they are moved towards (default: the second class)."""
+    progression_rows: int = 10
+    """At most this many training snapshots in the progression figure (first and last always)."""
 
 
 @dataclass
@@ -72,6 +101,7 @@ class RunConfig:
     data: ComponentConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
     seed: int = 0
     output_dir: str = "runs"
     run_name: str | None = None
@@ -211,15 +241,23 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
+COMPONENTS = {"model": (MODELS, DEFAULT_MODEL), "data": (DATASETS, DEFAULT_DATA)}
+
+
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``update`` wins. A new model/data name drops the old section's fields."""
+    """Recursive dict merge; ``update`` wins. When ``update`` switches the model or dataset to another
+    name, the old section keeps only the fields the new one also has (so ``model.name=mlp-ae`` keeps
+    ``hidden_dims`` but drops a cvae's ``num_classes``)."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            if "name" in value and value["name"] != out[key].get("name"):
-                out[key] = dict(value)
-            else:
-                out[key] = merge(out[key], value)
+            old = out[key]
+            if key in COMPONENTS and "name" in value:
+                registry, default = COMPONENTS[key]
+                if value["name"] != old.get("name", default):
+                    fields = {f.name for f in dataclasses.fields(registry.get(value["name"]).config_cls)}
+                    old = {k: v for k, v in old.items() if k in fields}
+            out[key] = merge(old, value)
         else:
             out[key] = value
     return out
@@ -236,7 +274,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (model, data, train, eval), not {type(data).__name__}")
+        raise ConfigError(f"{path} must hold a mapping of sections (model, data, train, eval, explore), not {type(data).__name__}")
     return data
 
 

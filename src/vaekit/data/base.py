@@ -70,6 +70,22 @@ class ImageDataset(Dataset):
         index = torch.as_tensor(indices, dtype=torch.int64)
         return self._to_float(self.images[index]), self.labels[index]
 
+    def spread_indices(self, count: int, seed: int = 0) -> list[int]:
+        """``count`` example indices, taking the classes in turn (a seeded random pick within each),
+        so a small figure shows every class; plain seeded random indices when unlabelled."""
+        rng = np.random.default_rng(seed)
+        count = min(count, len(self))
+        if not self.has_labels:
+            return sorted(rng.choice(len(self), count, replace=False).tolist())
+        labels = self.labels.numpy()
+        pools = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in range(self.num_classes)]
+        picked: list[int] = []
+        while len(picked) < count:
+            for pool in pools:
+                if pool and len(picked) < count:
+                    picked.append(pool.pop(0))
+        return picked
+
 
 def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``collate_fn`` for datasets whose ``__getitems__`` already returns a stacked batch."""

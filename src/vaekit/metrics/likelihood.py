@@ -116,6 +116,7 @@ def evaluate_likelihood(
         kl=totals["kl"] / count,
         kl_per_dim=(kl_per_dim / count).tolist(),
         active_units=int((latent_variance > active_unit_threshold).sum()),
+        latent_mean_variance=latent_variance.tolist(),
         active_unit_threshold=active_unit_threshold,
         latent_dim=model.latent_dim,
     )

@@ -32,6 +32,7 @@ from vaekit.losses import ELBOLoss, linear_warmup
 from vaekit.models.io import create_model, save_model
 from vaekit.runs import CONFIG_FILE, LOG_FILE, create_run_dir, read_run_config, update_metrics
 from vaekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vaekit.training.snapshots import save_snapshot
 
 log = logging.getLogger("vaekit")
 
@@ -151,11 +152,13 @@ def train(
     *,
     resume: str | Path | None = None,
     evaluate_at_end: bool = True,
+    explore: bool = True,
 ) -> Path:
     """Train a model and return its run directory.
 
     ``config``: a RunConfig, a nested dict, a YAML path, or None for the defaults (MLP VAE on shapes).
     ``resume``: a run directory to continue from its latest checkpoint (``config`` must then be None).
+    ``evaluate_at_end`` / ``explore``: evaluate on the test split / draw the figures and report.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -221,6 +224,11 @@ def train(
         log.warning("%d unreadable file(s) skipped in the training data", len(train_data.skipped))
 
     checkpoint_dir = run_dir / "checkpoints"
+    if cfg.snapshot_examples > 0 and is_main:
+        test_data = build_dataset(config.data, "test")
+        snapshot_x, snapshot_labels = test_data.__getitems__(test_data.spread_indices(cfg.snapshot_examples, config.seed))
+        snapshot_x = snapshot_x.to(device)
+        snapshot_labels = snapshot_labels.to(device) if conditional else None
 
     started = time.perf_counter()
 
@@ -322,6 +330,8 @@ def train(
                         )
                 state["epoch"] = epoch + 1
                 state["batch_in_epoch"] = 0
+                if cfg.snapshot_examples > 0 and is_main:
+                    save_snapshot(run_dir, epoch + 1, raw_model, snapshot_x, snapshot_labels)
             save()
     finally:
         progress.close()
@@ -342,5 +352,9 @@ def train(
         })
         if evaluate_at_end:
             evaluate(run_dir, device=str(device))
+        if explore:
+            from vaekit.explore import explore_run
+
+            explore_run(run_dir, device=str(device))
     accelerator.wait_for_everyone()
     return run_dir

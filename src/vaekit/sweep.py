@@ -1,0 +1,141 @@
+"""``vaekit sweep CONFIG key=v1,v2,... [key2=...]``: one run per combination, compared side by side.
+
+A sweep directory holds one run directory per combination, ``sweep.csv`` (one row per run: the swept
+values, then test negative ELBO, IWAE bound, reconstruction, KL, active units, MSE and interpolation
+smoothness), plots of each metric against the swept value and ``sweep.html``. A YAML config may carry
+its own grid in a ``sweep:`` section (``{key: [v1, v2]}``); the command line adds to it.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vaekit.config import build_run_config, merge, parse_overrides, read_yaml
+from vaekit.errors import ConfigError
+from vaekit.explore.runner import SWEEP_TABLE, read_table, render_run_report
+from vaekit.runs import read_metrics
+from vaekit.viz import plots
+from vaekit.viz.report import Figure, render
+
+log = logging.getLogger("vaekit")
+
+METRICS = ("negative_elbo", "negative_iwae_bound", "reconstruction", "kl", "active_units", "mse",
+           "interpolation_smoothness")
+
+
+def split_values(text: str) -> list[str]:
+    """Split on commas outside brackets: ``"[64],[128,64]"`` -> ``["[64]", "[128,64]"]``."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return parts + [current]
+
+
+def parse_sweep_args(items: list[str]) -> tuple[dict[str, list[Any]], list[str]]:
+    """``key=v1,v2`` items -> (grid of YAML-parsed values, fixed ``key=value`` overrides)."""
+    grid: dict[str, list[Any]] = {}
+    fixed: list[str] = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"sweep argument {item!r} is not of the form key=v1,v2,...")
+        values = split_values(text)
+        if len(values) == 1:
+            fixed.append(item)
+        else:
+            grid[key] = [yaml.safe_load(v) for v in values]
+    return grid, fixed
+
+
+def read_sweep_config(path: str | Path | None) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """A YAML config and its optional ``sweep:`` grid, validated as a run config without it."""
+    raw = read_yaml(path) if path is not None else {}
+    grid = raw.pop("sweep", None) or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{path}: the sweep section must map dotted keys to non-empty lists of values")
+    build_run_config(raw)
+    return raw, grid
+
+
+def _format(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _run_name(combination: dict[str, Any]) -> str:
+    name = "_".join(f"{key.split('.')[-1]}={_format(value)}" for key, value in combination.items())
+    return re.sub(r"[^A-Za-z0-9=._-]+", "-", name).strip("-")
+
+
+def sweep(config: str | Path | None, items: list[str], output_dir: str | None = None) -> Path:
+    """Train one run per combination of the grid; returns the sweep directory."""
+    from vaekit.training import train
+
+    raw, grid = read_sweep_config(config)
+    cli_grid, fixed = parse_sweep_args(items)
+    grid.update(cli_grid)
+    if not grid:
+        raise ConfigError("nothing to sweep: give at least one key=v1,v2,... (or a config with a sweep: section)")
+    base = merge(raw, parse_overrides(fixed))
+    root = Path(output_dir or base.get("output_dir", "runs"))
+    sweep_dir = root / f"sweep-{'-'.join(k.split('.')[-1] for k in grid)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    combinations = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    configs = []
+    for combination in combinations:  # validate every combination before training any
+        nested = parse_overrides([f"{k}={_format(v)}" for k, v in combination.items()])
+        configs.append(build_run_config(merge(merge(base, nested),
+                                              {"output_dir": str(sweep_dir), "run_name": _run_name(combination)})))
+    rows, runs = [], []
+    for i, (combination, run_config) in enumerate(zip(combinations, configs), 1):
+        log.info("sweep run %d of %d: %s", i, len(configs), run_config.run_name)
+        run_dir = train(run_config)
+        metrics = read_metrics(run_dir)
+        values = {**metrics.get("test", {}), **metrics.get("latent", {})}
+        rows.append([_format(v) for v in combination.values()] + [values.get(m, math.nan) for m in METRICS])
+        runs.append(run_dir)
+    columns = list(grid) + list(METRICS)
+    with open(sweep_dir / SWEEP_TABLE, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    for run_dir in runs:  # each run's report now carries the sweep table
+        render_run_report(run_dir)
+    return write_sweep_report(sweep_dir, grid, combinations, runs, rows)
+
+
+def write_sweep_report(sweep_dir: Path, grid: dict, combinations: list[dict], runs: list[Path], rows: list) -> Path:
+    swept = list(grid)
+    if len(swept) == 1:
+        x_values, x_label = grid[swept[0]], swept[0]
+    else:
+        x_values, x_label = [", ".join(_format(v) for v in c.values()) for c in combinations], ", ".join(swept)
+    offset = len(swept)
+    series = {m: [row[offset + i] for row in rows] for i, m in enumerate(METRICS)
+              if all(isinstance(row[offset + i], (int, float)) and math.isfinite(row[offset + i]) for row in rows)}
+    figures = []
+    if series:
+        plots.metric_against_value(sweep_dir / "sweep_metrics.png", x_values, series, x_label)
+        figures.append(Figure("metrics", "sweep_metrics.png", "Metrics against the swept value",
+                              "Test metrics of each run (nats per example where a likelihood; lower is better except "
+                              "active units and smoothness)."))
+    for run_dir in runs:
+        for name, what in (("reconstructions", "reconstructions"), ("samples", "prior samples")):
+            if (run_dir / "figures" / f"{name}.png").is_file():
+                figures.append(Figure(f"{run_dir.name}-{name}", f"{run_dir.name}/figures/{name}.png",
+                                      f"{run_dir.name}: {what}", f"From the run's report, {run_dir.name}/report.html."))
+    return render("sweep.html", sweep_dir / "sweep.html", figures, title=f"sweep over {', '.join(swept)}",
+                  table=read_table(sweep_dir / SWEEP_TABLE), runs=[r.name for r in runs])

@@ -1,0 +1,1 @@
+"""Figures, GIFs and HTML reports."""

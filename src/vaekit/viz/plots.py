@@ -1,0 +1,140 @@
+"""matplotlib figures (Agg, no display): latent maps, KL per dimension, loss curves, sweep plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+FIGSIZE = (6.0, 4.5)
+DPI = 100
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    _pyplot().close(fig)
+    return path
+
+
+def scatter_panels(path: str | Path, panels: dict[str, np.ndarray], labels: np.ndarray | None,
+                   class_names: Sequence[str]) -> Path:
+    """One scatter per panel (title -> ``(N, 2)`` coordinates), points coloured by label."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(FIGSIZE[0] * len(panels) * 0.8, FIGSIZE[1]), squeeze=False)
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for ax, (title, coords) in zip(axes[0], panels.items()):
+        if labels is None or not len(class_names):
+            ax.scatter(coords[:, 0], coords[:, 1], s=6, alpha=0.6, color="0.3")
+        else:
+            for c, name in enumerate(class_names):
+                mask = labels == c
+                ax.scatter(coords[mask, 0], coords[mask, 1], s=6, alpha=0.7, color=cmap(c % cmap.N), label=name)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if labels is not None and len(class_names):
+        axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2, frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def collapse_view(path: str | Path, kl_per_dim: Sequence[float], activity: Sequence[float], threshold: float) -> Path:
+    """Posterior collapse at a glance: KL per latent dimension, and the activity Var_x(E[z_u|x]) of each
+    dimension against the active-unit threshold (on a log axis); inactive dimensions in grey."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(FIGSIZE[0] * 1.6, FIGSIZE[1]))
+    dims = np.arange(len(kl_per_dim))
+    colours = ["tab:blue" if a > threshold else "0.7" for a in activity]
+    left.bar(dims, kl_per_dim, color=colours)
+    left.set_xlabel("latent dimension")
+    left.set_ylabel("KL (nats per example)")
+    left.set_title("KL per dimension (grey: inactive)")
+    right.bar(dims, np.maximum(np.asarray(activity, dtype=float), 1e-8), color=colours)
+    right.axhline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"active-unit threshold {threshold:g}")
+    right.set_yscale("log")
+    right.set_xlabel("latent dimension")
+    right.set_ylabel("variance over the data of the posterior mean")
+    right.set_title("activity")
+    right.legend(frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def loss_curves(path: str | Path, records: list[dict]) -> Path:
+    """Total loss, reconstruction and KL against the optimizer step."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(FIGSIZE[0] * 1.6, FIGSIZE[1]))
+    steps = [r["step"] for r in records]
+    for key in ("loss", "reconstruction"):
+        left.plot(steps, [r[key] for r in records], label=key)
+    left.set_xlabel("step")
+    left.set_ylabel("nats per example")
+    left.legend(frameon=False)
+    right.plot(steps, [r["kl"] for r in records], color="tab:green", label="KL")
+    right.set_xlabel("step")
+    right.set_ylabel("KL (nats per example)")
+    right.legend(frameon=False)
+    fig.suptitle("training losses")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def metric_against_value(path: str | Path, values: Sequence, metrics: dict[str, Sequence[float]], xlabel: str) -> Path:
+    """One panel per metric, plotted against the swept value (categorical x when not numeric)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    x = list(values) if numeric else list(range(len(values)))
+    for ax, (name, ys) in zip(axes[0], metrics.items()):
+        ax.plot(x, ys, marker="o")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        if numeric and min(x) > 0 and max(x) / min(x) >= 10:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(x, [str(v) for v in values], fontsize=7, rotation=20)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def labelled_grid(path: str | Path, images, row_labels: Sequence[str], title: str,
+                  col_labels: Sequence[str] | None = None, value_range: tuple[float, float] = (0.0, 1.0),
+                  marked_rows: Sequence[int] = ()) -> Path:
+    """An image grid ``(rows, cols, C, H, W)`` with a text label per row (and optionally per column);
+    labels of ``marked_rows`` are drawn in red."""
+    from vaekit.viz.grids import PAD, image_grid
+
+    plt = _pyplot()
+    grid = image_grid(images, value_range=value_range)
+    rows, cols = images.shape[:2]
+    width, height = grid.size
+    fig_w = width / DPI + 1.6
+    fig_h = height / DPI + 0.7 + (0.3 if col_labels else 0)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
+    ax.imshow(np.asarray(grid), interpolation="nearest")
+    tile_h, tile_w = (height - PAD) / rows, (width - PAD) / cols
+    ax.set_yticks([PAD / 2 + tile_h * (r + 0.5) for r in range(rows)], row_labels, fontsize=8)
+    for r in marked_rows:
+        ax.get_yticklabels()[r].set_color("tab:red")
+    if col_labels:
+        ax.set_xticks([PAD / 2 + tile_w * (c + 0.5) for c in range(cols)], col_labels, fontsize=7)
+    else:
+        ax.set_xticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
