@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a YAML config (optional), then keys with the values to sweep")
     sweep.add_argument("--output-dir", help="where the sweep directory goes (default: the config's output_dir)")
     sweep.set_defaults(func=_cmd_sweep)
+
+    from vaekit.image_cli import add_commands
+
+    add_commands(commands)
     return parser
 
 

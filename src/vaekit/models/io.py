@@ -56,25 +56,51 @@ def resolve_model_dir(path: str | Path) -> Path:
     )
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Load a saved model folder or the model of a run directory, in eval mode."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", **config_overrides) -> nn.Module:
+    """Load a model, in eval mode, from any of:
+
+    - a vaekit model folder (``config.json`` + ``model.safetensors``) or run directory;
+    - a diffusers ``AutoencoderKL`` folder, as it is (``diffusion_pytorch_model.safetensors``/``.bin``);
+    - an original LDM/CompVis checkpoint (``.ckpt``, ``.safetensors``; a full Stable Diffusion checkpoint
+      too: its ``first_stage_model`` is taken). ``config_overrides`` set what weights do not record
+      (e.g. ``scaling_factor``, ``norm_num_groups``).
+    """
+    from vaekit.models import convert
+
+    path = Path(path)
+    if path.is_file():
+        fields, state = convert.load_single_file(path, config_overrides)
+        return _with_weights(create_model("autoencoder-kl", **fields), state, path, device)
     model_dir = resolve_model_dir(path)
     try:
         config = json.loads((model_dir / CONFIG_NAME).read_text())
     except json.JSONDecodeError as err:
         raise VaekitError(f"{model_dir / CONFIG_NAME} is not valid JSON ({err}); the model folder is damaged") from None
+    if config.get("_class_name") == "AutoencoderKL":
+        fields = {**convert.config_from_diffusers(config, str(model_dir)), **config_overrides}
+        weights = next((model_dir / name for name in convert.DIFFUSERS_WEIGHTS if (model_dir / name).is_file()), None)
+        if weights is None:
+            raise VaekitError(f"{model_dir} is a diffusers AutoencoderKL folder without weights "
+                              f"({' or '.join(convert.DIFFUSERS_WEIGHTS)})")
+        state = convert.normalise_diffusers_keys(convert.read_state_dict(weights))
+        return _with_weights(create_model("autoencoder-kl", **fields), state, weights, device)
     name = config.pop("_vaekit_model", None)
     if name is None:
-        raise VaekitError(f"{model_dir / CONFIG_NAME} has no _vaekit_model key: it was not saved by vaekit")
-    config = {key: value for key, value in config.items() if not key.startswith("_")}
-    model = create_model(name, **config)
+        raise VaekitError(f"{model_dir / CONFIG_NAME} is neither a vaekit nor a diffusers AutoencoderKL config")
+    fields = {key: value for key, value in config.items() if not key.startswith("_")}
+    model = create_model(name, **{**fields, **config_overrides})
     weights = model_dir / WEIGHTS_NAME
     if not weights.is_file():
         raise VaekitError(f"{model_dir} has {CONFIG_NAME} but no {WEIGHTS_NAME}: copy the weights file beside it")
     try:
-        state = load_file(weights, device=str(device))
+        state = load_file(weights, device="cpu")
     except (SafetensorError, OSError) as err:
         raise VaekitError(f"{weights} cannot be read ({err}); the file is damaged or incomplete") from None
+    return _with_weights(model, state, weights, device)
+
+
+def _with_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path, device) -> nn.Module:
+    """Load ``state`` into ``model`` after checking every name and shape, with an error that says which."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     found = {key: tuple(value.shape) for key, value in state.items()}
     if expected != found:
@@ -82,6 +108,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
         problems += [f"unexpected {k}" for k in sorted(found.keys() - expected.keys())]
         problems += [f"{k} has shape {list(found[k])}, the config needs {list(expected[k])}"
                      for k in sorted(expected.keys() & found.keys()) if expected[k] != found[k]]
-        raise VaekitError(f"{weights} does not fit the model in {CONFIG_NAME}: {'; '.join(problems[:3])}")
+        raise VaekitError(f"{source} does not fit the model in its config: {'; '.join(problems[:3])}"
+                          + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
     model.load_state_dict(state)
     return model.to(device).eval()

@@ -1,0 +1,191 @@
+"""The image-autoencoder commands: reconstruct, encode, decode, convert.
+
+A bad file among many is skipped with a one-line reason, and the command goes on; the exit status is
+1 only when nothing could be processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from vaekit.errors import VaekitError
+
+log = logging.getLogger("vaekit")
+
+
+def _image_model(args: argparse.Namespace):
+    from vaekit.models.autoencoder_kl import AutoencoderKL
+    from vaekit.models.io import load_model
+
+    model = load_model(args.model, device=args.device)
+    if not isinstance(model, AutoencoderKL):
+        raise VaekitError(f"{args.model} holds a {model.registry_name}; these commands need an image autoencoder "
+                          "(autoencoder-kl, kl-f8, ..., a diffusers AutoencoderKL folder or an LDM checkpoint)")
+    return model
+
+
+def _encode(model, x: torch.Tensor, args: argparse.Namespace):
+    from vaekit.models.tiling import tiled_encode
+
+    if args.tile and max(x.shape[2:]) > args.tile:
+        return tiled_encode(model, x, args.tile, args.overlap)
+    return model.encode(x)
+
+
+def _decode(model, z: torch.Tensor, size: tuple[int, int], args: argparse.Namespace) -> torch.Tensor:
+    from vaekit.models.tiling import tiled_decode
+
+    f = model.downsampling_factor
+    if args.tile and max(z.shape[2:]) * f > args.tile:
+        return tiled_decode(model, z, args.tile, args.overlap, size=size)
+    return model.decode(z, size=size)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = (a.clamp(-1, 1) - b.clamp(-1, 1)).double().pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def _each_image(paths: list[str], max_pixels: int):
+    """(path, image) for every readable file; unreadable ones are logged and counted."""
+    from vaekit.data.images import read_image
+
+    skipped = []
+    for path in paths:
+        try:
+            yield Path(path), read_image(path, max_pixels)
+        except VaekitError as err:
+            log.warning("skipped: %s", err)
+            skipped.append(path)
+    if skipped:
+        log.warning("skipped %d of %d files", len(skipped), len(paths))
+
+
+@torch.no_grad()
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from vaekit.data.images import write_image
+
+    model = _image_model(args)
+    out = Path(args.output)
+    done = 0
+    for path, x in _each_image(args.images, args.max_pixels):
+        x = x.to(args.device)
+        posterior = _encode(model, x, args)
+        z = posterior.sample() if args.sample else posterior.mode()
+        reconstruction = _decode(model, z, tuple(x.shape[2:]), args)
+        target = write_image(out / f"{path.stem}.png", reconstruction)
+        print(f"{path}\t{x.shape[3]}x{x.shape[2]}\tPSNR {psnr(reconstruction, x):.2f} dB\t-> {target}")
+        done += 1
+    return 0 if done else 1
+
+
+@torch.no_grad()
+def cmd_encode(args: argparse.Namespace) -> int:
+    from vaekit.models.latents_io import save_latents
+
+    model = _image_model(args)
+    latents, names, sizes = [], [], []
+    for path, x in _each_image(args.images, args.max_pixels):
+        posterior = _encode(model, x.to(args.device), args)
+        z = posterior.sample() if args.sample else posterior.mode()
+        latents.append(((z - (model.config.shift_factor or 0.0)) * model.config.scaling_factor)[0].cpu())
+        names.append(path.name)
+        sizes.append(tuple(x.shape[2:]))
+    if not latents:
+        return 1
+    save_latents(args.output, latents, names, sizes, model.config.scaling_factor, model.config.shift_factor)
+    print(f"{len(latents)} latents (scaling factor {model.config.scaling_factor:g} applied) -> {args.output}")
+    return 0
+
+
+@torch.no_grad()
+def cmd_decode(args: argparse.Namespace) -> int:
+    from vaekit.data.images import write_image
+    from vaekit.models.latents_io import load_latents
+
+    model = _image_model(args)
+    latents, names, sizes, scaling, shift = load_latents(args.latents)
+    for latent, name, size in zip(latents, names, sizes):
+        z = latent[None].to(args.device) / scaling + shift
+        image = _decode(model, z, size, args)
+        print(f"{name} -> {write_image(Path(args.output) / f'{Path(name).stem}.png', image)}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from vaekit.models.convert import export_diffusers
+    from vaekit.models.io import load_model, save_model
+
+    overrides = {}
+    if args.scaling_factor is not None:
+        overrides["scaling_factor"] = args.scaling_factor
+    if args.norm_groups is not None:
+        overrides["norm_num_groups"] = args.norm_groups
+    model = load_model(args.source, **overrides)
+    if args.format == "diffusers":
+        if getattr(model, "registry_name", "") != "autoencoder-kl":
+            raise VaekitError("only image autoencoders (AutoencoderKL) export to diffusers")
+        path = export_diffusers(model, args.output)
+    else:
+        path = save_model(model, args.output)
+    print(f"{args.source} -> {path} ({args.format}; {sum(p.numel() for p in model.parameters()):,} parameters)")
+    return 0
+
+
+def add_commands(commands) -> None:
+    def model_options(parser: argparse.ArgumentParser, tiles: bool = True) -> None:
+        parser.add_argument("--model", required=True, metavar="M",
+                            help="a vaekit model folder or run, a diffusers AutoencoderKL folder, or an LDM .ckpt/.safetensors")
+        parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        if tiles:
+            parser.add_argument("--tile", type=int, default=0, metavar="PIXELS",
+                                help="tile images larger than this many pixels a side (a multiple of f; 0 = never)")
+            parser.add_argument("--overlap", type=int, default=64, metavar="PIXELS", help="tile overlap (default 64)")
+
+    reconstruct = commands.add_parser(
+        "reconstruct", help="encode and decode images, print PSNR per image",
+        description="Encode each image, decode the posterior mode (or a sample) and write the reconstruction as "
+        "OUT/<name>.png; prints the PSNR against the input. Sides not divisible by f are padded and cropped back.")
+    reconstruct.add_argument("images", nargs="+", metavar="IMAGE")
+    reconstruct.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    reconstruct.add_argument("--sample", action="store_true", help="decode a posterior sample instead of the mode")
+    reconstruct.add_argument("--max-pixels", type=int, default=178_956_970, help="refuse larger images (bomb guard)")
+    model_options(reconstruct)
+    reconstruct.set_defaults(func=cmd_reconstruct)
+
+    encode = commands.add_parser(
+        "encode", help="images -> a safetensors file of latents",
+        description="Encode images to latents (z − shift_factor)·scaling_factor, one tensor per image, with the "
+        "file names, image sizes and scaling in the file's metadata.")
+    encode.add_argument("images", nargs="+", metavar="IMAGE")
+    encode.add_argument("-o", "--output", required=True, metavar="FILE.safetensors")
+    encode.add_argument("--sample", action="store_true", help="store a posterior sample instead of the mode")
+    encode.add_argument("--max-pixels", type=int, default=178_956_970, help="refuse larger images (bomb guard)")
+    model_options(encode)
+    encode.set_defaults(func=cmd_encode)
+
+    decode = commands.add_parser("decode", help="a latents file -> images",
+                                 description="Decode a file written by `vaekit encode` back to images OUT/<name>.png, "
+                                 "cropped to the original sizes.")
+    decode.add_argument("latents", metavar="LATENTS.safetensors")
+    decode.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    model_options(decode)
+    decode.set_defaults(func=cmd_decode)
+
+    convert = commands.add_parser(
+        "convert", help="convert weights: diffusers / LDM checkpoint / vaekit",
+        description="Load a vaekit model folder, a diffusers AutoencoderKL folder or an original LDM/CompVis "
+        "checkpoint (.ckpt read with torch.load(weights_only=True), never executing code; .safetensors; a full "
+        "Stable Diffusion checkpoint's first_stage_model) and write it as a vaekit folder or a diffusers folder.")
+    convert.add_argument("source", metavar="SOURCE")
+    convert.add_argument("-o", "--output", required=True, metavar="OUT")
+    convert.add_argument("--format", choices=["vaekit", "diffusers"], default="vaekit")
+    convert.add_argument("--scaling-factor", type=float, help="record this scaling factor (LDM checkpoints do not)")
+    convert.add_argument("--norm-groups", type=int, help="GroupNorm groups (not stored in weights; default 32)")
+    convert.set_defaults(func=cmd_convert)

@@ -1,0 +1,335 @@
+"""The KL-regularised convolutional autoencoder of latent diffusion (LDM, Stable Diffusion).
+
+Parameter names are those of diffusers' ``AutoencoderKL``, so its state dicts load without conversion
+(``models/convert.py`` handles the original LDM/CompVis names). Images are ``(B, C, H, W)`` in [-1, 1];
+latents are ``(B, c, H/f, W/f)`` with f = 2^(levels - 1).
+
+Input sides that are not multiples of f are padded (edge replication) up to the next multiple before
+encoding; ``reconstruct`` and ``decode(z, size=(H, W))`` crop the output back to the input's size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vaekit.errors import VaekitError
+from vaekit.models.distributions import DiagonalGaussian
+from vaekit.registry import MODELS
+
+NORM_EPS = 1e-6
+
+
+@dataclass
+class AutoencoderKLConfig:
+    in_channels: int = 3
+    out_channels: int = 3
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    """Channels per level; their count sets the downsampling factor f = 2^(levels - 1)."""
+    layers_per_block: int = 2
+    """ResNet blocks per encoder level (the decoder has one more)."""
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    mid_block_add_attention: bool = True
+    use_quant_conv: bool = True
+    use_post_quant_conv: bool = True
+    scaling_factor: float = 0.18215
+    """Latents for a diffusion model are (z − shift_factor) · scaling_factor: unit variance (LDM)."""
+    shift_factor: float | None = None
+    sample_size: int = 512
+    """Training resolution, recorded for diffusers' config (it sets diffusers' default tile size)."""
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.block_out_channels:
+            raise ValueError("block_out_channels needs at least one level")
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"every channel count must be divisible by norm_num_groups={self.norm_num_groups}; "
+                             f"{bad[0]} is not")
+        if self.layers_per_block < 1 or self.latent_channels < 1:
+            raise ValueError("layers_per_block and latent_channels must be at least 1")
+
+
+class ResnetBlock2D(nn.Module):
+    """GroupNorm → SiLU → conv3×3 → GroupNorm → SiLU → conv3×3, plus a (1×1 conv) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=NORM_EPS)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=NORM_EPS)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over all positions (diffusers' names: group_norm, to_q/k/v, to_out.0)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.group_norm = nn.GroupNorm(groups, channels, eps=NORM_EPS)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels), nn.Dropout(0.0)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.group_norm(x).view(b, c, h * w).transpose(1, 2)
+        # (B, 1 head, HW, C) as strided views, the layout diffusers hands to the same kernel.
+        q, k, v = (proj(tokens).view(b, -1, 1, c).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
+        out = self.to_out[0](out).transpose(1, 2).reshape(b, c, h, w)
+        # out first, as diffusers adds them: the sum then keeps out's (channels-last) layout, and the
+        # convolutions after it round exactly as diffusers' do.
+        return out + x
+
+
+class MidBlock(nn.Module):
+    def __init__(self, channels: int, groups: int, attention: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, groups), ResnetBlock2D(channels, channels, groups)])
+        self.attentions = nn.ModuleList([Attention(channels, groups)]) if attention else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.resnets[0](x)
+        if self.attentions is not None:
+            x = self.attentions[0](x)
+        return self.resnets[1](x)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3×3 conv after padding one row/column at the bottom/right (as LDM and diffusers)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2, then a 3×3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """ResNet blocks, then an optional resampler (diffusers' Down/UpEncoderBlock2D names)."""
+
+    def __init__(self, in_channels: int, out_channels: int, blocks: int, groups: int, resample: str | None):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, groups) for i in range(blocks)])
+        if resample == "down":
+            self.downsamplers = nn.ModuleList([Downsample(out_channels)])
+        elif resample == "up":
+            self.upsamplers = nn.ModuleList([Upsample(out_channels)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        for resampler in getattr(self, "downsamplers", []) or getattr(self, "upsamplers", []):
+            x = resampler(x)
+        return x
+
+
+class _Trunk(nn.Module):
+    """Runs its stages with optional gradient checkpointing."""
+
+    gradient_checkpointing = False
+
+    def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+
+class Encoder(_Trunk):
+    def __init__(self, config: AutoencoderKLConfig):
+        super().__init__()
+        channels, groups = config.block_out_channels, config.norm_num_groups
+        self.conv_in = nn.Conv2d(config.in_channels, channels[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList([
+            Level(channels[max(i - 1, 0)], channels[i], config.layers_per_block, groups,
+                  "down" if i < len(channels) - 1 else None)
+            for i in range(len(channels))
+        ])
+        self.mid_block = MidBlock(channels[-1], groups, config.mid_block_add_attention)
+        self.conv_norm_out = nn.GroupNorm(groups, channels[-1], eps=NORM_EPS)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(channels[-1], 2 * config.latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for level in self.down_blocks:
+            x = self._run(level, x)
+        x = self._run(self.mid_block, x)
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))
+
+
+class Decoder(_Trunk):
+    def __init__(self, config: AutoencoderKLConfig):
+        super().__init__()
+        channels, groups = list(reversed(config.block_out_channels)), config.norm_num_groups
+        self.conv_in = nn.Conv2d(config.latent_channels, channels[0], 3, padding=1)
+        self.mid_block = MidBlock(channels[0], groups, config.mid_block_add_attention)
+        self.up_blocks = nn.ModuleList([
+            Level(channels[max(i - 1, 0)], channels[i], config.layers_per_block + 1, groups,
+                  "up" if i < len(channels) - 1 else None)
+            for i in range(len(channels))
+        ])
+        self.conv_norm_out = nn.GroupNorm(groups, channels[-1], eps=NORM_EPS)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(channels[-1], config.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(z)
+        x = self._run(self.mid_block, x)
+        for level in self.up_blocks:
+            x = self._run(level, x)
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))
+
+
+class AutoencoderKLOutput(NamedTuple):
+    posterior: DiagonalGaussian
+    z: torch.Tensor
+    reconstruction: torch.Tensor
+
+
+@MODELS.register("autoencoder-kl", AutoencoderKLConfig)
+class AutoencoderKL(nn.Module):
+    """Encoder → diagonal Gaussian over ``(c, H/f, W/f)`` → decoder. Images in [-1, 1]."""
+
+    value_range = (-1.0, 1.0)
+    deterministic = False
+    conditional = False
+
+    def __init__(self, config: AutoencoderKLConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        channels = 2 * config.latent_channels
+        self.quant_conv = nn.Conv2d(channels, channels, 1) if config.use_quant_conv else None
+        self.post_quant_conv = (nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+                                if config.use_post_quant_conv else None)
+        self.encoder.gradient_checkpointing = self.decoder.gradient_checkpointing = config.gradient_checkpointing
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        f = self.downsampling_factor
+        return self.config.latent_channels, math.ceil(height / f), math.ceil(width / f)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise VaekitError(
+                f"{type(self).__name__} expects images of shape (batch, {self.config.in_channels}, height, width) in "
+                f"[-1, 1], got {tuple(x.shape)}"
+            )
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise VaekitError(f"cannot encode an image of size {x.shape[3]}×{x.shape[2]}: it has no pixels")
+
+    def pad_to_multiple(self, x: torch.Tensor) -> torch.Tensor:
+        """Replicate the last row/column up to a multiple of f (a no-op when already one)."""
+        f = self.downsampling_factor
+        pad_h, pad_w = -x.shape[2] % f, -x.shape[3] % f
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> DiagonalGaussian:
+        """x: ``(B, C, H, W)`` in [-1, 1] -> q(z|x) over ``(B, c, ⌈H/f⌉, ⌈W/f⌉)``."""
+        self._check_input(x)
+        moments = self.encoder(self.pad_to_multiple(x))
+        if self.quant_conv is not None:
+            moments = self.quant_conv(moments)
+        return DiagonalGaussian.from_parameters(moments)
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """z: ``(B, c, h, w)`` -> images ``(B, C, f·h, f·w)``, cropped to ``size`` = (H, W) when given."""
+        if z.ndim != 4 or z.shape[1] != self.config.latent_channels:
+            raise VaekitError(f"{type(self).__name__} decodes latents of shape (batch, {self.config.latent_channels}, "
+                              f"h, w), got {tuple(z.shape)}")
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        images = self.decoder(z)
+        return images if size is None else images[:, :, : size[0], : size[1]]
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = True,
+                generator: torch.Generator | None = None) -> AutoencoderKLOutput:
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample else posterior.mode()
+        return AutoencoderKLOutput(posterior, z, self.decode(z, size=x.shape[2:]))
+
+    def reconstruct(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Decode the posterior mode (or a sample) of ``x``, cropped back to ``x``'s size."""
+        return self(x, sample=sample).reconstruction
+
+    def to_latents(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents for a diffusion model: (z − shift_factor) · scaling_factor."""
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample else posterior.mode()
+        return (z - (self.config.shift_factor or 0.0)) * self.config.scaling_factor
+
+    def from_latents(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Inverse of ``to_latents`` followed by ``decode``."""
+        return self.decode(latents / self.config.scaling_factor + (self.config.shift_factor or 0.0), size=size)
+
+
+def scaling_factor_from_latents(latents: torch.Tensor) -> float:
+    """1 / std over every element of ``latents`` (the LDM recipe: 0.18215 for Stable Diffusion's VAE)."""
+    return 1.0 / latents.double().std().item()
+
+
+@torch.no_grad()
+def estimate_scaling_factor(model: AutoencoderKL, batches, generator: torch.Generator | None = None,
+                            store: bool = True) -> float:
+    """1 / std of posterior samples z ~ q(z|x) over ``batches`` (an iterable of ``(B, C, H, W)`` images in
+    [-1, 1], or of ``(images, labels)`` pairs), accumulated in float64; stored in the config when ``store``."""
+    total = squares = count = 0.0
+    device = next(model.parameters()).device
+    for batch in batches:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        z = model.encode(images.to(device)).sample(generator).double()
+        total, squares, count = total + z.sum().item(), squares + z.pow(2).sum().item(), count + z.numel()
+    if count < 2:
+        raise VaekitError("estimate_scaling_factor needs at least one image")
+    variance = (squares - total * total / count) / (count - 1)
+    factor = 1.0 / math.sqrt(variance)
+    if store:
+        model.config.scaling_factor = factor
+    return factor
+
+
+def _preset(name: str, channels: tuple[int, ...], latent: int, **extra) -> None:
+    MODELS.register_preset(name, "autoencoder-kl", block_out_channels=channels, latent_channels=latent, **extra)
+
+
+# Stable Diffusion's VAE (LDM kl-f8) and the LDM paper's other first-stage models (ch 128, ch_mult and
+# z_channels from their configs; the attention blocks those put inside f16/f32 levels are not part of
+# diffusers' AutoencoderKL, whose only attention is the mid block's).
+_preset("kl-f4", (128, 256, 512), 3)
+_preset("kl-f8", (128, 256, 512, 512), 4)
+_preset("kl-f16", (128, 128, 256, 256, 512), 16)
+_preset("kl-f32", (128, 128, 256, 256, 512, 512), 64)
+_preset("kl-f8-tiny", (32, 64, 64, 64), 4, layers_per_block=1, norm_num_groups=16, sample_size=64)

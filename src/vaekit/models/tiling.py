@@ -1,0 +1,214 @@
+"""Tiled encoding and decoding of images larger than memory allows, without tone shifts between tiles.
+
+Tiles overlap and are blended with linear ramps. The difficulty is GroupNorm: normalised per tile (as
+diffusers' ``enable_tiling`` does), every tile gets its own mean and variance and the tiles' tones
+drift apart. Here the tiles are first run once to measure each GroupNorm's statistics over the whole
+image — every tile contributes the sums of its own share of the image (a partition, so no pixel counts
+twice) — and then run again normalising with those image-wide statistics. ``refinements`` repeats the
+measuring pass, each time normalising with the previous estimate, to bring the statistics of deep
+layers closer to the untiled ones. Self-attention (the mid block's) still sees one tile at a time.
+
+Peak memory is that of one tile's activations plus the output (and the per-group sums), whatever the
+image's size.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaekit.errors import VaekitError
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles of length ``tile`` covering ``size`` with at least ``overlap`` shared; the last
+    tile is aligned with the end."""
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride))
+    return starts + [size - tile]
+
+
+def _ramp(length: int, start: int, overlap_before: int, overlap_after: int, device, dtype) -> torch.Tensor:
+    """Blend weights along one axis of a tile: rising over the overlap with the previous tile, falling
+    over the overlap with the next, 1 elsewhere (never 0, so every pixel is covered)."""
+    position = torch.arange(length, device=device, dtype=dtype) + 0.5
+    weight = torch.ones(length, device=device, dtype=dtype)
+    if overlap_before:
+        weight = torch.minimum(weight, position / overlap_before)
+    if overlap_after:
+        weight = torch.minimum(weight, (length - position) / overlap_after)
+    return weight.clamp_min(1e-3)
+
+
+@dataclass
+class _Tile:
+    top: int
+    left: int
+    height: int
+    width: int
+    core: tuple[float, float, float, float]
+    """(top, bottom, left, right) of this tile's share of the image, as fractions of the tile."""
+
+
+def _tiles(height: int, width: int, tile: int, overlap: int) -> list[_Tile]:
+    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+
+    def shares(starts: list[int], size: int, length: int) -> list[tuple[float, float]]:
+        # Each position belongs to the tile whose centre is nearest: a partition of the image.
+        bounds = [0] + [(a + length + b) // 2 for a, b in zip(starts[:-1], starts[1:])] + [size]
+        return [((lo - s) / length, (hi - s) / length) for s, lo, hi in zip(starts, bounds[:-1], bounds[1:])]
+
+    th, tw = min(tile, height), min(tile, width)
+    row_shares, col_shares = shares(rows, height, th), shares(cols, width, tw)
+    return [_Tile(r, c, th, tw, (*rs, *cs)) for r, rs in zip(rows, row_shares) for c, cs in zip(cols, col_shares)]
+
+
+@dataclass
+class _GroupStats:
+    """Per (batch element, group) sums over the image of one GroupNorm's input, in float64."""
+
+    total: torch.Tensor | None = None
+    squares: torch.Tensor | None = None
+    count: float = 0.0
+
+    def add(self, x: torch.Tensor, groups: int) -> None:
+        b = x.shape[0]
+        flat = x.double().reshape(b, groups, -1)
+        total, squares = flat.sum(-1), flat.pow(2).sum(-1)
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += flat.shape[-1]
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.total / self.count
+        return mean, (self.squares / self.count - mean.pow(2)).clamp_min(0)
+
+
+@dataclass
+class _SharedNorm:
+    """The state of the GroupNorm replacement during one tiled pass."""
+
+    using: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    collecting: dict[nn.GroupNorm, _GroupStats] | None = None
+    tile: _Tile | None = None
+
+    def forward(self, module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        if self.collecting is not None:
+            top, bottom, left, right = self.tile.core
+            h, w = x.shape[2:]
+            share = x[:, :, round(top * h):round(bottom * h), round(left * w):round(right * w)]
+            self.collecting.setdefault(module, _GroupStats()).add(share, module.num_groups)
+        if module not in self.using:
+            return F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
+        mean, var = self.using[module]
+        b, c = x.shape[:2]
+        grouped = x.reshape(b, module.num_groups, -1)
+        normed = (grouped - mean[..., None].to(x.dtype)) * torch.rsqrt(var[..., None] + module.eps).to(x.dtype)
+        normed = normed.reshape(x.shape)
+        if module.affine:
+            normed = normed * module.weight.view(1, c, 1, 1) + module.bias.view(1, c, 1, 1)
+        return normed
+
+
+@contextmanager
+def _shared_group_norm(model: nn.Module, state: _SharedNorm) -> Iterator[None]:
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    for norm in norms:
+        norm.forward = lambda x, norm=norm: state.forward(norm, x)
+    try:
+        yield
+    finally:
+        for norm in norms:
+            del norm.forward
+
+
+def _run_tiled(model: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], source: torch.Tensor, tile: int,
+               overlap: int, scale: float, refinements: int, statistics: str) -> torch.Tensor:
+    """Apply ``run`` to overlapping tiles of ``source`` ``(B, C, H, W)`` (tile and overlap in source
+    pixels); ``run`` maps an (h, w) tile to (h·scale, w·scale). Returns the blended full output."""
+    b, _, height, width = source.shape
+    tiles = _tiles(height, width, tile, overlap)
+    state = _SharedNorm()
+    with _shared_group_norm(model, state), torch.no_grad():
+        if statistics not in ("image", "tile"):
+            raise VaekitError(f"statistics must be 'image' or 'tile', not {statistics!r}")
+        if len(tiles) > 1 and statistics == "image":
+            for _ in range(1 + refinements):  # measuring passes: image-wide GroupNorm statistics
+                state.collecting = {}
+                for t in tiles:
+                    state.tile = t
+                    run(source[:, :, t.top:t.top + t.height, t.left:t.left + t.width])
+                state.using = {m: s.moments() for m, s in state.collecting.items()}
+            state.collecting = None
+        output = weight_sum = None
+        rows = sorted({t.top for t in tiles})
+        cols = sorted({t.left for t in tiles})
+        for t in tiles:
+            out = run(source[:, :, t.top:t.top + t.height, t.left:t.left + t.width])
+            if output is None:
+                output = torch.zeros((b, out.shape[1], round(height * scale), round(width * scale)),
+                                     dtype=out.dtype, device=out.device)
+                weight_sum = torch.zeros((1, 1, *output.shape[2:]), dtype=out.dtype, device=out.device)
+            r, c = rows.index(t.top), cols.index(t.left)
+            before_h = (rows[r - 1] + t.height - t.top) if r > 0 else 0
+            after_h = (t.top + t.height - rows[r + 1]) if r + 1 < len(rows) else 0
+            before_w = (cols[c - 1] + t.width - t.left) if c > 0 else 0
+            after_w = (t.left + t.width - cols[c + 1]) if c + 1 < len(cols) else 0
+            oh, ow = out.shape[2:]
+            weight = (_ramp(oh, 0, round(before_h * scale), round(after_h * scale), out.device, out.dtype)[:, None]
+                      * _ramp(ow, 0, round(before_w * scale), round(after_w * scale), out.device, out.dtype)[None, :])
+            top, left = round(t.top * scale), round(t.left * scale)
+            output[:, :, top:top + oh, left:left + ow] += out * weight
+            weight_sum[:, :, top:top + oh, left:left + ow] += weight
+    return output / weight_sum
+
+
+def _check(tile: int, overlap: int, f: int, what: str) -> None:
+    if tile % f or overlap % f or tile <= 0:
+        raise VaekitError(f"{what}: tile size {tile} and overlap {overlap} must be positive multiples of f = {f}")
+    if not 0 <= overlap < tile:
+        raise VaekitError(f"{what}: the overlap ({overlap}) must be smaller than the tile ({tile})")
+
+
+def tiled_encode(model, x: torch.Tensor, tile: int = 512, overlap: int = 64, refinements: int = 1,
+                 statistics: str = "image"):
+    """q(z|x) of an image of any size, encoded in ``tile``-pixel tiles overlapping by ``overlap`` pixels.
+
+    ``statistics="image"`` normalises with image-wide GroupNorm statistics (measured in 1 + refinements
+    extra passes); ``"tile"`` normalises each tile on its own, as diffusers does: one pass, tone shifts.
+    """
+    from vaekit.models.distributions import DiagonalGaussian
+
+    f = model.downsampling_factor
+    _check(tile, overlap, f, "tiled encode")
+    model._check_input(x)
+    padded = model.pad_to_multiple(x)
+
+    def run(t: torch.Tensor) -> torch.Tensor:
+        moments = model.encoder(t)
+        return model.quant_conv(moments) if model.quant_conv is not None else moments
+
+    moments = _run_tiled(model, run, padded, tile, overlap, 1 / f, refinements, statistics)
+    return DiagonalGaussian.from_parameters(moments)
+
+
+def tiled_decode(model, z: torch.Tensor, tile: int = 512, overlap: int = 64, refinements: int = 1,
+                 size: tuple[int, int] | None = None, statistics: str = "image") -> torch.Tensor:
+    """Images from latents ``(B, c, h, w)``, decoded in tiles of ``tile`` output pixels overlapping by
+    ``overlap`` output pixels; cropped to ``size`` = (H, W) when given. ``statistics``: as in
+    ``tiled_encode``."""
+    f = model.downsampling_factor
+    _check(tile, overlap, f, "tiled decode")
+
+    def run(t: torch.Tensor) -> torch.Tensor:
+        return model.decoder(model.post_quant_conv(t) if model.post_quant_conv is not None else t)
+
+    images = _run_tiled(model, run, z, tile // f, overlap // f, f, refinements, statistics)
+    return images if size is None else images[:, :, : size[0], : size[1]]

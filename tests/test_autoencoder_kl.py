@@ -1,0 +1,359 @@
+"""The KL autoencoder: architecture, presets, diffusers parity and interop, LDM conversion, padding,
+tiling, scaling factor and bad input."""
+
+import math
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vaekit
+from vaekit.cli import main
+from vaekit.data.images import read_image
+from vaekit.errors import VaekitError
+from vaekit.models.autoencoder_kl import AutoencoderKL, estimate_scaling_factor, scaling_factor_from_latents
+from vaekit.models.convert import export_diffusers
+from vaekit.models.tiling import tile_starts, tiled_decode, tiled_encode
+from vaekit.registry import MODELS
+
+KL_MODELS = [name for name in MODELS.names() if MODELS.get(name).obj is AutoencoderKL]
+SMALL = dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, latent_channels=3)
+
+
+def tiny(**extra):
+    torch.manual_seed(0)
+    return vaekit.create_model("autoencoder-kl", **{**SMALL, **extra}).eval()
+
+
+def test_kl_f8_is_stable_diffusions_vae():
+    with torch.device("meta"):
+        model = vaekit.create_model("kl-f8")
+    assert sum(p.numel() for p in model.parameters()) == 83_653_863
+    assert model.downsampling_factor == 8 and model.config.latent_channels == 4
+
+
+@pytest.mark.parametrize("name", KL_MODELS)
+def test_every_preset_maps_images_to_latents_of_the_right_shape(name):
+    with torch.device("meta"):  # shapes only: no memory, no compute
+        model = vaekit.create_model(name)
+        x = torch.empty(2, 3, 64, 96)
+        posterior = model.encode(x)
+        f = model.downsampling_factor
+        assert posterior.mean.shape == (2, model.config.latent_channels, 64 // f, 96 // f)
+        assert model.decode(posterior.mean).shape == (2, 3, 64, 96)
+    assert {"kl-f4": 4, "kl-f8": 8, "kl-f16": 16, "kl-f32": 32, "kl-f8-tiny": 8}.get(name, f) == f
+
+
+def _diffusers_twin(model):
+    diffusers = pytest.importorskip("diffusers")
+    c = model.config
+    twin = diffusers.AutoencoderKL(
+        in_channels=c.in_channels, out_channels=c.out_channels, block_out_channels=c.block_out_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(c.block_out_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(c.block_out_channels), layers_per_block=c.layers_per_block,
+        latent_channels=c.latent_channels, norm_num_groups=c.norm_num_groups,
+        mid_block_add_attention=c.mid_block_add_attention, use_quant_conv=c.use_quant_conv,
+        use_post_quant_conv=c.use_post_quant_conv).eval()
+    twin.load_state_dict(model.state_dict())  # same names: no conversion
+    return twin
+
+
+@pytest.mark.parametrize("name, extra", [("kl-f8", {}), ("kl-f8-tiny", {}),
+                                         ("autoencoder-kl", {**SMALL, "mid_block_add_attention": False,
+                                                             "use_quant_conv": False})])
+def test_parity_with_diffusers_on_the_same_weights(name, extra):
+    torch.manual_seed(0)
+    model = vaekit.create_model(name, **extra).eval()
+    twin = _diffusers_twin(model)
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    with torch.no_grad():
+        ours, theirs = model.encode(x), twin.encode(x).latent_dist
+        torch.testing.assert_close(ours.mean, theirs.mean, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.logvar, theirs.logvar, atol=1e-5, rtol=1e-5)
+        # The same latent into both decoders. (Contiguous: the mean is a strided view of the moments,
+        # and on such a view the two implementations round differently, by ~2e-5 on outputs of ~5.)
+        z = ours.mean.contiguous()
+        torch.testing.assert_close(model.decode(z), twin.decode(z).sample, atol=1e-5, rtol=1e-5)
+
+
+def test_export_loads_in_diffusers_and_round_trips_exactly(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    model = tiny(scaling_factor=0.3, shift_factor=0.1)
+    export_diffusers(model, tmp_path / "d")
+    twin = diffusers.AutoencoderKL.from_pretrained(tmp_path / "d").eval()
+    assert twin.config.scaling_factor == 0.3 and twin.config.shift_factor == 0.1
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(twin.encode(x).latent_dist.mean, model.encode(x).mean, atol=1e-5, rtol=1e-5)
+    back = vaekit.load_model(tmp_path / "d")
+    assert back.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value)
+    # A folder diffusers itself wrote loads as it is.
+    twin.save_pretrained(tmp_path / "by-diffusers")
+    again = vaekit.load_model(tmp_path / "by-diffusers")
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def _to_ldm_names(state, levels):
+    """diffusers -> LDM names, written independently of vaekit's converter (the inverse mapping)."""
+    out = {}
+    for key, value in state.items():
+        k = key
+        for a, b in ((".conv_shortcut.", ".nin_shortcut."), ("conv_norm_out.", "norm_out."),
+                     ("mid_block.attentions.0.group_norm.", "mid.attn_1.norm."),
+                     ("mid_block.attentions.0.to_out.0.", "mid.attn_1.proj_out."),
+                     ("mid_block.resnets.0.", "mid.block_1."), ("mid_block.resnets.1.", "mid.block_2."),
+                     ("downsamplers.0.", "downsample."), ("upsamplers.0.", "upsample."), (".resnets.", ".block.")):
+            k = k.replace(a, b)
+        for q in "qkv":
+            k = k.replace(f"mid_block.attentions.0.to_{q}.", f"mid.attn_1.{q}.")
+        k = k.replace("encoder.down_blocks.", "encoder.down.")
+        if k.startswith("decoder.up_blocks."):
+            rest = k[len("decoder.up_blocks."):]
+            i, tail = rest.split(".", 1)
+            k = f"decoder.up.{levels - 1 - int(i)}.{tail}"
+        if ".attn_1." in k and k.endswith("weight") and value.ndim == 2 and "norm" not in k:
+            value = value[:, :, None, None]
+        out[k] = value
+    return out
+
+
+def test_ldm_checkpoint_converts_to_the_same_model(tmp_path):
+    model = tiny()
+    ldm = _to_ldm_names(model.state_dict(), len(SMALL["block_out_channels"]))
+    checkpoint = {"state_dict": {**{f"first_stage_model.{k}": v for k, v in ldm.items()},
+                                 "model.diffusion_model.x.weight": torch.zeros(1),
+                                 "first_stage_model.loss.logvar": torch.zeros(())}}
+    torch.save(checkpoint, tmp_path / "sd.ckpt")
+    loaded = vaekit.load_model(tmp_path / "sd.ckpt", norm_num_groups=8)
+    assert loaded.config.block_out_channels == (32, 64) and loaded.config.latent_channels == 3
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # The same weights through diffusers' own converter give the same model.
+    single_file = pytest.importorskip("diffusers.loaders.single_file_utils")
+    twin = _diffusers_twin(model)
+    theirs = single_file.convert_ldm_vae_checkpoint({f"first_stage_model.{k}": v for k, v in ldm.items()},
+                                                    dict(twin.config))
+    twin.load_state_dict(theirs)
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(twin.encode(x).latent_dist.mean, loaded.encode(x).mean, atol=1e-5, rtol=1e-5)
+    # The CLI converts too.
+    assert main(["convert", str(tmp_path / "sd.ckpt"), "-o", str(tmp_path / "v"), "--norm-groups", "8",
+                 "--scaling-factor", "0.2"]) == 0
+    assert vaekit.load_model(tmp_path / "v").config.scaling_factor == 0.2
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch EXPLOITED",))
+
+
+def test_loading_never_runs_pickled_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open("evil.ckpt", "wb") as f:
+        pickle.dump({"state_dict": {"x": _Exploit()}}, f)
+    with pytest.raises(VaekitError, match="never pickled code"):
+        vaekit.load_model(tmp_path / "evil.ckpt")
+    assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_weights_that_do_not_fit_the_config_are_a_clear_error(tmp_path):
+    export_diffusers(tiny(), tmp_path / "d")
+    config = (tmp_path / "d" / "config.json").read_text().replace('"latent_channels": 3', '"latent_channels": 8')
+    (tmp_path / "d" / "config.json").write_text(config)
+    with pytest.raises(VaekitError, match=r"does not fit the model in its config: .*has shape \[6, 64, 3, 3\], "
+                                          r"the config needs \[16, 64, 3, 3\]"):
+        vaekit.load_model(tmp_path / "d")
+
+
+def test_odd_sides_are_padded_and_cropped_back():
+    model = tiny()
+    x = torch.rand(1, 3, 13, 22) * 2 - 1
+    with torch.no_grad():
+        posterior = model.encode(x)
+        assert posterior.mean.shape == (1, 3, 7, 11)
+        torch.testing.assert_close(posterior.mean, model.encode(model.pad_to_multiple(x)).mean)
+        assert model.pad_to_multiple(x).shape[2:] == (14, 22)
+        assert model.reconstruct(x).shape == x.shape
+        torch.testing.assert_close(model.decode(posterior.mean, size=(13, 22)), model.decode(posterior.mean)[..., :13, :22])
+    with pytest.raises(VaekitError, match="has no pixels"):
+        model.encode(torch.zeros(1, 3, 0, 8))
+    with pytest.raises(VaekitError, match=r"expects images of shape \(batch, 3, height, width\)"):
+        model.encode(torch.zeros(1, 1, 8, 8))
+
+
+def test_latents_round_trip_through_the_scaling():
+    model = tiny(scaling_factor=0.5, shift_factor=0.2)
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        z = model.encode(x).mode()
+        latents = model.to_latents(x)
+        torch.testing.assert_close(latents, (z - 0.2) * 0.5)
+        torch.testing.assert_close(model.from_latents(latents), model.decode(z))
+
+
+def test_scaling_factor_is_one_over_the_latent_std():
+    generator = torch.Generator().manual_seed(0)
+    assert scaling_factor_from_latents(5.0 * torch.randn(64, 4, 8, 8, generator=generator)) == pytest.approx(0.2, rel=0.01)
+    model = tiny()
+    images = [torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1 for _ in range(3)]
+    factor = estimate_scaling_factor(model, images, generator=torch.Generator().manual_seed(1))
+    samples = torch.cat([model.encode(x).sample(g) for x, g in zip(images, [torch.Generator().manual_seed(1)] * 1
+                                                                   + [None] * 0)])
+    assert model.config.scaling_factor == factor
+    with torch.no_grad():  # the same draws, by hand
+        g = torch.Generator().manual_seed(1)
+        by_hand = torch.cat([model.encode(x).sample(g) for x in images])
+    assert factor == pytest.approx(1 / by_hand.double().std().item(), rel=1e-6)
+    assert samples.shape[0] == 2
+
+
+def test_tile_layout_covers_the_image_with_the_overlap():
+    assert tile_starts(100, 100, 16) == [0]
+    assert tile_starts(200, 64, 16) == [0, 48, 96, 136]
+    starts = tile_starts(1000, 256, 32)
+    assert starts[-1] + 256 == 1000 and all(b - a <= 256 - 32 for a, b in zip(starts, starts[1:]))
+
+
+def test_a_single_tile_is_the_untiled_computation():
+    model = tiny()
+    x = torch.rand(1, 3, 24, 40) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(tiled_encode(model, x, tile=64, overlap=16).mean, model.encode(x).mean)
+        z = model.encode(x).mean
+        torch.testing.assert_close(tiled_decode(model, z, tile=64, overlap=16), model.decode(z))
+
+
+def test_tiles_share_image_wide_group_norm_statistics():
+    """The first GroupNorm's input depends on the pixels only, so the statistics the tiles measure
+    together must equal the untiled ones (every pixel counted once)."""
+    from vaekit.models import tiling
+
+    model = tiny()
+    x = torch.rand(1, 3, 48, 64) * 2 - 1
+    first_norm = model.encoder.down_blocks[0].resnets[0].norm1
+    seen = {}
+    hook = first_norm.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    with torch.no_grad():
+        model.encode(x)
+    hook.remove()
+    untiled = seen["x"].double().view(1, 8, -1)
+    measured = {}
+    original = tiling._GroupStats.moments
+
+    def record(self):
+        result = original(self)
+        measured.setdefault(id(self), result)
+        return result
+
+    tiling._GroupStats.moments = record
+    try:
+        with torch.no_grad():
+            tiled_encode(model, x, tile=32, overlap=16, refinements=0)
+    finally:
+        tiling._GroupStats.moments = original
+    mean, var = next(iter(measured.values()))  # the first GroupNorm called is norm1 of the first resnet
+    torch.testing.assert_close(mean, untiled.mean(-1), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(var, untiled.var(-1, unbiased=False), atol=1e-6, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained_small():
+    """A small f=2 autoencoder after 150 steps on crops of a photograph (5 s): random weights amplify
+    every difference and say nothing about tiling; a model that has learnt a little does."""
+    from skimage import data as photos
+
+    torch.manual_seed(0)
+    model = vaekit.create_model("autoencoder-kl", **SMALL)
+    photo = torch.tensor(photos.astronaut()[::4, ::4].copy()).permute(2, 0, 1).float() / 127.5 - 1
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.5, 0.9))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        i, j = torch.randint(0, 96, (2,), generator=generator).tolist()
+        x = torch.stack([photo[:, i:i + 32, j:j + 32], photo.flip(2)[:, j:j + 32, i:i + 32]])
+        loss = (model(x).reconstruction - x).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), photo[None]
+
+
+def test_tiled_matches_untiled_far_better_than_per_tile_normalisation(trained_small):
+    model, x = trained_small
+
+    def psnr(a, b):
+        return 10 * math.log10(4 / (a - b).pow(2).mean().item())
+
+    with torch.no_grad():
+        z = model.encode(x).mean
+        untiled = model.decode(z)
+        ours = tiled_decode(model, z, tile=64, overlap=16)
+        per_tile = tiled_decode(model, z, tile=64, overlap=16, statistics="tile")
+        latent_error = (tiled_encode(model, x, tile=64, overlap=16).mean - z).norm() / z.norm()
+        per_tile_latent_error = (tiled_encode(model, x, tile=64, overlap=16, statistics="tile").mean - z).norm() / z.norm()
+    assert psnr(ours, untiled) > 33 and psnr(ours, untiled) > psnr(per_tile, untiled) + 6
+    assert latent_error < 0.05 and latent_error < per_tile_latent_error / 4
+
+
+def _bad_images(folder):
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(folder / "ok.png")
+    Image.fromarray(np.full((10, 12), 65535, dtype=np.uint16)).save(folder / "deep.png")
+    Image.new("RGBA", (9, 9), (0, 0, 0, 0)).save(folder / "clear.png")
+    Image.new("L", (8, 8), 0).save(folder / "gray.png")
+    Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(folder / "cmyk.jpg")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnonsense")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / "whole.jpg")
+    (folder / "truncated.jpg").write_bytes((folder / "whole.jpg").read_bytes()[:300])
+    (folder / "empty.ppm").write_bytes(b"P6\n0 5\n255\n")
+    Image.new("RGB", (200, 200)).save(folder / "big.png")
+
+
+def test_image_files_convert_or_fail_with_one_line(tmp_path):
+    _bad_images(tmp_path / "imgs")
+    d = tmp_path / "imgs"
+    assert read_image(d / "ok.png").shape == (1, 3, 20, 30)
+    assert read_image(d / "deep.png").min() == 1.0  # 16-bit full scale -> white
+    assert read_image(d / "clear.png").min() == 1.0  # transparent -> composited onto white
+    assert read_image(d / "gray.png").shape == (1, 3, 8, 8) and read_image(d / "gray.png").max() == -1.0
+    assert read_image(d / "cmyk.jpg").shape == (1, 3, 8, 8)
+    for name, message in (("corrupt.png", "cannot read"), ("truncated.jpg", "cannot read"),
+                          ("empty.ppm", "cannot read"), ("missing.png", "no such image file")):
+        with pytest.raises(VaekitError, match=message):
+            read_image(d / name)
+    with pytest.raises(VaekitError, match="above the limit of 10,000.*--max-pixels"):
+        read_image(d / "big.png", max_pixels=10_000)
+
+
+def test_reconstruct_encode_decode_commands(tmp_path, capsys):
+    _bad_images(tmp_path / "imgs")
+    export_diffusers(tiny(), tmp_path / "m")
+    images = sorted(str(p) for p in (tmp_path / "imgs").iterdir())
+    assert main(["reconstruct", *images, "--model", str(tmp_path / "m"), "-o", str(tmp_path / "rec"),
+                 "--max-pixels", "30000"]) == 0
+    out = capsys.readouterr().out
+    assert "ok.png\t30x20\tPSNR" in out and len(out.strip().splitlines()) == 6  # 4 bad files skipped
+    assert Image.open(tmp_path / "rec" / "ok.png").size == (30, 20)
+    assert main(["encode", *images, "--model", str(tmp_path / "m"), "-o", str(tmp_path / "z.safetensors")]) == 0
+    assert main(["decode", str(tmp_path / "z.safetensors"), "--model", str(tmp_path / "m"),
+                 "-o", str(tmp_path / "dec"), "--tile", "16", "--overlap", "8"]) == 0
+    assert Image.open(tmp_path / "dec" / "big.png").size == (200, 200)
+    assert Image.open(tmp_path / "dec" / "ok.png").size == (30, 20)
+    assert main(["reconstruct", str(tmp_path / "imgs" / "corrupt.png"), "--model", str(tmp_path / "m"),
+                 "-o", str(tmp_path / "x")]) == 1
+
+
+def test_explore_refuses_spatial_latents_with_a_clear_message(tmp_path):
+    from vaekit.explore import explore_run
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("model:\n  name: kl-f8-tiny\ndata:\n  name: shapes\n")
+    vaekit.save_model(vaekit.create_model("kl-f8-tiny"), tmp_path / "run" / "model")
+    with pytest.raises(VaekitError, match="whose latents are spatial"):
+        explore_run(tmp_path / "run")
