@@ -357,3 +357,25 @@ def test_explore_refuses_spatial_latents_with_a_clear_message(tmp_path):
     vaekit.save_model(vaekit.create_model("kl-f8-tiny"), tmp_path / "run" / "model")
     with pytest.raises(VaekitError, match="whose latents are spatial"):
         explore_run(tmp_path / "run")
+
+
+def test_the_trainer_and_evaluation_understand_image_autoencoders(tmp_path):
+    from vaekit.config import load_config
+    from vaekit.runs import read_metrics
+
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    overrides = ["model.name=autoencoder-kl", "model.block_out_channels=[16,16]", "model.norm_num_groups=8",
+                 "model.layers_per_block=1", "data.name=folder", f"data.path={folder}", "data.grayscale=false",
+                 "data.image_size=16", "train.epochs=2", "train.batch_size=4", "train.progress_bar=false",
+                 f"output_dir={tmp_path / 'runs'}"]
+    run = vaekit.train(load_config(None, overrides), explore=False)
+    test = read_metrics(run)["test"]
+    assert set(test) >= {"mse", "psnr", "l1", "kl", "latent_std", "scaling_factor_estimate"}
+    assert test["psnr"] == pytest.approx(10 * math.log10(4 / test["mse"]))
+    assert isinstance(vaekit.load_model(run), AutoencoderKL)
+    with pytest.raises(VaekitError, match="takes 3-channel images and shapes/train has 1 channel"):
+        vaekit.train(load_config(None, ["model.name=kl-f8-tiny", f"output_dir={tmp_path / 'runs'}"]))

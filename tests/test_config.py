@@ -42,7 +42,7 @@ def test_yaml_file_then_overrides(tmp_path):
         ("model.likelihood=poisson", "model.likelihood must be one of 'bernoulli', 'gaussian'"),
         ("train.adam_betas=[0.9]", "train.adam_betas must have 2 entries"),
         ("model.hidden_dims=[64,x]", "model.hidden_dims[1] must be an integer"),
-        ("model.name=transformer", "unknown model 'transformer'; choose one of: beta-vae, cvae, mlp-ae, mlp-vae"),
+        ("model.name=transformer", "unknown model 'transformer'; choose one of: autoencoder-kl, beta-vae, cvae"),
         ("data.name=mnist", "unknown dataset 'mnist'"),
         ("model.latent_dim=0", "latent_dim must be at least 1"),
         ("train=5", "train must be a mapping"),

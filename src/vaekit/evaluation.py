@@ -7,9 +7,11 @@ from pathlib import Path
 import torch
 
 from vaekit.data import build_dataset
+from vaekit.metrics.image import evaluate_reconstruction
 from vaekit.metrics.likelihood import evaluate_likelihood
 from vaekit.models.io import load_model
 from vaekit.runs import read_run_config, update_metrics
+from vaekit.data.ranges import range_map
 
 
 def evaluate(run_dir: str | Path, iwae_samples: int | None = None, device: str | None = None) -> dict:
@@ -21,6 +23,11 @@ def evaluate(run_dir: str | Path, iwae_samples: int | None = None, device: str |
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(run_dir, device=device)
     test_data = build_dataset(config.data, "test")
+    if getattr(model, "value_range", (0.0, 1.0)) != (0.0, 1.0):  # an image autoencoder: no likelihood
+        metrics = evaluate_reconstruction(model, test_data, seed=config.seed, device=device,
+                                          to_model_range=range_map(test_data.value_range, model.value_range))
+        update_metrics(run_dir, "test", metrics)
+        return metrics
     metrics = evaluate_likelihood(
         model,
         test_data,

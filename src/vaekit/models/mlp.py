@@ -74,6 +74,8 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 class MLPVAE(nn.Module):
     """Gaussian encoder q(z|x) = N(μ(x), diag σ²(x)), prior N(0, I), factorised decoder p(x|z)."""
 
+    value_range = (0.0, 1.0)
+    loss_name = "elbo"
     deterministic = False
     conditional = False
 

@@ -28,10 +28,12 @@ from vaekit.data import ImageDataset, batch_loader, build_dataset
 from vaekit.errors import ConfigError, TrainingDiverged, VaekitError
 from vaekit.evaluation import evaluate
 from vaekit.fileio import write_text
-from vaekit.losses import ELBOLoss, linear_warmup
+from vaekit.losses import linear_warmup
+from vaekit.registry import LOSSES
 from vaekit.models.io import create_model, save_model
 from vaekit.runs import CONFIG_FILE, LOG_FILE, create_run_dir, read_run_config, update_metrics
 from vaekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vaekit.data.ranges import range_map
 from vaekit.training.snapshots import save_snapshot
 
 log = logging.getLogger("vaekit")
@@ -103,6 +105,12 @@ def resolve_for_data(config: RunConfig, dataset: ImageDataset) -> RunConfig:
             raise ConfigError(
                 f"model.num_classes is {params.num_classes} but {dataset.name} has {dataset.num_classes} classes"
             )
+    if hasattr(params, "in_channels") and params.in_channels != dataset.image_shape[0]:
+        raise ConfigError(
+            f"model {config.model.name} takes {params.in_channels}-channel images and {dataset.name} has "
+            f"{dataset.image_shape[0]} channel(s); set model.in_channels and model.out_channels to "
+            f"{dataset.image_shape[0]}, or data.grayscale=false for a folder"
+        )
     model = dataclasses.replace(config.model, params=dataclasses.replace(params, **updates))
     return dataclasses.replace(config, model=model)
 
@@ -196,7 +204,8 @@ def train(
     is_main = accelerator.is_main_process
     device = accelerator.device
     model = create_model(config.model.name, **dataclasses.asdict(config.model.params))
-    loss_fn = ELBOLoss(beta=getattr(model.config, "beta", 1.0))
+    loss_fn = LOSSES.get(model.loss_name).obj(beta=getattr(model.config, "beta", getattr(model.config, "kl_weight", 1.0)))
+    to_model_range = range_map(train_data.value_range, model.value_range)
     model = accelerator.prepare(model)
     raw_model = accelerator.unwrap_model(model)
     optimizer = make_optimizer(raw_model, cfg)
@@ -227,7 +236,7 @@ def train(
     if cfg.snapshot_examples > 0 and is_main:
         test_data = build_dataset(config.data, "test")
         snapshot_x, snapshot_labels = test_data.__getitems__(test_data.spread_indices(cfg.snapshot_examples, config.seed))
-        snapshot_x = snapshot_x.to(device)
+        snapshot_x = to_model_range(snapshot_x.to(device))
         snapshot_labels = snapshot_labels.to(device) if conditional else None
 
     started = time.perf_counter()
@@ -260,7 +269,7 @@ def train(
             for epoch in range(state["epoch"], cfg.epochs):
                 sampler.set_epoch(epoch, state["batch_in_epoch"])
                 for x, labels in loader:
-                    x = x.to(device, non_blocking=True)
+                    x = to_model_range(x.to(device, non_blocking=True))
                     labels = labels.to(device, non_blocking=True) if conditional else None
                     kl_weight = loss_fn.beta * linear_warmup(state["step"], cfg.kl_warmup_steps)
 
