@@ -41,13 +41,19 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG.yaml] key=value ...`` -> (config path or None, the rest)."""
+    if items and "=" not in items[0]:
+        return items[0], list(items[1:])
+    return None, list(items)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from vaekit.config import load_config
     from vaekit.runs import read_metrics
     from vaekit.training import train
 
-    positional = list(args.items)
-    config_path = positional.pop(0) if positional and "=" not in positional[0] else None
+    config_path, positional = _split_config(args.items)
     if args.resume:
         if config_path or positional:
             raise VaekitError("--resume continues a run with its saved config; give no config or overrides with it")
@@ -86,8 +92,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from vaekit.sweep import sweep
 
-    positional = list(args.items)
-    config_path = positional.pop(0) if positional and "=" not in positional[0] else None
+    config_path, positional = _split_config(args.items)
     report = sweep(config_path, positional, output_dir=args.output_dir)
     print((report.parent / "sweep.csv").read_text().rstrip())
     print(f"sweep report: {report}")
@@ -127,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a trained run on its test split",
         description="Evaluate a run's model on the test split of its data: negative ELBO, reconstruction, KL, "
         "KL per latent dimension, active units and the IWAE bound (VAEs); reconstruction and MSE "
-        "(plain autoencoders). Prints a table and writes RUN_DIR/metrics.json.",
+        "(plain autoencoders); MSE, PSNR, L1, KL and latent statistics (image autoencoders). Prints a table and "
+        "writes RUN_DIR/metrics.json.",
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `vaekit train`")
     evaluate.add_argument("--iwae-samples", type=int, metavar="K",

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from pathlib import Path
 
 import torch
 
 from vaekit.errors import VaekitError
+from vaekit.metrics.image import psnr
 
 log = logging.getLogger("vaekit")
 
@@ -46,10 +46,9 @@ def _decode(model, z: torch.Tensor, size: tuple[int, int], args: argparse.Namesp
     return model.decode(z, size=size)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = (a.clamp(-1, 1) - b.clamp(-1, 1)).double().pow(2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+def image_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [-1, 1] (clipped)."""
+    return psnr((a.clamp(-1, 1) - b.clamp(-1, 1)).double().pow(2).mean().item())
 
 
 def _each_image(paths: list[str], max_pixels: int):
@@ -80,7 +79,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         z = posterior.sample() if args.sample else posterior.mode()
         reconstruction = _decode(model, z, tuple(x.shape[2:]), args)
         target = write_image(out / f"{path.stem}.png", reconstruction)
-        print(f"{path}\t{x.shape[3]}x{x.shape[2]}\tPSNR {psnr(reconstruction, x):.2f} dB\t-> {target}")
+        print(f"{path}\t{x.shape[3]}x{x.shape[2]}\tPSNR {image_psnr(reconstruction, x):.2f} dB\t-> {target}")
         done += 1
     return 0 if done else 1
 
