@@ -379,3 +379,14 @@ def test_the_trainer_and_evaluation_understand_image_autoencoders(tmp_path):
     assert isinstance(vaekit.load_model(run), AutoencoderKL)
     with pytest.raises(VaekitError, match="takes 3-channel images and shapes/train has 1 channel"):
         vaekit.train(load_config(None, ["model.name=kl-f8-tiny", f"output_dir={tmp_path / 'runs'}"]))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny(gradient_checkpointing=checkpointing).train()
+        loss = model(x, sample=False).reconstruction.pow(2).mean()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
