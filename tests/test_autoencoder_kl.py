@@ -370,8 +370,8 @@ def test_the_trainer_and_evaluation_understand_image_autoencoders(tmp_path):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     overrides = ["model.name=autoencoder-kl", "model.block_out_channels=[16,16]", "model.norm_num_groups=8",
                  "model.layers_per_block=1", "data.name=folder", f"data.path={folder}", "data.grayscale=false",
-                 "data.image_size=16", "train.epochs=2", "train.batch_size=4", "train.progress_bar=false",
-                 f"output_dir={tmp_path / 'runs'}"]
+                 "data.image_size=32", "train.epochs=2", "train.batch_size=4", "train.progress_bar=false",
+                 "loss.perceptual_weight=0", "loss.disc_start=2", f"output_dir={tmp_path / 'runs'}"]
     run = vaekit.train(load_config(None, overrides), explore=False)
     test = read_metrics(run)["test"]
     assert set(test) >= {"mse", "psnr", "l1", "kl", "latent_std", "scaling_factor_estimate"}

@@ -4,6 +4,7 @@ A run config has four sections and three top-level values::
 
     model: {name: mlp-vae, latent_dim: 8, ...}   # fields of the model's ...Config
     data:  {name: shapes, ...}                    # fields of the dataset's ...Config
+    loss:  {name: elbo}                           # default: the model's loss; fields of its ...Config
     train: {...}                                  # TrainConfig
     eval:  {...}                                  # EvalConfig
     explore: {...}                                # ExploreConfig
@@ -26,7 +27,7 @@ from typing import Any, Literal
 import yaml
 
 from vaekit.errors import ConfigError
-from vaekit.registry import DATASETS, MODELS, Registry
+from vaekit.registry import DATASETS, LOSSES, MODELS, Registry
 
 
 @dataclass
@@ -35,7 +36,17 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_betas: tuple[float, float] | None = None
+    """AdamW's betas; default: the model's own ((0.9, 0.999) for the small models, LDM's (0.5, 0.9) for
+    image autoencoders)."""
+    lr_warmup_steps: int = 0
+    """The learning rate rises linearly over this many steps."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up: constant, or cosine decay to 0 at the last step."""
+    ema_decay: float | None = None
+    """Keep an exponential moving average of the weights (e.g. 0.999); it is what is evaluated and saved."""
+    decoder_only: bool = False
+    """Freeze the encoder (and quant conv): fine-tune the decoder alone, as for sd-vae-ft-mse."""
     grad_clip: float | None = 10.0
     kl_warmup_steps: int = 0
     """The KL weight rises linearly from 0 to β over this many optimizer steps."""
@@ -99,6 +110,7 @@ class ComponentConfig:
 class RunConfig:
     model: ComponentConfig
     data: ComponentConfig
+    loss: ComponentConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
@@ -206,7 +218,8 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
     raw = dict(raw)
     model = _component(MODELS, raw.pop("model", None), DEFAULT_MODEL, "model")
     data = _component(DATASETS, raw.pop("data", None), DEFAULT_DATA, "data")
-    return build_dataclass(RunConfig, {**raw, "model": model, "data": data}, "")
+    loss = _component(LOSSES, raw.pop("loss", None), MODELS.get(model.name).obj.loss_name, "loss")
+    return build_dataclass(RunConfig, {**raw, "model": model, "data": data, "loss": loss}, "")
 
 
 def to_dict(config: Any) -> Any:
@@ -241,7 +254,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
-COMPONENTS = {"model": (MODELS, DEFAULT_MODEL), "data": (DATASETS, DEFAULT_DATA)}
+COMPONENTS = {"model": (MODELS, DEFAULT_MODEL), "data": (DATASETS, DEFAULT_DATA), "loss": (LOSSES, "elbo")}
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -274,7 +287,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (model, data, train, eval, explore), not {type(data).__name__}")
+        raise ConfigError(f"{path} must hold a mapping of sections (model, data, loss, train, eval, explore), not {type(data).__name__}")
     return data
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -9,7 +11,12 @@ from vaekit.models.mlp import VAEOutput
 from vaekit.registry import LOSSES
 
 
-@LOSSES.register("elbo")
+@dataclass
+class ELBOConfig:
+    """The ELBO has no settings of its own: β is the model's (``model.beta``), the warm-up the trainer's."""
+
+
+@LOSSES.register("elbo", ELBOConfig)
 class ELBOLoss(nn.Module):
     """loss = mean over the batch of [ −log p(x|z) + w · KL(q(z|x) ‖ N(0, I)) ], z ~ q(z|x).
 
@@ -19,9 +26,18 @@ class ELBOLoss(nn.Module):
     reconstruction term alone.
     """
 
+    has_discriminator = False
+
     def __init__(self, beta: float = 1.0):
         super().__init__()
         self.beta = beta
+
+    @classmethod
+    def for_model(cls, config: ELBOConfig, model: nn.Module) -> "ELBOLoss":
+        return cls(beta=getattr(model.config, "beta", 1.0))
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return []
 
     def forward(
         self, x: torch.Tensor, output: VAEOutput, kl_weight: float | None = None
@@ -39,30 +55,3 @@ class ELBOLoss(nn.Module):
         }
         return loss, logs
 
-
-@LOSSES.register("pixel-kl")
-class PixelKLLoss(nn.Module):
-    """The image autoencoder's loss without its perceptual and adversarial terms (LDM's recipe, first
-    part): mean over the batch of [ Σ_pixels |x − x̂| (or squared) + w · KL(q(z|x) ‖ N(0, I)) ].
-
-    ``reconstruction`` in the logs is the summed pixel error per example; ``beta`` is the KL weight, so
-    the trainer's warm-up scales it like a VAE's β.
-    """
-
-    def __init__(self, beta: float = 1e-6, pixel: str = "l1"):
-        super().__init__()
-        if pixel not in ("l1", "l2"):
-            raise ValueError(f"pixel loss must be 'l1' or 'l2', not {pixel!r}")
-        self.beta = beta
-        self.pixel = pixel
-
-    def forward(self, x: torch.Tensor, output, kl_weight: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        weight = self.beta if kl_weight is None else kl_weight
-        difference = output.reconstruction - x
-        per_pixel = difference.abs() if self.pixel == "l1" else difference.pow(2)
-        reconstruction = per_pixel.flatten(1).sum(1)
-        kl = output.posterior.kl()
-        loss = (reconstruction + weight * kl).mean()
-        logs = {"loss": loss.item(), "reconstruction": reconstruction.mean().item(), "kl": kl.mean().item(),
-                "kl_weight": float(weight)}
-        return loss, logs

@@ -44,8 +44,6 @@ class AutoencoderKLConfig:
     shift_factor: float | None = None
     sample_size: int = 512
     """Training resolution, recorded for diffusers' config (it sets diffusers' default tile size)."""
-    kl_weight: float = 1e-6
-    """Weight of the KL term in the training loss (LDM's default); not part of a diffusers export."""
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -222,7 +220,8 @@ class AutoencoderKL(nn.Module):
     """Encoder → diagonal Gaussian over ``(c, H/f, W/f)`` → decoder. Images in [-1, 1]."""
 
     value_range = (-1.0, 1.0)
-    loss_name = "pixel-kl"
+    loss_name = "lpips-gan"
+    adam_betas = (0.5, 0.9)
     deterministic = False
     conditional = False
 

@@ -76,6 +76,7 @@ class MLPVAE(nn.Module):
 
     value_range = (0.0, 1.0)
     loss_name = "elbo"
+    adam_betas = (0.9, 0.999)
     deterministic = False
     conditional = False
 

@@ -3,7 +3,7 @@
 A checkpoint is a folder ``checkpoints/step-00001234/`` holding
 
 - ``config.json`` + ``model.safetensors``: a saved model (``vaekit.load_model`` opens it);
-- ``trainer.safetensors``: optimizer tensors and RNG states;
+- ``trainer.safetensors``: optimizer tensors, RNG states, the loss's and EMA's weights;
 - ``trainer.json``: step, epoch, position in the epoch, optimizer hyper-parameters, counters.
 
 It is written into a hidden temporary folder and renamed into place, so a kill at any moment leaves the
@@ -46,23 +46,24 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_to_files(optimizer: torch.optim.Optimizer, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for param_id, param_state in state["state"].items():
         for key, value in param_state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{param_id}.{key}"] = value
+                tensors[f"optimizer.{name}.{param_id}.{key}"] = value
             else:
                 scalars[f"{param_id}.{key}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any], name: str) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, param_id, key = name.split(".", 2)
+    prefix = f"optimizer.{name}."
+    for tensor_name, value in tensors.items():
+        if tensor_name.startswith(prefix):
+            param_id, key = tensor_name[len(prefix):].split(".", 1)
             state.setdefault(int(param_id), {})[key] = value
     for name, value in meta["scalars"].items():
         param_id, key = name.split(".", 1)
@@ -87,12 +88,14 @@ def save_checkpoint(
     directory: str | Path,
     step: int,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizers: dict[str, torch.optim.Optimizer],
     generators: dict[str, torch.Generator],
     trainer_state: dict[str, Any],
+    modules: dict[str, nn.Module] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step`` into ``directory`` and delete all but the newest ``keep``."""
+    """Write checkpoint ``step`` into ``directory`` and delete all but the newest ``keep``. ``modules``
+    are the other stateful parts (the loss with its discriminator, the EMA weights)."""
     directory = Path(directory)
     final = directory / checkpoint_name(step)
     if final.exists():  # this step is already saved (e.g. a stop right after a periodic save)
@@ -100,9 +103,14 @@ def save_checkpoint(
     tmp = directory / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tmp)
-    optimizer_tensors, optimizer_meta = _optimizer_to_files(optimizer)
-    save_tensors(tmp / "trainer.safetensors", {**optimizer_tensors, **_rng_tensors(generators)})
-    write_json(tmp / "trainer.json", {**trainer_state, "step": step, "optimizer": optimizer_meta})
+    tensors, optimizer_meta = _rng_tensors(generators), {}
+    for name, optimizer in optimizers.items():
+        optimizer_tensors, optimizer_meta[name] = _optimizer_to_files(optimizer, name)
+        tensors.update(optimizer_tensors)
+    for name, module in (modules or {}).items():
+        tensors.update({f"module.{name}.{key}": value for key, value in module.state_dict().items()})
+    save_tensors(tmp / "trainer.safetensors", tensors)
+    write_json(tmp / "trainer.json", {**trainer_state, "step": step, "optimizers": optimizer_meta})
     os.replace(tmp, final)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -112,8 +120,9 @@ def save_checkpoint(
 def load_checkpoint(
     path: str | Path,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizers: dict[str, torch.optim.Optimizer],
     generators: dict[str, torch.Generator],
+    modules: dict[str, nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Restore model, optimizer and RNG states in place; returns the trainer state saved with them."""
     path = Path(path)
@@ -124,7 +133,12 @@ def load_checkpoint(
     except (OSError, json.JSONDecodeError) as err:
         raise VaekitError(f"checkpoint {path} cannot be read ({err}); delete it to resume from the one before") from None
     model.load_state_dict(weights)  # copies into the parameters, on whatever device they live
-    optimizer.load_state_dict(_optimizer_from_files(tensors, meta.pop("optimizer")))
+    optimizer_meta = meta.pop("optimizers")
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(_optimizer_from_files(tensors, optimizer_meta[name], name))
+    for name, module in (modules or {}).items():
+        prefix = f"module.{name}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     torch.set_rng_state(tensors["rng.torch"])
     if torch.cuda.is_available():
         cuda_states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]

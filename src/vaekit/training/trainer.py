@@ -34,6 +34,7 @@ from vaekit.models.io import create_model, save_model
 from vaekit.runs import CONFIG_FILE, LOG_FILE, create_run_dir, read_run_config, update_metrics
 from vaekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vaekit.data.ranges import range_map
+from vaekit.training.ema import EMA
 from vaekit.training.snapshots import save_snapshot
 
 log = logging.getLogger("vaekit")
@@ -75,13 +76,45 @@ class EpochBatchSampler:
             yield batch[self.process_index::self.num_processes].tolist()
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float],
+                   weight_decay: float) -> torch.optim.Optimizer:
     """AdamW, fused into one kernel where torch has one for the parameters' device (CPU and CUDA):
     on 2 CPU cores that makes a small model's step ~10 % faster than the default per-tensor loop."""
-    params = [p for p in model.parameters() if p.requires_grad]
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
                 for p in params)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused)
+
+
+def learning_rate_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``lr_warmup_steps``, then constant or cosine decay to 0 at the last step."""
+    if step < cfg.lr_warmup_steps:
+        return (step + 1) / cfg.lr_warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = (step - cfg.lr_warmup_steps) / max(1, total_steps - cfg.lr_warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, scaler, clip: float | None,
+                    loss_value: float) -> tuple[bool, torch.Tensor]:
+    """Unscale (fp16), clip, step when the loss and gradient are finite, zero the gradients.
+
+    Returns (finite, gradient norm). fp16's loss scaler skips overflowing gradients itself (and lowers
+    its scale); elsewhere a non-finite gradient is ours to skip.
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip or math.inf)
+    finite = math.isfinite(loss_value) and (scaler is not None or bool(torch.isfinite(grad_norm)))
+    if scaler is not None:
+        if finite:
+            scaler.step(optimizer)
+        scaler.update()
+    elif finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return finite, grad_norm
 
 
 def resolve_for_data(config: RunConfig, dataset: ImageDataset) -> RunConfig:
@@ -204,13 +237,28 @@ def train(
     is_main = accelerator.is_main_process
     device = accelerator.device
     model = create_model(config.model.name, **dataclasses.asdict(config.model.params))
-    loss_fn = LOSSES.get(model.loss_name).obj(beta=getattr(model.config, "beta", getattr(model.config, "kl_weight", 1.0)))
+    if cfg.decoder_only:
+        for frozen in (model.encoder, getattr(model, "quant_conv", None)):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+    loss_fn = LOSSES.get(config.loss.name).obj.for_model(config.loss.params, model).to(device)
     to_model_range = range_map(train_data.value_range, model.value_range)
     model = accelerator.prepare(model)
     raw_model = accelerator.unwrap_model(model)
-    optimizer = make_optimizer(raw_model, cfg)
-    # The optimizer is not wrapped by Accelerate: its wrapper costs ~0.3 ms a step (more than a small
+    betas = cfg.adam_betas or raw_model.adam_betas
+    # The optimizers are not wrapped by Accelerate: its wrapper costs ~0.3 ms a step (more than a small
     # model's whole optimizer step), and the loop below does what it would (fp16 loss scaling) in sight.
+    optimizers = {"model": make_optimizer([p for p in raw_model.parameters() if p.requires_grad]
+                                          + loss_fn.generator_parameters(), cfg.lr, betas, cfg.weight_decay)}
+    if loss_fn.has_discriminator and loss_fn.discriminator is not None:
+        disc_lr = loss_fn.config.disc_lr or cfg.lr
+        optimizers["discriminator"] = make_optimizer(list(loss_fn.discriminator.parameters()), disc_lr, betas,
+                                                     cfg.weight_decay)
+    base_lrs = {name: opt.param_groups[0]["lr"] for name, opt in optimizers.items()}
+    optimizer = optimizers["model"]
+    ema = EMA(raw_model, cfg.ema_decay) if cfg.ema_decay else None
+    checkpointed = {"loss": loss_fn, **({"ema": ema} if ema is not None else {})}
+    gan_arguments = {"last_layer": loss_fn.last_layer(raw_model)} if loss_fn.has_discriminator else {}
     scaler = accelerator.scaler
     conditional = getattr(raw_model, "conditional", False)
     noise = torch.Generator(device=device).manual_seed(config.seed)
@@ -225,7 +273,7 @@ def train(
                              "train_time_s": 0.0, "samples_seen": 0}
     log_path = run_dir / LOG_FILE
     if checkpoint is not None:
-        state.update(load_checkpoint(checkpoint, raw_model, optimizer, {"noise": noise}))
+        state.update(load_checkpoint(checkpoint, raw_model, optimizers, {"noise": noise}, checkpointed))
         if is_main:
             _truncate_log(log_path, state["step"])
             log.info("resuming %s from %s (step %d of %d)", run_dir, checkpoint.name, state["step"], total_steps)
@@ -252,8 +300,9 @@ def train(
         clock_in()
         saved = None
         if is_main:
-            saved = save_checkpoint(checkpoint_dir, state["step"], raw_model, optimizer, {"noise": noise},
-                                    {k: v for k, v in state.items() if k != "step"}, keep=cfg.keep_checkpoints)
+            saved = save_checkpoint(checkpoint_dir, state["step"], raw_model, optimizers, {"noise": noise},
+                                    {k: v for k, v in state.items() if k != "step"}, checkpointed,
+                                    keep=cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
         return saved
 
@@ -272,23 +321,27 @@ def train(
                     x = to_model_range(x.to(device, non_blocking=True))
                     labels = labels.to(device, non_blocking=True) if conditional else None
                     kl_weight = loss_fn.beta * linear_warmup(state["step"], cfg.kl_warmup_steps)
+                    lr_factor = learning_rate_factor(state["step"], total_steps, cfg)
+                    for name, opt in optimizers.items():
+                        for group in opt.param_groups:
+                            group["lr"] = base_lrs[name] * lr_factor
+                    step_arguments = {**gan_arguments, "step": state["step"]} if gan_arguments else {}
 
+                    # Autoencoder (generator) step.
                     with accelerator.autocast():
                         output = model(x, labels, generator=noise)
-                        loss, logs = loss_fn(x, output, kl_weight)
+                        loss, logs = loss_fn(x, output, kl_weight, **step_arguments)
                     accelerator.backward(loss)
-                    if scaler is not None:
-                        scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-                    # fp16's loss scaler skips overflowing gradients itself (and lowers its scale);
-                    # elsewhere a non-finite gradient is ours to skip.
-                    finite = math.isfinite(logs["loss"]) and (scaler is not None or bool(torch.isfinite(grad_norm)))
-                    if scaler is not None:
-                        if finite:
-                            scaler.step(optimizer)
-                        scaler.update()
-                    elif finite:
-                        optimizer.step()
+                    finite, grad_norm = apply_gradients(optimizer, scaler, cfg.grad_clip, logs["loss"])
+                    if finite and ema is not None:
+                        ema.update(raw_model)
+                    # Discriminator step, on the same batch: real images and detached reconstructions.
+                    if finite and gan_arguments and loss_fn.discriminator_active(state["step"]):
+                        with accelerator.autocast():
+                            d_loss, d_logs = loss_fn.discriminator_step_loss(x, output.reconstruction.detach())
+                        accelerator.backward(d_loss)
+                        apply_gradients(optimizers["discriminator"], scaler, cfg.grad_clip, d_logs["d_loss"])
+                        logs.update(d_logs)
                     if finite:
                         consecutive_nonfinite = 0
                     else:
@@ -296,7 +349,6 @@ def train(
                         consecutive_nonfinite += 1
                         log.warning("step %d: non-finite loss or gradient (loss=%s); step skipped",
                                     state["step"] + 1, logs["loss"])
-                    optimizer.zero_grad(set_to_none=True)
                     state["step"] += 1
                     state["batch_in_epoch"] += 1
                     state["samples_seen"] += len(x) * accelerator.num_processes
@@ -350,7 +402,7 @@ def train(
             accelerator.end_training()
 
     if is_main:
-        save_model(raw_model, run_dir / "model")
+        save_model(ema.shadow if ema is not None else raw_model, run_dir / "model")
         update_metrics(run_dir, "train", {
             "steps": state["step"],
             "epochs": cfg.epochs,

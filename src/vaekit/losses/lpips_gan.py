@@ -1,0 +1,137 @@
+"""The image autoencoder's loss of LDM / taming: pixel + LPIPS + KL + PatchGAN with adaptive weight.
+
+Generator (autoencoder) side, per batch:
+
+    rec      = |x − x̂| (or (x − x̂)²) + perceptual_weight · LPIPS(x, x̂)        per pixel
+    nll      = rec / exp(s) + s            s: a learned scalar log-variance (or fixed 0)
+    loss     = Σ nll / B + kl_weight · Σ KL / B + λ · [step ≥ disc_start] · (−E[D(x̂)])
+    λ        = disc_weight · clamp(‖∇_w nll‖ / (‖∇_w g‖ + 1e-4), 0, 1e4),  w = the decoder's last layer
+
+Discriminator side (its own optimizer, after the generator's step): hinge or vanilla loss on x and the
+*detached* x̂, from ``disc_start`` on. The discriminator's parameters take no gradient from the
+generator step (they are frozen while it runs), and the discriminator step sees no autoencoder graph.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import torch
+from torch import nn
+
+from vaekit.losses.discriminator import D_LOSSES, NLayerDiscriminator
+from vaekit.registry import LOSSES
+
+
+@dataclass
+class LPIPSGANConfig:
+    pixel: Literal["l1", "l2"] = "l1"
+    perceptual_weight: float = 1.0
+    """0 turns LPIPS off (it needs VGG16 weights, see docs)."""
+    lpips_pretrained: bool = True
+    """False: LPIPS on a random VGG (tests only)."""
+    kl_weight: float = 1e-6
+    learn_logvar: bool = False
+    """Learn the scalar log-variance s of nll = rec / exp(s) + s (LDM's logvar), else s = 0."""
+    disc_weight: float = 0.5
+    disc_start: int = 50001
+    """Optimizer step from which the adversarial term and the discriminator run (LDM's kl-f8: 50001)."""
+    disc_loss: Literal["hinge", "vanilla"] = "hinge"
+    disc_layers: int = 3
+    disc_channels: int = 64
+    disc_lr: float | None = None
+    """Discriminator learning rate (default: train.lr)."""
+
+
+def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
+                    disc_weight: float) -> torch.Tensor:
+    """disc_weight · ‖∇nll‖ / (‖∇g‖ + 1e-4), clamped to [0, 1e4], gradients at ``last_layer`` (detached)."""
+    nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    weight = torch.norm(nll_grad) / (torch.norm(g_grad) + 1e-4)
+    return torch.clamp(weight, 0.0, 1e4).detach() * disc_weight
+
+
+@LOSSES.register("lpips-gan", LPIPSGANConfig)
+class LPIPSWithDiscriminator(nn.Module):
+    has_discriminator = True
+
+    def __init__(self, config: LPIPSGANConfig, in_channels: int = 3):
+        super().__init__()
+        self.config = config
+        self.beta = config.kl_weight  # the trainer's KL warm-up scales this, like a VAE's β
+        # LPIPS stays out of the module tree: it is frozen, comes from its own files, and must not be
+        # copied into every checkpoint (the VGG is 58 MB).
+        self._perceptual: list[nn.Module] = []
+        if config.perceptual_weight > 0:
+            from vaekit.losses.perceptual import make_lpips
+
+            self._perceptual.append(make_lpips(config.lpips_pretrained))
+        self.logvar = nn.Parameter(torch.zeros(()), requires_grad=config.learn_logvar)
+        self.discriminator = (NLayerDiscriminator(in_channels, config.disc_channels, config.disc_layers)
+                              if config.disc_weight > 0 else None)
+        self.d_loss = D_LOSSES[config.disc_loss]
+
+    @classmethod
+    def for_model(cls, config: LPIPSGANConfig, model: nn.Module) -> "LPIPSWithDiscriminator":
+        return cls(config, model.config.out_channels)
+
+    def last_layer(self, model: nn.Module) -> torch.Tensor:
+        """The weight the adaptive weight's gradients are taken at: the decoder's output convolution."""
+        return model.decoder.conv_out.weight
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return [self.logvar] if self.config.learn_logvar else []
+
+    def discriminator_active(self, step: int) -> bool:
+        return self.discriminator is not None and step >= self.config.disc_start
+
+    @contextmanager
+    def _frozen_discriminator(self) -> Iterator[None]:
+        flags = [p.requires_grad for p in self.discriminator.parameters()]
+        self.discriminator.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(self.discriminator.parameters(), flags):
+                p.requires_grad_(flag)
+
+    def forward(self, x: torch.Tensor, output, kl_weight: float | None = None, step: int = 0,
+                last_layer: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The autoencoder's loss; ``output`` has ``.reconstruction`` and ``.posterior``."""
+        weight = self.beta if kl_weight is None else kl_weight
+        x_hat = output.reconstruction
+        difference = x_hat - x
+        rec = difference.abs() if self.config.pixel == "l1" else difference.pow(2)
+        logs = {"pixel": rec.mean().item()}
+        if self._perceptual:
+            network = self._perceptual[0].to(x.device)
+            perceptual = network(x.contiguous(), x_hat.contiguous())  # (B, 1, 1, 1), carries gradient to x̂
+            rec = rec + self.config.perceptual_weight * perceptual
+            logs["lpips"] = perceptual.mean().item()
+        batch = x.shape[0]
+        nll_loss = (rec / torch.exp(self.logvar) + self.logvar).sum() / batch
+        kl_loss = output.posterior.kl().sum() / batch
+        loss = nll_loss + weight * kl_loss
+        if self.discriminator_active(step):
+            with self._frozen_discriminator():
+                g_loss = -self.discriminator(x_hat.contiguous()).mean()
+            if last_layer is not None and torch.is_grad_enabled():
+                d_weight = adaptive_weight(nll_loss, g_loss, last_layer, self.config.disc_weight)
+            else:
+                d_weight = torch.tensor(self.config.disc_weight)
+            loss = loss + d_weight * g_loss
+            logs.update(g_loss=g_loss.item(), d_weight=float(d_weight))
+        logs.update(loss=loss.item(), reconstruction=nll_loss.item(), kl=kl_loss.item(), kl_weight=float(weight),
+                    logvar=self.logvar.item())
+        return loss, logs
+
+    def discriminator_step_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The discriminator's loss on real ``x`` and reconstructions, detached here whatever the caller did."""
+        logits_real = self.discriminator(x.contiguous().detach())
+        logits_fake = self.discriminator(x_hat.contiguous().detach())
+        loss = self.d_loss(logits_real, logits_fake)
+        return loss, {"d_loss": loss.item(), "logits_real": logits_real.mean().item(),
+                      "logits_fake": logits_fake.mean().item()}
