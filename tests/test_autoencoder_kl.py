@@ -349,16 +349,6 @@ def test_reconstruct_encode_decode_commands(tmp_path, capsys):
                  "-o", str(tmp_path / "x")]) == 1
 
 
-def test_explore_refuses_spatial_latents_with_a_clear_message(tmp_path):
-    from vaekit.explore import explore_run
-
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text("model:\n  name: kl-f8-tiny\ndata:\n  name: shapes\n")
-    vaekit.save_model(vaekit.create_model("kl-f8-tiny"), tmp_path / "run" / "model")
-    with pytest.raises(VaekitError, match="whose latents are spatial"):
-        explore_run(tmp_path / "run")
-
-
 def test_the_trainer_and_evaluation_understand_image_autoencoders(tmp_path):
     from vaekit.config import load_config
     from vaekit.runs import read_metrics
@@ -371,9 +361,15 @@ def test_the_trainer_and_evaluation_understand_image_autoencoders(tmp_path):
     overrides = ["model.name=autoencoder-kl", "model.block_out_channels=[16,16]", "model.norm_num_groups=8",
                  "model.layers_per_block=1", "data.name=folder", f"data.path={folder}", "data.grayscale=false",
                  "data.image_size=32", "train.epochs=2", "train.batch_size=4", "train.progress_bar=false",
-                 "loss.perceptual_weight=0", "loss.disc_start=2", f"output_dir={tmp_path / 'runs'}"]
-    run = vaekit.train(load_config(None, overrides), explore=False)
+                 "data.test_fraction=0.25", "loss.perceptual_weight=0", "loss.disc_start=2",
+                 f"output_dir={tmp_path / 'runs'}"]
+    run = vaekit.train(load_config(None, overrides))
     test = read_metrics(run)["test"]
+    figures = {p.name for p in (run / "figures").iterdir()}
+    assert figures >= {"reconstructions.png", "samples.png", "interpolation_linear.png", "neighbours.png",
+                       "channels.png", "channels_zeroed.png", "channel_histograms.png", "losses.png"}
+    html = (run / "report.html").read_text()
+    assert "not samples of images" in html and "compression ratio" in html
     assert set(test) >= {"mse", "psnr", "l1", "kl", "latent_std", "scaling_factor_estimate"}
     assert test["psnr"] == pytest.approx(10 * math.log10(4 / test["mse"]))
     assert isinstance(vaekit.load_model(run), AutoencoderKL)

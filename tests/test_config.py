@@ -98,8 +98,8 @@ def test_every_preset_in_configs_is_valid(path):
     from vaekit.sweep import read_sweep_config
 
     raw, grid = read_sweep_config(path)  # validates the config without its sweep: section
-    if path.stem.startswith("sweep-"):
-        assert grid and all(len(values) >= 2 for values in grid.values())
+    if path.stem.startswith(("sweep-", "study-")):
+        assert len(grid) >= 2 if isinstance(grid, list) else all(len(values) >= 2 for values in grid.values())
     else:
         assert not grid
         load_config(path)

@@ -118,3 +118,36 @@ def test_odd_modes_convert_to_8_bit():
     assert np.asarray(to_mode(deep, grayscale=True)).min() == 255  # 16-bit full scale -> 255
     cmyk = Image.new("CMYK", (2, 2), (0, 0, 0, 0))
     assert to_mode(cmyk, grayscale=False).mode == "RGB"
+
+
+def test_hugging_face_dataset_from_a_local_folder(tmp_path, caplog):
+    datasets = pytest.importorskip("datasets")
+    import io
+
+    rng = np.random.default_rng(0)
+    good = []
+    for i in range(10):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (12, 18, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        good.append({"bytes": buffer.getvalue(), "path": None})
+    rows = good + [{"bytes": b"not an image", "path": None}]
+    table = datasets.Dataset.from_dict(
+        {"img": rows, "label": [i % 2 for i in range(11)]},
+        features=datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}))
+    table.save_to_disk(str(tmp_path / "ds"))
+    with caplog.at_level(logging.WARNING, logger="vaekit"):
+        train = dataset(name="hf", path=tmp_path / "ds", image_column="img", label_column="label", image_size=8,
+                        test_fraction=0.2)
+    test = dataset("test", name="hf", path=tmp_path / "ds", image_column="img", label_column="label", image_size=8,
+                   test_fraction=0.2)
+    assert len(train) + len(test) == 10 and len(test) == 2
+    assert train.image_shape == (3, 8, 8) and train.class_names == ["a", "b"]
+    assert len(train.skipped) == 1 and "skipped 1 of 11" in caplog.text
+    with pytest.raises(VaekitError, match="has no column 'image'"):
+        dataset(name="hf", path=tmp_path / "ds")
+    with pytest.raises(VaekitError, match="no such dataset folder"):
+        dataset(name="hf", path=tmp_path / "nothing-here")
+    (tmp_path / "not-a-dataset").mkdir()
+    (tmp_path / "not-a-dataset" / "notes.txt").write_text("hello")
+    with pytest.raises(VaekitError, match="has no column 'img'; its columns are text"):
+        dataset(name="hf", path=tmp_path / "not-a-dataset", image_column="img")  # datasets read it as text

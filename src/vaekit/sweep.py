@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from vaekit.config import build_run_config, merge, parse_overrides, read_yaml
-from vaekit.errors import ConfigError
+from vaekit.errors import ConfigError, VaekitError
 from vaekit.explore.runner import SWEEP_TABLE, read_table, render_run_report
 from vaekit.runs import read_metrics
 from vaekit.viz import plots
@@ -28,8 +28,9 @@ from vaekit.viz.report import Figure, render
 
 log = logging.getLogger("vaekit")
 
-METRICS = ("negative_elbo", "negative_iwae_bound", "reconstruction", "kl", "active_units", "mse",
-           "interpolation_smoothness")
+METRICS = ("negative_elbo", "negative_iwae_bound", "reconstruction", "kl", "active_units", "mse", "psnr", "ssim",
+           "lpips", "rfid", "latent_std", "scaling_factor_estimate", "compression_ratio", "interpolation_smoothness")
+"""Columns of sweep.csv; those no run reports (e.g. the image metrics in a sweep of MLP VAEs) are left out."""
 
 
 def split_values(text: str) -> list[str]:
@@ -62,12 +63,17 @@ def parse_sweep_args(items: list[str]) -> tuple[dict[str, list[Any]], list[str]]
     return grid, fixed
 
 
-def read_sweep_config(path: str | Path | None) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """A YAML config and its optional ``sweep:`` grid, validated as a run config without it."""
+def read_sweep_config(path: str | Path | None) -> tuple[dict[str, Any], dict[str, list[Any]] | list[dict[str, Any]]]:
+    """A YAML config and its optional ``sweep:`` section, validated as a run config without it. The
+    section is a grid (``{key: [v1, v2]}``, every combination) or a list of combinations
+    (``[{key1: a, key2: b}, ...]``, for values that go together)."""
     raw = read_yaml(path) if path is not None else {}
     grid = raw.pop("sweep", None) or {}
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ConfigError(f"{path}: the sweep section must map dotted keys to non-empty lists of values")
+    grid_ok = isinstance(grid, dict) and all(isinstance(v, list) and v for v in grid.values())
+    list_ok = isinstance(grid, list) and grid and all(isinstance(c, dict) and c for c in grid)
+    if not (grid_ok or list_ok):
+        raise ConfigError(f"{path}: the sweep section must map dotted keys to non-empty lists of values, "
+                          "or list combinations as mappings")
     build_run_config(raw)
     return raw, grid
 
@@ -85,53 +91,79 @@ def sweep(config: str | Path | None, items: list[str], output_dir: str | None = 
     """Train one run per combination of the grid; returns the sweep directory."""
     from vaekit.training import train
 
-    raw, grid = read_sweep_config(config)
+    raw, preset = read_sweep_config(config)
     cli_grid, fixed = parse_sweep_args(items)
-    grid.update(cli_grid)
-    if not grid:
+    if isinstance(preset, list):
+        if cli_grid:
+            raise ConfigError("this config lists its combinations; give only single-value overrides with it")
+        combinations = preset
+    else:
+        grid = {**preset, **cli_grid}
+        combinations = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
+    if not combinations:
         raise ConfigError("nothing to sweep: give at least one key=v1,v2,... (or a config with a sweep: section)")
+    swept = list(dict.fromkeys(key for combination in combinations for key in combination))
     base = merge(raw, parse_overrides(fixed))
     root = Path(output_dir or base.get("output_dir", "runs"))
-    sweep_dir = root / f"sweep-{'-'.join(k.split('.')[-1] for k in grid)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    combinations = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    sweep_dir = root / f"sweep-{'-'.join(k.split('.')[-1] for k in swept)}-{time.strftime('%Y%m%d-%H%M%S')}"
     configs = []
     for combination in combinations:  # validate every combination before training any
         nested = parse_overrides([f"{k}={_format(v)}" for k, v in combination.items()])
         configs.append(build_run_config(merge(merge(base, nested),
                                               {"output_dir": str(sweep_dir), "run_name": _run_name(combination)})))
-    rows, runs = [], []
+    results, runs = [], []
     for i, (combination, run_config) in enumerate(zip(combinations, configs), 1):
         log.info("sweep run %d of %d: %s", i, len(configs), run_config.run_name)
-        run_dir = train(run_config)
+        try:
+            run_dir = train(run_config)
+        except VaekitError as err:  # one failed run (e.g. missing LPIPS weights) does not end the sweep
+            log.warning("sweep run %s failed: %s", run_config.run_name, err)
+            results.append((combination, {"error": str(err)}))
+            continue
         metrics = read_metrics(run_dir)
-        values = {**metrics.get("test", {}), **metrics.get("latent", {})}
-        rows.append([_format(v) for v in combination.values()] + [values.get(m, math.nan) for m in METRICS])
+        results.append((combination, {**metrics.get("test", {}), **metrics.get("latent", {})}))
         runs.append(run_dir)
-    columns = list(grid) + list(METRICS)
+    reported = [m for m in METRICS if any(isinstance(values.get(m), (int, float)) for _, values in results)]
+    failed = any("error" in values for _, values in results)
+    columns = swept + reported + (["error"] if failed else [])
+    rows = []
+    for combination, values in results:
+        row = [_format(combination[key]) if key in combination else "" for key in swept]
+        row += [values[m] if isinstance(values.get(m), (int, float)) else math.nan for m in reported]
+        rows.append(row + ([values.get("error", "")] if failed else []))
     with open(sweep_dir / SWEEP_TABLE, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         writer.writerows(rows)
     for run_dir in runs:  # each run's report now carries the sweep table
         render_run_report(run_dir)
-    return write_sweep_report(sweep_dir, grid, combinations, runs, rows)
+    return write_sweep_report(sweep_dir, swept, [c for c, _ in results], runs, rows, reported)
 
 
-def write_sweep_report(sweep_dir: Path, grid: dict, combinations: list[dict], runs: list[Path], rows: list) -> Path:
-    swept = list(grid)
+def write_sweep_report(sweep_dir: Path, swept: list[str], combinations: list[dict], runs: list[Path], rows: list,
+                       reported: list[str]) -> Path:
     if len(swept) == 1:
-        x_values, x_label = grid[swept[0]], swept[0]
+        x_values, x_label = [c[swept[0]] for c in combinations], swept[0]
     else:
-        x_values, x_label = [", ".join(_format(v) for v in c.values()) for c in combinations], ", ".join(swept)
+        x_values = [", ".join(_format(v) for v in c.values()) for c in combinations]
+        x_label = ", ".join(swept)
     offset = len(swept)
-    series = {m: [row[offset + i] for row in rows] for i, m in enumerate(METRICS)
-              if all(isinstance(row[offset + i], (int, float)) and math.isfinite(row[offset + i]) for row in rows)}
+    series = {m: [row[offset + i] for row in rows] for i, m in enumerate(reported)
+              if all(math.isfinite(row[offset + i]) for row in rows)}
     figures = []
     if series:
         plots.metric_against_value(sweep_dir / "sweep_metrics.png", x_values, series, x_label)
         figures.append(Figure("metrics", "sweep_metrics.png", "Metrics against the swept value",
                               "Test metrics of each run (nats per example where a likelihood; lower is better except "
-                              "active units and smoothness)."))
+                              "active units, smoothness, PSNR and SSIM)."))
+    ratios = series.get("compression_ratio")
+    if ratios and len(set(ratios)) > 1:
+        quality = {m: series[m] for m in ("psnr", "ssim", "lpips") if m in series}
+        if quality:
+            plots.metric_against_value(sweep_dir / "sweep_compression.png", ratios, quality, "compression ratio")
+            figures.append(Figure("compression", "sweep_compression.png", "Quality against compression",
+                                  "Reconstruction quality of each run against its compression ratio "
+                                  "(input values per latent value)."))
     for run_dir in runs:
         for name, what in (("reconstructions", "reconstructions"), ("samples", "prior samples")):
             if (run_dir / "figures" / f"{name}.png").is_file():

@@ -31,7 +31,10 @@ PATHS = {"linear": lerp, "slerp": slerp}
 
 
 def pick_pairs(labels: torch.Tensor, count: int, seed: int = 0) -> list[tuple[int, int]]:
-    """``count`` index pairs of examples with different labels (any two examples when unlabelled)."""
+    """``count`` index pairs of examples with different labels (any two examples when unlabelled);
+    none when there are fewer than two examples."""
+    if len(labels) < 2:
+        return []
     rng = np.random.default_rng(seed)
     labels = labels.numpy()
     pairs: list[tuple[int, int]] = []

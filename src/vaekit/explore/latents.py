@@ -32,15 +32,16 @@ class LatentStats:
 
 @torch.no_grad()
 def encode_dataset(model: nn.Module, dataset: ImageDataset, batch_size: int = 256,
-                   device: str | torch.device = "cpu") -> LatentStats:
-    """One pass over ``dataset``; keeps only the means, never the images."""
+                   device: str | torch.device = "cpu", to_model_range=lambda x: x) -> LatentStats:
+    """One pass over ``dataset``; keeps only the means (flattened: spatial latents become vectors), never
+    the images. ``to_model_range`` maps the data's value range onto the model's."""
     means, labels = [], []
-    kl_sum = torch.zeros(model.latent_dim, dtype=torch.float64)
+    kl_sum = 0.0
     for x, y in batch_loader(dataset, batch_size=batch_size):
-        posterior = model.encode(x.to(device), conditioning(model, y.to(device)))
-        means.append(posterior.mean.cpu())
+        posterior = model.encode(to_model_range(x.to(device)), conditioning(model, y.to(device)))
+        means.append(posterior.mean.flatten(1).cpu())
         labels.append(y)
-        kl_sum += posterior.kl_elementwise().sum(0).double().cpu()
+        kl_sum = kl_sum + posterior.kl_elementwise().flatten(1).sum(0).double().cpu()
     means_all = torch.cat(means)
     return LatentStats(means_all, torch.cat(labels), (kl_sum / len(means_all)).float(),
                        means_all.double().var(0, unbiased=False).float())

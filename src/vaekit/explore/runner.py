@@ -13,6 +13,7 @@ import yaml
 
 from vaekit.config import RunConfig, to_dict
 from vaekit.data import ImageDataset, build_dataset
+from vaekit.data.ranges import range_map
 from vaekit.errors import VaekitError
 from vaekit.explore.arithmetic import apply_attribute, attribute_vector
 from vaekit.explore.card import compression_ratio, layer_table, parameter_count
@@ -232,6 +233,8 @@ class Explorer:
     def collapse_and_losses(self) -> None:
         if self._is_autoencoder:
             self.skipped.append(("posterior-collapse view", "a plain autoencoder has no KL term"))
+        elif not hasattr(self.model, "latent_dim"):
+            self.skipped.append(("posterior-collapse view", "for spatial latents see the channel figures"))
         else:
             threshold = self.config.eval.active_unit_threshold
             plots.collapse_view(self._path("collapse.png"), self.stats.kl_per_dim.tolist(),
@@ -251,15 +254,23 @@ class Explorer:
                   "Training loss (with the KL weight of that step), reconstruction term and KL, averaged over each "
                   "logging interval.")
 
+    def figures_to_draw(self) -> tuple:
+        return (self.reconstructions, self.samples, self.interpolations, self.latent_maps, self.traversals,
+                self.progression, self.latent_walk, self.neighbours, self.arithmetic, self.collapse_and_losses)
+
     def all(self) -> None:
-        for draw in (self.reconstructions, self.samples, self.interpolations, self.latent_maps, self.traversals,
-                     self.progression, self.latent_walk, self.neighbours, self.arithmetic, self.collapse_and_losses):
+        few = len(self.test) < 2
+        for draw in self.figures_to_draw():
+            if few and draw.__name__ in ("interpolations", "neighbours", "latent_maps"):
+                self.skipped.append((draw.__name__.replace("_", " "), "it needs at least two test images"))
+                continue
             draw()
 
 
 def model_card(model, test: ImageDataset, metrics: dict) -> dict:
     x, labels = test.__getitems__([0])
-    latent_shape = [model.latent_dim]
+    x = range_map(test.value_range, model.value_range)(x)
+    latent_shape = [model.latent_dim] if hasattr(model, "latent_dim") else list(model.latent_shape(*x.shape[2:]))
     seconds = metrics.get("train", {}).get("train_time_s")
     return {
         "model": f"{model.registry_name} ({type(model).__name__})",
@@ -299,14 +310,15 @@ def explore_run(run_dir: str | Path, device: str = "cpu") -> Path:
                      f"show its latest checkpoint, {model_dir.name}. Finish it with `vaekit train --resume {run_dir}`.")
         log.warning("%s has no final model yet; exploring checkpoint %s", run_dir, model_dir.name)
     model = load_model(run_dir, device=device)
-    if not hasattr(model, "latent_dim"):
-        raise VaekitError(
-            f"vaekit explore draws vector latent spaces (mlp-vae, beta-vae, mlp-ae, cvae); {run_dir} holds a "
-            f"{model.registry_name}, whose latents are spatial"
-        )
     test = build_dataset(config.data, "test")
-    stats = encode_dataset(model, test, config.eval.batch_size, device)
-    explorer = Explorer(run_dir, config, model.cpu(), test, stats)
+    to_model_range = range_map(test.value_range, model.value_range)
+    stats = encode_dataset(model, test, config.eval.batch_size, device, to_model_range)
+    if hasattr(model, "latent_dim"):
+        explorer = Explorer(run_dir, config, model.cpu(), test, stats)
+    else:
+        from vaekit.explore.images import ImageExplorer
+
+        explorer = ImageExplorer(run_dir, config, model.cpu(), test, stats, to_model_range=to_model_range)
     explorer.all()
     if explorer.extra_metrics:
         update_metrics(run_dir, "latent", explorer.extra_metrics)

@@ -1,4 +1,9 @@
-"""Reconstruction metrics of image autoencoders (images in [-1, 1])."""
+"""Reconstruction metrics of image autoencoders (images in [-1, 1]): PSNR and SSIM (torchmetrics),
+LPIPS (VGG), reconstruction FID (torch-fidelity's Inception through torchmetrics), latent statistics.
+
+LPIPS and rFID need pretrained weights that cannot be downloaded offline; when they are missing the
+metric is reported as unavailable with the file name and where to put it, and the others still run.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,28 @@ import torch
 from torch import nn
 
 from vaekit.data.base import batch_loader
+from vaekit.losses.perceptual import WeightsUnavailable, hub_checkpoint, make_lpips
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM (Gaussian window 11, σ 1.5) of images in [-1, 1], per batch element: ``(B,)``."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return structural_similarity_index_measure(a, b, data_range=2.0, reduction="none")
+
+
+def inception_for_fid():
+    """torchmetrics' FID (torch-fidelity's Inception-v3, 2048 features) when its weights are on disk."""
+    if not hub_checkpoint(INCEPTION_FILE).is_file():
+        raise WeightsUnavailable(
+            f"rFID needs torch-fidelity's Inception weights {INCEPTION_FILE}, which are not in "
+            f"{hub_checkpoint(INCEPTION_FILE).parent}: fetch {INCEPTION_URL} and copy it there")
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    return FrechetInceptionDistance(feature=2048, normalize=True)
 
 
 def psnr(mse: float, peak_to_peak: float = 2.0) -> float:
@@ -17,28 +44,62 @@ def psnr(mse: float, peak_to_peak: float = 2.0) -> float:
 
 @torch.no_grad()
 def evaluate_reconstruction(model: nn.Module, dataset, batch_size: int = 32, seed: int = 0,
-                            device: str | torch.device = "cpu", to_model_range=lambda x: x) -> dict:
-    """MSE and PSNR of the reconstructions from the posterior mode (outputs clipped to [-1, 1]), mean
-    absolute error, KL per example, and the statistics of the latents: their std over everything and
-    1/std, the scaling factor that would give them unit variance (LDM's recipe)."""
+                            device: str | torch.device = "cpu", to_model_range=lambda x: x,
+                            perceptual: bool = True) -> dict:
+    """Test-set metrics of an image autoencoder, reconstructing from the posterior mode (outputs clipped
+    to [-1, 1]): MSE, PSNR, SSIM, L1, LPIPS and rFID (or why they are unavailable), KL per example, and
+    the latents' statistics — overall and per channel — with 1/std, the scaling factor that would give
+    them unit variance (LDM's recipe)."""
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
-    squared = absolute = kl = 0.0
-    z_sum = z_squares = 0.0
-    pixels = latents = count = 0
+    unavailable = {}
+    lpips_net = fid = None
+    if perceptual:
+        try:
+            lpips_net = make_lpips(pretrained_backbone=True).to(device)
+        except WeightsUnavailable as err:
+            unavailable["lpips"] = str(err)
+        try:
+            fid = inception_for_fid().to(device)
+        except WeightsUnavailable as err:
+            unavailable["rfid"] = str(err)
+    squared = absolute = kl = ssim_sum = lpips_sum = 0.0
+    channels = model.config.latent_channels
+    z_sum = torch.zeros(channels, dtype=torch.float64)
+    z_squares = torch.zeros(channels, dtype=torch.float64)
+    pixels = latents_per_channel = count = 0
     for x, _ in batch_loader(dataset, batch_size=batch_size):
         x = to_model_range(x.to(device))
         posterior = model.encode(x)
         reconstruction = model.decode(posterior.mode(), size=x.shape[2:]).clamp(-1, 1)
         squared += (reconstruction - x).double().pow(2).sum().item()
         absolute += (reconstruction - x).double().abs().sum().item()
+        ssim_sum += ssim(reconstruction, x).sum().item()
         kl += posterior.kl().sum().item()
-        z = posterior.sample(generator).double()
-        z_sum, z_squares, latents = z_sum + z.sum().item(), z_squares + z.pow(2).sum().item(), latents + z.numel()
+        if lpips_net is not None:
+            lpips_sum += lpips_net(reconstruction, x).sum().item()
+        if fid is not None:
+            fid.update((x + 1) / 2, real=True)
+            fid.update((reconstruction + 1) / 2, real=False)
+        z = posterior.sample(generator).double().transpose(0, 1).reshape(channels, -1).cpu()
+        z_sum += z.sum(1)
+        z_squares += z.pow(2).sum(1)
+        latents_per_channel += z.shape[1]
         pixels += x.numel()
         count += len(x)
     mse = squared / pixels
-    z_mean = z_sum / latents
-    z_std = math.sqrt(max(z_squares / latents - z_mean**2, 0.0))
-    return {"num_examples": count, "mse": mse, "psnr": psnr(mse), "l1": absolute / pixels, "kl": kl / count,
-            "latent_mean": z_mean, "latent_std": z_std, "scaling_factor_estimate": 1 / z_std if z_std else math.inf}
+    channel_mean = z_sum / latents_per_channel
+    channel_std = (z_squares / latents_per_channel - channel_mean.pow(2)).clamp_min(0).sqrt()
+    overall_mean = z_sum.sum().item() / (latents_per_channel * channels)
+    overall_std = math.sqrt(max(z_squares.sum().item() / (latents_per_channel * channels) - overall_mean**2, 0.0))
+    metrics = {"num_examples": count, "mse": mse, "psnr": psnr(mse), "ssim": ssim_sum / count,
+               "l1": absolute / pixels, "kl": kl / count,
+               "compression_ratio": pixels / (latents_per_channel * channels)}
+    metrics["lpips"] = lpips_sum / count if lpips_net is not None else None
+    metrics["rfid"] = float(fid.compute()) if fid is not None and count > 1 else None
+    metrics.update(latent_mean=overall_mean, latent_std=overall_std,
+                   scaling_factor_estimate=1 / overall_std if overall_std else math.inf,
+                   latent_channel_mean=channel_mean.tolist(), latent_channel_std=channel_std.tolist())
+    if unavailable:
+        metrics["unavailable"] = unavailable
+    return metrics

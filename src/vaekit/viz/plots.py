@@ -138,3 +138,46 @@ def labelled_grid(path: str | Path, images, row_labels: Sequence[str], title: st
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def channel_maps(path: str | Path, latent: np.ndarray, title: str) -> Path:
+    """Each latent channel ``(c, h, w)`` of one image as a heat map with its own colour bar."""
+    plt = _pyplot()
+    channels = latent.shape[0]
+    cols = min(channels, 4)
+    rows = -(-channels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        if index >= channels:
+            ax.axis("off")
+            continue
+        image = ax.imshow(latent[index], cmap="RdBu_r", interpolation="nearest")
+        ax.set_title(f"channel {index}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def channel_histograms(path: str | Path, values: np.ndarray, title: str) -> Path:
+    """Histogram per channel of ``values`` ``(c, n)`` against the N(0, 1) density."""
+    plt = _pyplot()
+    channels = values.shape[0]
+    cols = min(channels, 4)
+    rows = -(-channels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.4 * rows), squeeze=False)
+    grid = np.linspace(-4, 4, 200)
+    for index, ax in enumerate(axes.flat):
+        if index >= channels:
+            ax.axis("off")
+            continue
+        v = values[index]
+        ax.hist(v, bins=60, range=(-4, 4), density=True, color="tab:blue", alpha=0.7)
+        ax.plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), color="tab:red", linewidth=1)
+        ax.set_title(f"ch {index}: mean {v.mean():+.2f}, std {v.std():.2f}", fontsize=8)
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,103 @@
+"""Exploration of image autoencoders (spatial latents): reconstructions, interpolation between images,
+nearest neighbours, prior samples (with why they are meaningless), and the channel study."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vaekit.explore.interpolate import interpolate, pick_pairs, smoothness
+from vaekit.explore.neighbours import nearest_neighbours
+from vaekit.explore.runner import Explorer
+from vaekit.viz import plots
+from vaekit.viz.grids import save_grid
+
+
+class ImageExplorer(Explorer):
+    """Figures for models whose latents are ``(c, h, w)``; images are in the model's [-1, 1]."""
+
+    def __init__(self, *args, to_model_range, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.to_model_range = to_model_range
+        self.value_range = self.model.value_range
+
+    def _images(self, indices: list[int]) -> torch.Tensor:
+        return self.to_model_range(self.test.__getitems__(indices)[0])
+
+    def _latent_shape(self) -> tuple[int, ...]:
+        height, width = self.test.image_shape[1:]
+        return self.model.latent_shape(height, width)
+
+    def reconstructions(self) -> None:
+        x = self._images(self.test.spread_indices(self.options.num_examples, self.seed))
+        with torch.no_grad():
+            reconstructed = self.model.reconstruct(x).clamp(*self.value_range)
+        save_grid(self._path("reconstructions.png"), torch.stack([x, reconstructed]), value_range=self.value_range)
+        self._add("reconstructions", "reconstructions.png", "Reconstructions",
+                  f"Top: {len(x)} held-out images; bottom: decoded from the posterior mode.")
+
+    def samples(self) -> None:
+        n = self.options.sample_grid
+        z = torch.randn((n, *self._latent_shape()), generator=torch.Generator().manual_seed(self.seed))
+        with torch.no_grad():
+            images = self.model.decode(z).clamp(*self.value_range)
+        save_grid(self._path("samples.png"), images[None], value_range=self.value_range)
+        std = float(self.stats.means.std())
+        self._add("samples", "samples.png", "Decodings of prior draws (not samples of images)",
+                  f"Decodings of z ~ N(0, I). With a KL weight near 1e-6 the encoder is free to use any scale "
+                  f"(here the latent means have std {std:.2f}, not 1) and any correlation across positions, so "
+                  "independent Gaussian noise is nothing like a real latent and decodes to texture. An image "
+                  "autoencoder is a compressor, not a generator: latent diffusion learns the prior over these "
+                  "latents.")
+
+    def interpolations(self) -> None:
+        pairs = pick_pairs(self.stats.labels, self.options.interpolation_pairs, self.seed)
+        shape = self._latent_shape()
+        start = self.stats.means[[i for i, _ in pairs]].view(len(pairs), *shape)
+        end = self.stats.means[[j for _, j in pairs]].view(len(pairs), *shape)
+        strips = interpolate(self.model, start, end, self.options.interpolation_steps, "linear").clamp(*self.value_range)
+        self.extra_metrics["interpolation_smoothness"] = smoothness(strips)
+        save_grid(self._path("interpolation_linear.png"), strips, value_range=self.value_range)
+        self._add("interpolation_linear", "interpolation_linear.png", "Interpolation between images",
+                  "Decoded straight-line paths between the latents of pairs of held-out images: with a weak KL "
+                  "the path cross-fades rather than morphs.")
+
+    def neighbours(self) -> None:
+        queries = self.test.spread_indices(self.options.neighbour_queries, self.seed + 1)
+        found = nearest_neighbours(self.stats.means, queries, self.options.neighbours)
+        rows = torch.stack([self._images([q] + list(row)) for q, row in zip(queries, found)])
+        save_grid(self._path("neighbours.png"), rows, value_range=self.value_range)
+        self._add("neighbours", "neighbours.png", "Nearest neighbours",
+                  f"Each row: a held-out image, then the {found.shape[1]} held-out images whose latents are "
+                  "nearest (Euclidean, over all channels and positions).")
+
+    def channels(self) -> None:
+        x = self._images(self.test.spread_indices(1, self.seed))
+        with torch.no_grad():
+            latent = self.model.encode(x).mode()
+            zeroed = []
+            for channel in range(latent.shape[1]):
+                z = latent.clone()
+                z[:, channel] = 0
+                zeroed.append(self.model.decode(z, size=x.shape[2:]))
+            full = self.model.decode(latent, size=x.shape[2:])
+        plots.channel_maps(self._path("channels.png"), latent[0].numpy(), "latent channels of one image")
+        grid = torch.stack([torch.cat([x, full, *zeroed]).clamp(*self.value_range)])
+        save_grid(self._path("channels_zeroed.png"), grid, value_range=self.value_range)
+        scale, shift = self.model.config.scaling_factor, self.model.config.shift_factor or 0.0
+        c = latent.shape[1]
+        scaled = ((self.stats.means.view(len(self.stats.means), c, -1) - shift) * scale).transpose(0, 1).reshape(c, -1)
+        plots.channel_histograms(self._path("channel_histograms.png"), scaled.numpy(),
+                                 f"latent means × scaling factor {scale:g}, against N(0, 1)")
+        self._add("channels", "channels.png", "Latent channels",
+                  "Each latent channel of one held-out image as a heat map.")
+        self._add("channels_zeroed", "channels_zeroed.png", "Decoded with one channel zeroed",
+                  "The image, its reconstruction, then the reconstruction with channel 0, 1, ... set to zero: "
+                  "what each channel carries.")
+        self._add("channel_histograms", "channel_histograms.png", "Channel statistics",
+                  "Per-channel histograms of the held-out latents after the scaling factor, with the N(0, 1) "
+                  "density a diffusion model expects.")
+
+    def figures_to_draw(self) -> tuple:
+        return (self.reconstructions, self.samples, self.interpolations, self.neighbours, self.channels,
+                self.collapse_and_losses)
