@@ -96,11 +96,12 @@ def learning_rate_factor(step: int, total_steps: int, cfg: TrainConfig) -> float
 
 
 def apply_gradients(optimizer: torch.optim.Optimizer, scaler, clip: float | None,
-                    loss_value: float) -> tuple[bool, torch.Tensor]:
+                    loss_value: float, update_scaler: bool = True) -> tuple[bool, torch.Tensor]:
     """Unscale (fp16), clip, step when the loss and gradient are finite, zero the gradients.
 
     Returns (finite, gradient norm). fp16's loss scaler skips overflowing gradients itself (and lowers
-    its scale); elsewhere a non-finite gradient is ours to skip.
+    its scale); elsewhere a non-finite gradient is ours to skip. With two optimizers on one batch the
+    scaler is updated once, after the last of them (``update_scaler``).
     """
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -110,7 +111,8 @@ def apply_gradients(optimizer: torch.optim.Optimizer, scaler, clip: float | None
     if scaler is not None:
         if finite:
             scaler.step(optimizer)
-        scaler.update()
+        if update_scaler:
+            scaler.update()
     elif finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -332,16 +334,21 @@ def train(
                         output = model(x, labels, generator=noise)
                         loss, logs = loss_fn(x, output, kl_weight, **step_arguments)
                     accelerator.backward(loss)
-                    finite, grad_norm = apply_gradients(optimizer, scaler, cfg.grad_clip, logs["loss"])
+                    discriminator_steps = bool(gan_arguments) and loss_fn.discriminator_active(state["step"])
+                    finite, grad_norm = apply_gradients(optimizer, scaler, cfg.grad_clip, logs["loss"],
+                                                        update_scaler=not discriminator_steps)
                     if finite and ema is not None:
                         ema.update(raw_model)
                     # Discriminator step, on the same batch: real images and detached reconstructions.
-                    if finite and gan_arguments and loss_fn.discriminator_active(state["step"]):
-                        with accelerator.autocast():
-                            d_loss, d_logs = loss_fn.discriminator_step_loss(x, output.reconstruction.detach())
-                        accelerator.backward(d_loss)
-                        apply_gradients(optimizers["discriminator"], scaler, cfg.grad_clip, d_logs["d_loss"])
-                        logs.update(d_logs)
+                    if discriminator_steps:
+                        if finite:
+                            with accelerator.autocast():
+                                d_loss, d_logs = loss_fn.discriminator_step_loss(x, output.reconstruction.detach())
+                            accelerator.backward(d_loss)
+                            apply_gradients(optimizers["discriminator"], scaler, cfg.grad_clip, d_logs["d_loss"])
+                            logs.update(d_logs)
+                        elif scaler is not None:
+                            scaler.update()
                     if finite:
                         consecutive_nonfinite = 0
                     else:

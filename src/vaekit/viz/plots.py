@@ -140,13 +140,17 @@ def labelled_grid(path: str | Path, images, row_labels: Sequence[str], title: st
     return _save(fig, path)
 
 
+def _panels(count: int, panel_width: float):
+    """A figure with ``count`` panels, four to a row."""
+    cols = min(count, 4)
+    rows = -(-count // cols)
+    return _pyplot().subplots(rows, cols, figsize=(panel_width * cols, 2.4 * rows), squeeze=False)
+
+
 def channel_maps(path: str | Path, latent: np.ndarray, title: str) -> Path:
     """Each latent channel ``(c, h, w)`` of one image as a heat map with its own colour bar."""
-    plt = _pyplot()
     channels = latent.shape[0]
-    cols = min(channels, 4)
-    rows = -(-channels // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = _panels(channels, 2.6)
     for index, ax in enumerate(axes.flat):
         if index >= channels:
             ax.axis("off")
@@ -163,11 +167,8 @@ def channel_maps(path: str | Path, latent: np.ndarray, title: str) -> Path:
 
 def channel_histograms(path: str | Path, values: np.ndarray, title: str) -> Path:
     """Histogram per channel of ``values`` ``(c, n)`` against the N(0, 1) density."""
-    plt = _pyplot()
     channels = values.shape[0]
-    cols = min(channels, 4)
-    rows = -(-channels // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = _panels(channels, 2.8)
     grid = np.linspace(-4, 4, 200)
     for index, ax in enumerate(axes.flat):
         if index >= channels:
