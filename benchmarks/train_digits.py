@@ -33,7 +33,7 @@ OVERRIDES = ["model.hidden_dims=[512]", "model.latent_dim=8", "data.name=digits"
 def run_vaekit(output_dir: str) -> tuple[float, float, vaekit.models.mlp.MLPVAE]:
     config = load_config(None, OVERRIDES + [f"output_dir={output_dir}"])
     start = time.perf_counter()
-    run_dir = vaekit.train(config, evaluate_at_end=False)
+    run_dir = vaekit.train(config, evaluate_at_end=False, explore=False)  # training only: no eval, no figures
     wall = time.perf_counter() - start
     loop_rate = json.loads((run_dir / "metrics.json").read_text())["train"]["samples_per_s"]
     return wall, loop_rate, vaekit.load_model(run_dir)

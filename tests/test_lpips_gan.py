@@ -214,3 +214,16 @@ def test_two_training_steps_of_every_preset(name, tmp_path):
                                 f"output_dir={tmp_path}"])
     run = vaekit.train(config, evaluate_at_end=False, explore=False)
     assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 2
+
+
+def test_the_learned_log_variance_is_optimised():
+    loss_fn = loss_module(learn_logvar=True, disc_weight=0)
+    model, x, _ = _step_inputs()
+    optimizer = torch.optim.Adam(list(model.parameters()) + loss_fn.generator_parameters(), lr=0.1)
+    for _ in range(3):
+        loss, logs = loss_fn(x, model(x))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert logs["logvar"] != 0.0 and loss_fn.logvar.item() != 0.0
+    assert loss_module(learn_logvar=False).generator_parameters() == []

@@ -168,3 +168,21 @@ def test_model_of_a_run_loads_from_the_run_directory(tiny):
     run = train(tiny(**{"train.epochs": 1}))
     model = vaekit.load_model(run)
     assert model.encode(torch.rand(2, 1, 16, 16)).mean.shape == (2, 3)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tiny):
+    """Two micro-batches of 16 make the step of one batch of 32 (a deterministic model: no noise)."""
+    common = {"model.name": "mlp-ae", "train.epochs": 2, "train.snapshot_examples": 0}
+    big = train(tiny(run_name="big", **common, **{"train.batch_size": 32}))
+    small = train(tiny(run_name="small", **common, **{"train.batch_size": 16, "train.grad_accumulation": 2}))
+    assert read_metrics(small)["train"]["steps"] == read_metrics(big)["train"]["steps"] == 16
+    wa, wb = weights(big), weights(small)
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=2e-5, rtol=1e-4)
+
+
+def test_bad_train_values_are_config_errors(tiny):
+    from vaekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.grad_accumulation must be at least 1"):
+        tiny(**{"train.grad_accumulation": 0})

@@ -45,6 +45,8 @@ class TrainConfig:
     """After warm-up: constant, or cosine decay to 0 at the last step."""
     ema_decay: float | None = None
     """Keep an exponential moving average of the weights (e.g. 0.999); it is what is evaluated and saved."""
+    grad_accumulation: int = 1
+    """Micro-batches of batch_size per optimizer step (the effective batch is their product)."""
     decoder_only: bool = False
     """Freeze the encoder (and quant conv): fine-tune the decoder alone, as for sd-vae-ft-mse."""
     grad_clip: float | None = 10.0
@@ -63,6 +65,13 @@ class TrainConfig:
     snapshot_examples: int = 8
     """Fixed test examples reconstructed at the end of every epoch, for the training-progression
     figure; 0 turns snapshots off."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accumulation", "checkpoint_every", "log_every",
+                     "max_nonfinite_steps"):
+            minimum = 0 if name == "epochs" else 1
+            if getattr(self, name) < minimum:
+                raise ValueError(f"train.{name} must be at least {minimum}, got {getattr(self, name)}")
 
 
 @dataclass

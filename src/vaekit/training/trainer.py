@@ -9,6 +9,7 @@ run would have used, and ends with bitwise identical weights on CPU.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -269,7 +270,7 @@ def train(
                                 accelerator.num_processes, accelerator.process_index)
     loader = batch_loader(train_data, batch_sampler=sampler, num_workers=cfg.num_workers,
                           pin_memory=device.type == "cuda")
-    total_steps = cfg.epochs * sampler.batches_per_epoch
+    total_steps = cfg.epochs * math.ceil(sampler.batches_per_epoch / cfg.grad_accumulation)
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped_nonfinite_steps": 0,
                              "train_time_s": 0.0, "samples_seen": 0}
@@ -319,36 +320,44 @@ def train(
         with stop_on_signal() as stop_requested:
             for epoch in range(state["epoch"], cfg.epochs):
                 sampler.set_epoch(epoch, state["batch_in_epoch"])
-                for x, labels in loader:
-                    x = to_model_range(x.to(device, non_blocking=True))
-                    labels = labels.to(device, non_blocking=True) if conditional else None
+                batches = iter(loader)
+                # One optimizer step per group of grad_accumulation micro-batches (groups end with the epoch).
+                while group := list(itertools.islice(batches, cfg.grad_accumulation)):
                     kl_weight = loss_fn.beta * linear_warmup(state["step"], cfg.kl_warmup_steps)
                     lr_factor = learning_rate_factor(state["step"], total_steps, cfg)
                     for name, opt in optimizers.items():
-                        for group in opt.param_groups:
-                            group["lr"] = base_lrs[name] * lr_factor
+                        for param_group in opt.param_groups:
+                            param_group["lr"] = base_lrs[name] * lr_factor
                     step_arguments = {**gan_arguments, "step": state["step"]} if gan_arguments else {}
-
-                    # Autoencoder (generator) step.
-                    with accelerator.autocast():
-                        output = model(x, labels, generator=noise)
-                        loss, logs = loss_fn(x, output, kl_weight, **step_arguments)
-                    accelerator.backward(loss)
                     discriminator_steps = bool(gan_arguments) and loss_fn.discriminator_active(state["step"])
+
+                    logs: dict[str, float] = {}
+                    for x, labels in group:
+                        x = to_model_range(x.to(device, non_blocking=True))
+                        labels = labels.to(device, non_blocking=True) if conditional else None
+                        # Autoencoder (generator) loss.
+                        with accelerator.autocast():
+                            output = model(x, labels, generator=noise)
+                            loss, micro_logs = loss_fn(x, output, kl_weight, **step_arguments)
+                        accelerator.backward(loss / len(group))
+                        # Discriminator loss, on the same batch: real images and detached reconstructions.
+                        if discriminator_steps:
+                            with accelerator.autocast():
+                                d_loss, d_logs = loss_fn.discriminator_step_loss(x, output.reconstruction.detach())
+                            accelerator.backward(d_loss / len(group))
+                            micro_logs.update(d_logs)
+                        for key, value in micro_logs.items():
+                            logs[key] = logs.get(key, 0.0) + value / len(group)
+                        state["samples_seen"] += len(x) * accelerator.num_processes
+
+                    # Autoencoder step, then discriminator step (its gradients never touched the autoencoder).
                     finite, grad_norm = apply_gradients(optimizer, scaler, cfg.grad_clip, logs["loss"],
                                                         update_scaler=not discriminator_steps)
                     if finite and ema is not None:
                         ema.update(raw_model)
-                    # Discriminator step, on the same batch: real images and detached reconstructions.
                     if discriminator_steps:
-                        if finite:
-                            with accelerator.autocast():
-                                d_loss, d_logs = loss_fn.discriminator_step_loss(x, output.reconstruction.detach())
-                            accelerator.backward(d_loss)
-                            apply_gradients(optimizers["discriminator"], scaler, cfg.grad_clip, d_logs["d_loss"])
-                            logs.update(d_logs)
-                        elif scaler is not None:
-                            scaler.update()
+                        apply_gradients(optimizers["discriminator"], scaler, cfg.grad_clip,
+                                        logs["d_loss"] if finite else math.nan)
                     if finite:
                         consecutive_nonfinite = 0
                     else:
@@ -357,8 +366,7 @@ def train(
                         log.warning("step %d: non-finite loss or gradient (loss=%s); step skipped",
                                     state["step"] + 1, logs["loss"])
                     state["step"] += 1
-                    state["batch_in_epoch"] += 1
-                    state["samples_seen"] += len(x) * accelerator.num_processes
+                    state["batch_in_epoch"] += len(group)
                     progress.update(1)
 
                     if consecutive_nonfinite >= cfg.max_nonfinite_steps:
