@@ -151,3 +151,22 @@ def test_hugging_face_dataset_from_a_local_folder(tmp_path, caplog):
     (tmp_path / "not-a-dataset" / "notes.txt").write_text("hello")
     with pytest.raises(VaekitError, match="has no column 'img'; its columns are text"):
         dataset(name="hf", path=tmp_path / "not-a-dataset", image_column="img")  # datasets read it as text
+
+
+def test_folder_crops_for_image_autoencoders(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    (tmp_path / "p" / "sub").mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (50 + i, 70, 3), dtype=np.uint8)).save(tmp_path / "p" / "sub" / f"{i}.jpg")
+    Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(tmp_path / "p" / "tiny.png")
+    (tmp_path / "p" / "broken.png").write_bytes(b"\x89PNG broken")
+    common = dict(name="folder-crops", path=tmp_path / "p", crop_size=32, short_side="null", test_fraction=0.3)
+    with caplog.at_level(logging.WARNING, logger="vaekit"):
+        train = dataset(num_train=20, small_images="skip", **common)
+    test = dataset("test", small_images="skip", **common)
+    assert train.images.shape == (20, 3, 32, 32) and test.image_shape == (3, 32, 32)
+    assert any("broken.png" in name for name, _ in train.skipped)
+    upscaled = dataset(num_train=5, small_images="upscale", **common)
+    assert len(upscaled) == 5
+    # Random crops from a fixed seed: the same crops every time.
+    assert torch.equal(train.images, dataset(num_train=20, small_images="skip", **common).images)

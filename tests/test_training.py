@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 
@@ -186,3 +187,11 @@ def test_bad_train_values_are_config_errors(tiny):
 
     with pytest.raises(ConfigError, match="train.grad_accumulation must be at least 1"):
         tiny(**{"train.grad_accumulation": 0})
+
+
+def test_bf16_autocast_trains_and_keeps_fp32_weights(tiny):
+    """The mixed-precision path on CPU (slow there, so not a default): finite loss, fp32 master weights;
+    and a process that trained in fp32 before can train in bf16 now."""
+    run = train(tiny(**{"train.mixed_precision": "bf16", "train.epochs": 1}))
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights(run).values())
+    assert all(math.isfinite(r["loss"]) for r in log_records(run))

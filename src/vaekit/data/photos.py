@@ -91,3 +91,82 @@ def photos(config: PhotosConfig, split: str) -> ImageDataset:
     skipped = [(f"photo {i}", f"smaller than the {config.crop_size}-pixel crop: {config.small_images}d")
                for i in range(affected)] if affected and config.small_images == "skip" else []
     return ImageDataset(crops, name=f"photos/{split}", skipped=skipped)
+
+
+@dataclass
+class FolderCropsConfig:
+    """A folder of photographs (recursive) for image autoencoders: random crops with flips from the
+    training files, the centre crop of each held-out file for evaluation."""
+
+    path: str = ""
+    crop_size: int = 64
+    num_train: int = 4000
+    short_side: int | None = 256
+    """Resize every image so its short side is this (bounds memory); null keeps the files' size."""
+    small_images: Literal["upscale", "skip"] = "upscale"
+    test_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("data.path is required: the folder of photographs")
+        if self.short_side is not None and self.short_side < self.crop_size:
+            raise ValueError(f"short_side ({self.short_side}) must be at least crop_size ({self.crop_size})")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
+
+
+def _read_photos(root: str, short_side: int | None) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    from pathlib import Path
+
+    from vaekit.data.folder import IMAGE_EXTENSIONS, find_images, to_mode
+    from vaekit.errors import VaekitError
+
+    if not Path(root).is_dir():
+        raise VaekitError(f"data.path {root} is not a folder of images")
+    files = find_images(Path(root))
+    if not files:
+        raise VaekitError(f"{root} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    images, skipped = [], []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                image = to_mode(image, grayscale=False)
+                if short_side is not None:
+                    scale = short_side / min(image.size)
+                    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                         Image.Resampling.BICUBIC)
+                images.append(np.asarray(image, dtype=np.uint8))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            skipped.append((str(path), f"{type(err).__name__}: {err}"))
+    if len(images) < 2:
+        raise VaekitError(f"{root} has {len(images)} readable image(s) ({len(skipped)} skipped); at least 2 are needed")
+    return images, skipped
+
+
+@DATASETS.register("folder-crops", FolderCropsConfig)
+def folder_crops(config: FolderCropsConfig, split: str) -> ImageDataset:
+    import logging
+
+    images, unreadable = _read_photos(config.path, config.short_side)
+    order = np.random.default_rng(config.seed).permutation(len(images))
+    num_test = max(1, round(len(images) * config.test_fraction))
+    chosen = [images[i] for i in sorted(order[:num_test] if split == "test" else order[num_test:])]
+    chosen, affected = fit_to_crop(chosen, config.crop_size, config.small_images)
+    if affected:
+        logging.getLogger("vaekit").warning("%d %s image(s) smaller than the %d-pixel crop were %sd", affected, split,
+                                            config.crop_size, config.small_images)
+    if not chosen:
+        from vaekit.errors import VaekitError
+
+        raise VaekitError(f"no {split} image of {config.path} is as large as the {config.crop_size}-pixel crop")
+    if split == "train":
+        crops = random_crops(chosen, config.crop_size, config.num_train, np.random.default_rng([config.seed, 1]))
+    else:
+        c = config.crop_size
+        crops = np.stack([img[(img.shape[0] - c) // 2:(img.shape[0] - c) // 2 + c,
+                              (img.shape[1] - c) // 2:(img.shape[1] - c) // 2 + c].transpose(2, 0, 1) for img in chosen])
+    skipped = unreadable + ([("(images)", f"{affected} smaller than the crop, skipped")]
+                            if affected and config.small_images == "skip" else [])
+    return ImageDataset(crops, name=f"folder-crops:{config.path}/{split}", skipped=skipped)

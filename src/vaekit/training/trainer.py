@@ -205,6 +205,7 @@ def train(
     ``evaluate_at_end`` / ``explore``: evaluate on the test split / draw the figures and report.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     if resume is not None:
@@ -232,6 +233,9 @@ def train(
         run_dir = create_run_dir(config)
         save_config(config, run_dir / CONFIG_FILE)
 
+    # Accelerate keeps its settings (mixed precision) process-wide; forget them, keeping the process
+    # group, so one process can train runs of different precision one after another (sweeps, the API).
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         log_with="tensorboard" if cfg.tensorboard else None,
