@@ -366,7 +366,7 @@ def test_the_trainer_and_evaluation_understand_image_autoencoders(tmp_path):
     run = vaekit.train(load_config(None, overrides))
     test = read_metrics(run)["test"]
     figures = {p.name for p in (run / "figures").iterdir()}
-    assert figures >= {"reconstructions.png", "samples.png", "interpolation_linear.png", "neighbours.png",
+    assert figures >= {"reconstructions.png", "samples.png", "interpolation_linear.png", "neighbours.png", "progression.png",
                        "channels.png", "channels_zeroed.png", "channel_histograms.png", "losses.png"}
     html = (run / "report.html").read_text()
     assert "not samples of images" in html and "compression ratio" in html

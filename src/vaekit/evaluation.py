@@ -23,7 +23,7 @@ def evaluate(run_dir: str | Path, iwae_samples: int | None = None, device: str |
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(run_dir, device=device)
     test_data = build_dataset(config.data, "test")
-    if getattr(model, "value_range", (0.0, 1.0)) != (0.0, 1.0):  # an image autoencoder: no likelihood
+    if not hasattr(model, "decode_distribution"):  # an image autoencoder: no likelihood to evaluate
         metrics = evaluate_reconstruction(model, test_data, seed=config.seed, device=device,
                                           to_model_range=range_map(test_data.value_range, model.value_range))
         update_metrics(run_dir, "test", metrics)

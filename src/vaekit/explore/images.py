@@ -100,4 +100,4 @@ class ImageExplorer(Explorer):
 
     def figures_to_draw(self) -> tuple:
         return (self.reconstructions, self.samples, self.interpolations, self.neighbours, self.channels,
-                self.collapse_and_losses)
+                self.progression, self.collapse_and_losses)

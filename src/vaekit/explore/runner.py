@@ -171,8 +171,9 @@ class Explorer:
         picks = sorted({epochs[round(i)] for i in np.linspace(0, len(epochs) - 1, min(self.options.progression_rows,
                                                                                          len(epochs)))})
         images = torch.stack([read_snapshot(self.run_dir, None)] + [read_snapshot(self.run_dir, e) for e in picks])
-        plots.labelled_grid(self._path("progression.png"), images, ["original"] + [f"epoch {e}" for e in picks],
-                            "reconstructions during training")
+        plots.labelled_grid(self._path("progression.png"), images.clamp(*self.model.value_range),
+                            ["original"] + [f"epoch {e}" for e in picks], "reconstructions during training",
+                            value_range=self.model.value_range)
         self._add("progression", "progression.png", "Training progression",
                   "Reconstructions of the same test images at the end of epochs during training (top row: the "
                   "images).")
