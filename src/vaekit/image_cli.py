@@ -93,7 +93,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     for path, x in _each_image(args.images, args.max_pixels):
         posterior = _encode(model, x.to(args.device), args)
         z = posterior.sample() if args.sample else posterior.mode()
-        latents.append(((z - (model.config.shift_factor or 0.0)) * model.config.scaling_factor)[0].cpu())
+        latents.append(model.scale_latents(z)[0].cpu())
         names.append(path.name)
         sizes.append(tuple(x.shape[2:]))
     if not latents:
@@ -110,8 +110,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     model = _image_model(args)
     latents, names, sizes, scaling, shift = load_latents(args.latents)
+    if (scaling, shift) != (model.config.scaling_factor, model.config.shift_factor or 0.0):
+        log.warning("%s was scaled by %g (shift %g); undoing that, not the model's %g", args.latents, scaling, shift,
+                    model.config.scaling_factor)
     for latent, name, size in zip(latents, names, sizes):
-        z = latent[None].to(args.device) / scaling + shift
+        z = latent[None].to(args.device) / scaling + shift  # the file's own scaling, which may not be the model's
         image = _decode(model, z, size, args)
         print(f"{name} -> {write_image(Path(args.output) / f'{Path(name).stem}.png', image)}")
     return 0

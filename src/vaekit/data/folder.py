@@ -58,19 +58,23 @@ def to_mode(image: Image.Image, grayscale: bool) -> Image.Image:
     return image.convert("L" if grayscale else "RGB")
 
 
+def prepare(image: Image.Image, image_size: int, grayscale: bool) -> np.ndarray:
+    """A decoded PIL image -> ``(C, S, S)`` uint8: EXIF orientation, 8-bit L/RGB, centre crop + resize."""
+    image = to_mode(ImageOps.exif_transpose(image), grayscale)
+    array = np.asarray(ImageOps.fit(image, (image_size, image_size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return array[None] if grayscale else array.transpose(2, 0, 1)
+
+
 def load_image(path: Path, image_size: int, grayscale: bool) -> np.ndarray:
     """``(C, S, S)`` uint8; raises OSError/ValueError/SyntaxError for files that are not valid images."""
     with Image.open(path) as image:
         image.load()  # decode now, so a truncated file fails here and not later
-        image = ImageOps.exif_transpose(image)
-        image = to_mode(image, grayscale)
-        image = ImageOps.fit(image, (image_size, image_size), Image.Resampling.BICUBIC)
-        array = np.asarray(image, dtype=np.uint8)
-    return array[None] if grayscale else array.transpose(2, 0, 1)
+        return prepare(image, image_size, grayscale)
 
 
-@functools.lru_cache(maxsize=2)
-def _load_folder(root: str, image_size: int, grayscale: bool):
+def read_folder(root: str, load) -> tuple[list[np.ndarray], list[Path], list[tuple[str, str]]]:
+    """``load(path)`` every image file below ``root``: (arrays, their paths, (file, reason) skipped).
+    Unreadable files are skipped and named in a warning; fewer than two readable images is an error."""
     root_path = Path(root)
     if not root_path.is_dir():
         raise VaekitError(f"data.path {root} is not a folder of images")
@@ -82,7 +86,7 @@ def _load_folder(root: str, image_size: int, grayscale: bool):
     images, kept, skipped = [], [], []
     for path in files:
         try:
-            images.append(load_image(path, image_size, grayscale))
+            images.append(load(path))
             kept.append(path)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             skipped.append((str(path), f"{type(err).__name__}: {err}"))
@@ -91,7 +95,13 @@ def _load_folder(root: str, image_size: int, grayscale: bool):
         log.warning("skipped %d of %d files in %s that are not readable images: %s", len(skipped), len(files), root, names)
     if len(kept) < 2:
         raise VaekitError(f"{root} has {len(kept)} readable image(s) ({len(skipped)} skipped); at least 2 are needed")
-    relative = [p.relative_to(root_path) for p in kept]
+    return images, kept, skipped
+
+
+@functools.lru_cache(maxsize=2)
+def _load_folder(root: str, image_size: int, grayscale: bool):
+    images, kept, skipped = read_folder(root, lambda path: load_image(path, image_size, grayscale))
+    relative = [p.relative_to(root) for p in kept]
     if all(len(r.parts) >= 2 for r in relative):
         class_names = sorted({r.parts[0] for r in relative})
         labels = np.array([class_names.index(r.parts[0]) for r in relative])

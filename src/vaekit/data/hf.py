@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from vaekit.data.base import ImageDataset
-from vaekit.data.folder import to_mode
+from vaekit.data.folder import prepare
 from vaekit.errors import VaekitError
 from vaekit.registry import DATASETS
 
@@ -63,9 +63,7 @@ def _decode(value, size: int, grayscale: bool) -> np.ndarray:
     if not isinstance(value, Image.Image):
         raise ValueError(f"not an image: {type(value).__name__}")
     value.load()
-    image = ImageOps.fit(to_mode(value, grayscale), (size, size), Image.Resampling.BICUBIC)
-    array = np.asarray(image, dtype=np.uint8)
-    return array[None] if grayscale else array.transpose(2, 0, 1)
+    return prepare(value, size, grayscale)
 
 
 _LOADED: dict[str, dict] = {}

@@ -8,6 +8,7 @@ scikit-learn's two sample photographs (china, flower), images the model never se
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -116,32 +117,23 @@ class FolderCropsConfig:
             raise ValueError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
 
 
+@functools.lru_cache(maxsize=2)
 def _read_photos(root: str, short_side: int | None) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
-    from pathlib import Path
+    """Every readable photograph below ``root`` as ``(H, W, 3)`` uint8 (short side resized to
+    ``short_side``), read once for both splits; unreadable files skipped."""
+    from vaekit.data.folder import read_folder, to_mode
 
-    from vaekit.data.folder import IMAGE_EXTENSIONS, find_images, to_mode
-    from vaekit.errors import VaekitError
+    def load(path) -> np.ndarray:
+        with Image.open(path) as image:
+            image.load()
+            image = to_mode(image, grayscale=False)
+            if short_side is not None:
+                scale = short_side / min(image.size)
+                image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                     Image.Resampling.BICUBIC)
+            return np.asarray(image, dtype=np.uint8)
 
-    if not Path(root).is_dir():
-        raise VaekitError(f"data.path {root} is not a folder of images")
-    files = find_images(Path(root))
-    if not files:
-        raise VaekitError(f"{root} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    images, skipped = [], []
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                image = to_mode(image, grayscale=False)
-                if short_side is not None:
-                    scale = short_side / min(image.size)
-                    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                         Image.Resampling.BICUBIC)
-                images.append(np.asarray(image, dtype=np.uint8))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            skipped.append((str(path), f"{type(err).__name__}: {err}"))
-    if len(images) < 2:
-        raise VaekitError(f"{root} has {len(images)} readable image(s) ({len(skipped)} skipped); at least 2 are needed")
+    images, _, skipped = read_folder(root, load)
     return images, skipped
 
 

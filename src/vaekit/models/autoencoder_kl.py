@@ -287,15 +287,22 @@ class AutoencoderKL(nn.Module):
         """Decode the posterior mode (or a sample) of ``x``, cropped back to ``x``'s size."""
         return self(x, sample=sample).reconstruction
 
-    def to_latents(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Latents for a diffusion model: (z − shift_factor) · scaling_factor."""
-        posterior = self.encode(x)
-        z = posterior.sample(generator) if sample else posterior.mode()
+    def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """z -> latents for a diffusion model: (z − shift_factor) · scaling_factor."""
         return (z - (self.config.shift_factor or 0.0)) * self.config.scaling_factor
 
+    def unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``scale_latents``."""
+        return latents / self.config.scaling_factor + (self.config.shift_factor or 0.0)
+
+    def to_latents(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Encode ``x`` and scale: the latents a diffusion model is trained on."""
+        posterior = self.encode(x)
+        return self.scale_latents(posterior.sample(generator) if sample else posterior.mode())
+
     def from_latents(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Inverse of ``to_latents`` followed by ``decode``."""
-        return self.decode(latents / self.config.scaling_factor + (self.config.shift_factor or 0.0), size=size)
+        """Inverse of ``to_latents``: unscale and decode."""
+        return self.decode(self.unscale_latents(latents), size=size)
 
 
 def scaling_factor_from_latents(latents: torch.Tensor) -> float:

@@ -35,7 +35,7 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts + [size - tile]
 
 
-def _ramp(length: int, start: int, overlap_before: int, overlap_after: int, device, dtype) -> torch.Tensor:
+def _ramp(length: int, overlap_before: int, overlap_after: int, device, dtype) -> torch.Tensor:
     """Blend weights along one axis of a tile: rising over the overlap with the previous tile, falling
     over the overlap with the next, 1 elsewhere (never 0, so every pixel is covered)."""
     position = torch.arange(length, device=device, dtype=dtype) + 0.5
@@ -162,8 +162,8 @@ def _run_tiled(model: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], so
             before_w = (cols[c - 1] + t.width - t.left) if c > 0 else 0
             after_w = (t.left + t.width - cols[c + 1]) if c + 1 < len(cols) else 0
             oh, ow = out.shape[2:]
-            weight = (_ramp(oh, 0, round(before_h * scale), round(after_h * scale), out.device, out.dtype)[:, None]
-                      * _ramp(ow, 0, round(before_w * scale), round(after_w * scale), out.device, out.dtype)[None, :])
+            weight = (_ramp(oh, round(before_h * scale), round(after_h * scale), out.device, out.dtype)[:, None]
+                      * _ramp(ow, round(before_w * scale), round(after_w * scale), out.device, out.dtype)[None, :])
             top, left = round(t.top * scale), round(t.left * scale)
             output[:, :, top:top + oh, left:left + ow] += out * weight
             weight_sum[:, :, top:top + oh, left:left + ow] += weight
