@@ -148,7 +148,7 @@ def add_commands(commands) -> None:
         if tiles:
             parser.add_argument("--tile", type=int, default=0, metavar="PIXELS",
                                 help="tile images larger than this many pixels a side (a multiple of f; 0 = never)")
-            parser.add_argument("--overlap", type=int, default=64, metavar="PIXELS", help="tile overlap (default 64)")
+            parser.add_argument("--overlap", type=int, default=32, metavar="PIXELS", help="tile overlap (default 32)")
 
     reconstruct = commands.add_parser(
         "reconstruct", help="encode and decode images, print PSNR per image",

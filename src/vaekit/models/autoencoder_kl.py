@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vaekit.errors import VaekitError
 from vaekit.models.distributions import DiagonalGaussian
+from vaekit.models.fastconv import Conv2d, to_channels_last
 from vaekit.registry import MODELS
 
 NORM_EPS = 1e-6
@@ -63,14 +64,15 @@ class ResnetBlock2D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, groups: int):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=NORM_EPS)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=NORM_EPS)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        inplace = not torch.is_grad_enabled()  # SiLU over the fresh GroupNorm output saves an allocation
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
         return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
 
 
@@ -87,7 +89,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        tokens = self.group_norm(x).view(b, c, h * w).transpose(1, 2)
+        # (B, HW, C): a free view of channels-last input, a transposed view of NCHW input.
+        normed = self.group_norm(x)
+        tokens = (normed.permute(0, 2, 3, 1).reshape(b, h * w, c)
+                  if normed.is_contiguous(memory_format=torch.channels_last) and not normed.is_contiguous()
+                  else normed.reshape(b, c, h * w).transpose(1, 2))
         # (B, 1 head, HW, C) as strided views, the layout diffusers hands to the same kernel.
         q, k, v = (proj(tokens).view(b, -1, 1, c).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
@@ -115,7 +121,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
@@ -126,7 +132,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -167,7 +173,7 @@ class Encoder(_Trunk):
     def __init__(self, config: AutoencoderKLConfig):
         super().__init__()
         channels, groups = config.block_out_channels, config.norm_num_groups
-        self.conv_in = nn.Conv2d(config.in_channels, channels[0], 3, padding=1)
+        self.conv_in = Conv2d(config.in_channels, channels[0], 3, padding=1)
         self.down_blocks = nn.ModuleList([
             Level(channels[max(i - 1, 0)], channels[i], config.layers_per_block, groups,
                   "down" if i < len(channels) - 1 else None)
@@ -176,7 +182,7 @@ class Encoder(_Trunk):
         self.mid_block = MidBlock(channels[-1], groups, config.mid_block_add_attention)
         self.conv_norm_out = nn.GroupNorm(groups, channels[-1], eps=NORM_EPS)
         self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(channels[-1], 2 * config.latent_channels, 3, padding=1)
+        self.conv_out = Conv2d(channels[-1], 2 * config.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
@@ -190,7 +196,7 @@ class Decoder(_Trunk):
     def __init__(self, config: AutoencoderKLConfig):
         super().__init__()
         channels, groups = list(reversed(config.block_out_channels)), config.norm_num_groups
-        self.conv_in = nn.Conv2d(config.latent_channels, channels[0], 3, padding=1)
+        self.conv_in = Conv2d(config.latent_channels, channels[0], 3, padding=1)
         self.mid_block = MidBlock(channels[0], groups, config.mid_block_add_attention)
         self.up_blocks = nn.ModuleList([
             Level(channels[max(i - 1, 0)], channels[i], config.layers_per_block + 1, groups,
@@ -199,7 +205,7 @@ class Decoder(_Trunk):
         ])
         self.conv_norm_out = nn.GroupNorm(groups, channels[-1], eps=NORM_EPS)
         self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(channels[-1], config.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(channels[-1], config.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(z)
@@ -231,8 +237,8 @@ class AutoencoderKL(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         channels = 2 * config.latent_channels
-        self.quant_conv = nn.Conv2d(channels, channels, 1) if config.use_quant_conv else None
-        self.post_quant_conv = (nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+        self.quant_conv = Conv2d(channels, channels, 1) if config.use_quant_conv else None
+        self.post_quant_conv = (Conv2d(config.latent_channels, config.latent_channels, 1)
                                 if config.use_post_quant_conv else None)
         self.encoder.gradient_checkpointing = self.decoder.gradient_checkpointing = config.gradient_checkpointing
 
@@ -262,10 +268,10 @@ class AutoencoderKL(nn.Module):
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> DiagonalGaussian:
         """x: ``(B, C, H, W)`` in [-1, 1] -> q(z|x) over ``(B, c, ⌈H/f⌉, ⌈W/f⌉)``."""
         self._check_input(x)
-        moments = self.encoder(self.pad_to_multiple(x))
+        moments = self.encoder(to_channels_last(self.pad_to_multiple(x)))
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
-        return DiagonalGaussian.from_parameters(moments)
+        return DiagonalGaussian.from_parameters(moments.contiguous())
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
         """z: ``(B, c, h, w)`` -> images ``(B, C, f·h, f·w)``, cropped to ``size`` = (H, W) when given."""
@@ -274,7 +280,7 @@ class AutoencoderKL(nn.Module):
                               f"h, w), got {tuple(z.shape)}")
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        images = self.decoder(z)
+        images = self.decoder(to_channels_last(z)).contiguous()
         return images if size is None else images[:, :, : size[0], : size[1]]
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = True,

@@ -1,0 +1,119 @@
+"""The CPU inference fast paths: Winograd convolutions and channels-last, against direct convolution."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vaekit
+from vaekit.models import fastconv
+from vaekit.models.fastconv import fast_paths, winograd_conv3x3, winograd_filter, winograd_matrices
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_winograd_matrices_compute_a_correlation(m):
+    """Aᵀ[(G g) ⊙ (Bᵀ d)] is the valid correlation of d with g (the defining identity, in float64)."""
+    Bt, G, At = winograd_matrices(m)
+    rng = np.random.default_rng(m)
+    d, g = rng.standard_normal(m + 2), rng.standard_normal(3)
+    expected = np.array([d[i:i + 3] @ g for i in range(m)])
+    np.testing.assert_allclose(At @ ((G @ g) * (Bt @ d)), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("shape", [(1, 16, 8, 8), (2, 24, 13, 19), (3, 8, 1, 5)])
+def test_winograd_convolution_equals_conv2d(m, shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    weight = torch.randn(12, shape[1], 3, 3) / (9 * shape[1]) ** 0.5
+    bias = torch.randn(12)
+    reference = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        # Small chunks: the row-chunked path must give the same as one chunk.
+        for chunk in (None, 64):
+            out = winograd_conv3x3(x.contiguous(memory_format=layout), winograd_filter(weight, m), bias, m, chunk)
+            assert out.shape == reference.shape
+            torch.testing.assert_close(out.double(), reference, atol=2e-5 if m == 4 else 2e-6, rtol=0)
+
+
+def _conv(in_channels=8, out_channels=8, **kwargs):
+    torch.manual_seed(0)
+    return fastconv.Conv2d(in_channels, out_channels, 3, padding=1, **kwargs)
+
+
+def test_winograd_applies_to_cpu_float32_inference_only():
+    conv = _conv()
+    x = torch.randn(1, 8, 6, 6)
+    with fast_paths(winograd_min_channels=1):
+        assert not conv._winograd_applies(x)  # autograd on: training runs the ordinary convolution
+        with torch.no_grad():
+            assert conv._winograd_applies(x)
+            assert not conv._winograd_applies(x.to(torch.bfloat16))
+            assert not conv._winograd_applies(x.double())
+            assert not _conv(stride=2)._winograd_applies(x)
+            assert not fastconv.Conv2d(8, 8, 1)._winograd_applies(x)
+            with fast_paths(False):
+                assert not conv._winograd_applies(x)
+            with fast_paths(winograd=False):
+                assert not conv._winograd_applies(x)
+    with torch.no_grad():
+        assert not conv._winograd_applies(x)  # too few channels for the default threshold
+    with pytest.raises(AttributeError, match="unknown fast-path setting"):
+        with fast_paths(winograd_tiles=2):
+            pass
+
+
+def test_transformed_filters_follow_weight_updates():
+    conv = _conv()
+    x = torch.randn(1, 8, 10, 10)
+    with fast_paths(winograd_min_channels=1), torch.no_grad():
+        conv(x)
+        conv.weight.mul_(-2)  # an in-place update, as an optimizer step makes
+        fast = conv(x)
+    torch.testing.assert_close(fast, F.conv2d(x, conv.weight, conv.bias, padding=1), atol=1e-4, rtol=0)
+    assert set(conv.state_dict()) == {"weight", "bias"}  # nothing of the cache is saved
+
+
+def test_gradients_are_those_of_an_ordinary_convolution():
+    conv = _conv()
+    x = torch.randn(2, 8, 7, 7, requires_grad=True)
+    with fast_paths(winograd_min_channels=1):
+        conv(x).square().sum().backward()
+    plain = torch.nn.Conv2d(8, 8, 3, padding=1)
+    plain.load_state_dict(conv.state_dict())
+    x2 = x.detach().clone().requires_grad_()
+    plain(x2).square().sum().backward()
+    assert torch.equal(x.grad, x2.grad) and torch.equal(conv.weight.grad, plain.weight.grad)
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_autoencoder_outputs_with_and_without_fast_paths_agree(tile):
+    torch.manual_seed(0)
+    model = vaekit.create_model("autoencoder-kl", block_out_channels=(32, 64), layers_per_block=1,
+                                norm_num_groups=8).eval()
+    x = torch.rand(2, 3, 30, 36) * 2 - 1
+    with torch.no_grad():
+        with fast_paths(False):
+            posterior, = (model.encode(x),)
+            images = model.decode(posterior.mean)
+        with fast_paths(winograd_min_channels=1, winograd_tile=tile):
+            fast_posterior = model.encode(x)
+            fast_images = model.decode(posterior.mean)
+    torch.testing.assert_close(fast_posterior.mean, posterior.mean, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast_posterior.logvar, posterior.logvar, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast_images, images, atol=1e-4, rtol=0)
+    assert fast_images.is_contiguous()  # callers get ordinary NCHW tensors back
+
+
+def test_other_dtypes_take_the_ordinary_path_and_keep_their_dtype():
+    """The GPU precisions (bf16/fp16) are never routed through the float32 CPU fast paths."""
+    torch.manual_seed(0)
+    model = vaekit.create_model("autoencoder-kl", block_out_channels=(32, 64), layers_per_block=1,
+                                norm_num_groups=8).eval()
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad(), fast_paths(winograd_min_channels=1):
+        reference = model.decode(model.encode(x).mean)
+        half = model.to(torch.bfloat16)
+        out = half.decode(half.encode(x.to(torch.bfloat16)).mean)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert (out.float() - reference).abs().max() < 0.1
