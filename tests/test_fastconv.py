@@ -117,3 +117,37 @@ def test_other_dtypes_take_the_ordinary_path_and_keep_their_dtype():
         out = half.decode(half.encode(x.to(torch.bfloat16)).mean)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert (out.float() - reference).abs().max() < 0.1
+
+
+def test_float16_overflow_is_recomputed_in_float32():
+    """SDXL's VAE overflows float16 inside the decoder; the output must come back finite, as float32's."""
+    torch.manual_seed(0)
+    model = vaekit.create_model("autoencoder-kl", block_out_channels=(32, 64), layers_per_block=1,
+                                norm_num_groups=8).eval()
+    with torch.no_grad():
+        model.decoder.mid_block.resnets[0].conv2.weight.mul_(1e6)  # activations beyond 65504
+        z = torch.randn(1, 4, 4, 4)
+        reference = model.decode(z)
+        half = vaekit.create_model("autoencoder-kl", block_out_channels=(32, 64), layers_per_block=1,
+                                   norm_num_groups=8).eval()
+        half.load_state_dict(model.state_dict())
+        half = half.half()
+        assert not torch.isfinite(half.decoder(half.post_quant_conv(z.half()))).all()  # it does overflow
+        with pytest.warns(UserWarning, match="overflowed float16"):
+            out = half.decode(z.half())
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=0)
+
+
+def test_gpu_inference_copy_keeps_the_weights_and_sets_dtype_and_layout():
+    torch.manual_seed(0)
+    model = vaekit.create_model("autoencoder-kl", block_out_channels=(32, 64), layers_per_block=1,
+                                norm_num_groups=8).eval()
+    fast = fastconv.gpu_inference(model, torch.bfloat16, device="cpu")
+    weight = fast.decoder.conv_in.weight
+    assert weight.dtype == torch.bfloat16 and weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.decoder.conv_in.weight.dtype == torch.float32  # the original is untouched
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[name].float(), tensor, atol=0, rtol=1e-2)
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        fastconv.gpu_inference(model, torch.int8, device="cpu")

@@ -64,11 +64,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise VaekitError(f"expected one config file then key=value overrides, got {bad[0]!r} after them")
         run_dir = train(load_config(config_path, positional), evaluate_at_end=not args.no_eval,
                         explore=not args.no_explore)
+    if not _is_main_process():
+        return 0
     print(format_metrics(read_metrics(run_dir)))
     if not args.no_explore:
         print(f"report: {run_dir / 'report.html'}")
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _is_main_process() -> bool:
+    """False in the second and later processes of a multi-process launch (which print nothing)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -122,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a YAML config (optional) followed by dotted overrides")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue a stopped run from its latest checkpoint (same config, same result)")
+    train.add_argument("--num-processes", type=int, default=1, metavar="N",
+                       help="train on N processes of this machine (one per GPU; gloo on CPU) with the same config: "
+                       "train.batch_size is the global batch")
     train.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation at the end")
     train.add_argument("--no-explore", action="store_true",
                        help="skip the figures and report.html at the end (`vaekit explore RUN_DIR` draws them later)")
@@ -181,12 +193,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def launch(argv: list[str], processes: int) -> int:
+    """Run ``vaekit ARGV`` in ``processes`` processes of this machine (torch.distributed's launcher, which
+    ``accelerate launch`` uses too); Accelerate in each process reads the rank and world size it sets."""
+    import subprocess
+
+    if processes < 1:
+        raise VaekitError(f"--num-processes must be at least 1, got {processes}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "vaekit", *argv]
+    return subprocess.call(command)
+
+
+def _without_num_processes(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--num-processes":
+            skip = True
+        elif not item.startswith("--num-processes="):
+            out.append(item)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(format="vaekit: %(message)s", level=logging.WARNING if args.quiet else logging.INFO)
+    quiet = args.quiet or not _is_main_process()  # one voice for a multi-process launch
+    logging.basicConfig(format="vaekit: %(message)s", level=logging.WARNING if quiet else logging.INFO)
     from vaekit.training.trainer import TrainingInterrupted
 
     try:
+        if getattr(args, "num_processes", 1) != 1:
+            return launch(_without_num_processes(argv), args.num_processes)
         return args.func(args)
     except TrainingInterrupted as err:
         print(f"vaekit: {err}", file=sys.stderr)

@@ -52,16 +52,24 @@ def image_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _each_image(paths: list[str], max_pixels: int):
-    """(path, image) for every readable file; unreadable ones are logged and counted."""
+    """(path, image) for every readable file, read ahead in a background thread so that decoding the
+    next files overlaps encoding this one; unreadable ones are logged and counted."""
     from vaekit.data.images import read_image
+    from vaekit.data.prefetch import prefetch
+
+    def read(path: str):
+        try:
+            return Path(path), read_image(path, max_pixels)
+        except VaekitError as err:
+            return Path(path), err
 
     skipped = []
-    for path in paths:
-        try:
-            yield Path(path), read_image(path, max_pixels)
-        except VaekitError as err:
-            log.warning("skipped: %s", err)
+    for path, image in prefetch(map(read, paths), depth=4):
+        if isinstance(image, VaekitError):
+            log.warning("skipped: %s", image)
             skipped.append(path)
+        else:
+            yield path, image
     if skipped:
         log.warning("skipped %d of %d files", len(skipped), len(paths))
 
@@ -118,6 +126,28 @@ def cmd_decode(args: argparse.Namespace) -> int:
         image = _decode(model, z, size, args)
         print(f"{name} -> {write_image(Path(args.output) / f'{Path(name).stem}.png', image)}")
     return 0
+
+
+def cmd_export_latents(args: argparse.Namespace) -> int:
+    from vaekit.latents import export_latents
+    from vaekit.models.io import load_model
+    from vaekit.training.distributed import process_state
+
+    state = process_state()
+    device = args.device or state.device
+    model = load_model(args.model, device=device)
+    if getattr(model, "registry_name", "") != "autoencoder-kl":
+        raise VaekitError(f"{args.model} holds a {model.registry_name}; export-latents needs an image autoencoder")
+    if args.dtype != "float32":
+        model = model.to(getattr(torch, args.dtype))
+    manifest = export_latents(model.eval(), args.data, args.output, split=args.split, column=args.column,
+                              resolution=args.resolution, shard_size=args.shard_size, batch_size=args.batch_size,
+                              logvar=args.logvar, tile=args.tile or None, max_pixels=args.max_pixels, state=state)
+    if state.is_main_process:
+        print(f"{manifest['encoded']} of {manifest['count']} images -> {len(manifest['shards'])} shards in "
+              f"{args.output} (scaling factor {manifest['scaling_factor']:g} applied; "
+              f"{len(manifest['skipped'])} skipped, listed in manifest.json)")
+    return 0 if manifest["encoded"] else 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -179,6 +209,37 @@ def add_commands(commands) -> None:
     decode.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     model_options(decode)
     decode.set_defaults(func=cmd_decode)
+
+    export = commands.add_parser(
+        "export-latents", help="a folder or Hugging Face dataset -> sharded latents for a diffusion model",
+        description="Encode every image of a folder (recursively) or a Hugging Face dataset to sharded safetensors "
+        "files of latents (scaled posterior means, optionally log-variances), with each item's source and image "
+        "size, and a manifest.json. Unreadable images are skipped and listed. Several processes: "
+        "`accelerate launch -m vaekit export-latents ...` or --num-processes N; each writes its own shards. "
+        "Interrupted? Run the same command again: finished shards are kept. Read back with "
+        "vaekit.latents.LatentDataset(OUT).")
+    export.add_argument("--data", required=True, metavar="SOURCE",
+                        help="an image folder, a datasets save_to_disk folder, or hf:NAME (Hugging Face hub)")
+    export.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+    export.add_argument("--split", default="train", help="dataset split (Hugging Face sources; default train)")
+    export.add_argument("--column", default="image", help="image column (Hugging Face sources; default image)")
+    export.add_argument("--resolution", type=int, metavar="PIXELS",
+                        help="centre-crop and resize every image to this square size (default: native sizes)")
+    export.add_argument("--shard-size", type=int, default=256, metavar="N", help="items per shard (default 256)")
+    export.add_argument("--batch-size", type=int, default=8, metavar="N",
+                        help="images encoded together (same-sized neighbours; default 8)")
+    export.add_argument("--logvar", action="store_true", help="store the posterior log-variance too")
+    export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="model precision (bfloat16/float16 on GPUs)")
+    export.add_argument("--max-pixels", type=int, default=178_956_970, help="skip larger images (bomb guard)")
+    export.add_argument("--num-processes", type=int, default=1, metavar="N",
+                        help="run N processes on this machine (one per GPU when there are GPUs)")
+    export.add_argument("--model", required=True, metavar="M",
+                        help="a vaekit model folder or run, a diffusers AutoencoderKL folder, or an LDM .ckpt/.safetensors")
+    export.add_argument("--device", help="torch device (default: this process's accelerator device)")
+    export.add_argument("--tile", type=int, default=0, metavar="PIXELS",
+                        help="tile images larger than this many pixels a side (0 = never)")
+    export.set_defaults(func=cmd_export_latents)
 
     convert = commands.add_parser(
         "convert", help="convert weights: diffusers / LDM checkpoint / vaekit",

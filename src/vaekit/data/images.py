@@ -21,8 +21,8 @@ from vaekit.errors import VaekitError
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own default limit (about 13,000 × 13,000)
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """``(1, 3, H, W)`` float32 in [-1, 1]."""
+def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A decoded 8-bit RGB PIL image, EXIF orientation applied; ``VaekitError`` (one line) otherwise."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -39,15 +39,27 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.
                             f"{max_pixels:,} (a guard against decompression bombs); raise it with --max-pixels "
                             "if the file is trusted")
                     image.load()
-                    image = to_mode(ImageOps.exif_transpose(image), grayscale=False)
-                    array = np.asarray(image, dtype=np.uint8)
+                    return to_mode(ImageOps.exif_transpose(image), grayscale=False)
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except FileNotFoundError:
         raise VaekitError(f"no such image file: {path}") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise VaekitError(f"cannot read {path} as an image ({err})") from None
+
+
+def to_tensor(image: Image.Image, resolution: int | None = None) -> torch.Tensor:
+    """An RGB PIL image -> ``(1, 3, H, W)`` float32 in [-1, 1]; centre-cropped and resized to
+    ``resolution``² first when given."""
+    if resolution is not None:
+        image = ImageOps.fit(image, (resolution, resolution), Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float().div_(127.5).sub_(1.0)
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, resolution: int | None = None) -> torch.Tensor:
+    """``(1, 3, H, W)`` float32 in [-1, 1] (``resolution``² when given: centre crop + resize)."""
+    return to_tensor(open_rgb(path, max_pixels), resolution)
 
 
 def write_image(path: str | Path, image: torch.Tensor) -> Path:

@@ -47,9 +47,15 @@ class LPIPSGANConfig:
 
 def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
                     disc_weight: float) -> torch.Tensor:
-    """disc_weight · ‖∇nll‖ / (‖∇g‖ + 1e-4), clamped to [0, 1e4], gradients at ``last_layer`` (detached)."""
+    """disc_weight · ‖∇nll‖ / (‖∇g‖ + 1e-4), clamped to [0, 1e4], gradients at ``last_layer`` (detached).
+
+    With several processes the gradients are first averaged over them, so the weight is the one of the
+    global batch, as with one process."""
+    from vaekit.training.distributed import mean_tensors
+
     nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    nll_grad, g_grad = mean_tensors(nll_grad, g_grad)
     weight = torch.norm(nll_grad) / (torch.norm(g_grad) + 1e-4)
     return torch.clamp(weight, 0.0, 1e4).detach() * disc_weight
 

@@ -10,7 +10,9 @@ encoding; ``reconstruct`` and ``decode(z, size=(H, W))`` crop the output back to
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -265,10 +267,21 @@ class AutoencoderKL(nn.Module):
         pad_h, pad_w = -x.shape[2] % f, -x.shape[3] % f
         return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
 
+    def _finite(self, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``network(x)``; in float16, an output that overflowed (inf/NaN: SDXL's VAE does, its activations
+        exceed 65504) is recomputed by a float32 copy of the network and a warning says so."""
+        out = network(x)
+        if out.dtype != torch.float16 or torch.is_grad_enabled() or torch.isfinite(out).all():
+            return out
+        warnings.warn(f"{type(network).__name__} overflowed float16 (values beyond ±65504); recomputed in float32. "
+                      "Use bfloat16, or weights fine-tuned for float16, to avoid the second pass.", stacklevel=3)
+        upcast = copy.deepcopy(network).float()
+        return upcast(x.float()).to(out.dtype)
+
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> DiagonalGaussian:
         """x: ``(B, C, H, W)`` in [-1, 1] -> q(z|x) over ``(B, c, ⌈H/f⌉, ⌈W/f⌉)``."""
         self._check_input(x)
-        moments = self.encoder(to_channels_last(self.pad_to_multiple(x)))
+        moments = self._finite(self.encoder, to_channels_last(self.pad_to_multiple(x)))
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
         return DiagonalGaussian.from_parameters(moments.contiguous())
@@ -280,7 +293,7 @@ class AutoencoderKL(nn.Module):
                               f"h, w), got {tuple(z.shape)}")
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        images = self.decoder(to_channels_last(z)).contiguous()
+        images = self._finite(self.decoder, to_channels_last(z)).contiguous()
         return images if size is None else images[:, :, : size[0], : size[1]]
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = True,

@@ -47,7 +47,10 @@ class DiagonalGaussian:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.deterministic:
             return self.mean
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        if hasattr(generator, "randn"):  # a noise source shared across processes (training/distributed.py)
+            noise = generator.randn(self.mean.shape, self.mean.device, self.mean.dtype)
+        else:
+            noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:

@@ -73,10 +73,30 @@ def cpu_inference(x: torch.Tensor) -> bool:
 
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in NHWC memory order when the channels-last fast path applies, else ``x``."""
-    if settings.channels_last and cpu_inference(x):
+    """``x`` in NHWC memory order when the channels-last fast path applies (CPU float32 inference, or
+    bf16/fp16 on a GPU, where cuDNN's tensor-core kernels want NHWC), else ``x``."""
+    gpu_half = x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16)
+    if settings.channels_last and (cpu_inference(x) or (settings.enabled and gpu_half)):
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def gpu_inference(model: nn.Module, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cuda",
+                  compile: bool = False) -> nn.Module:
+    """A copy of ``model`` for GPU inference: weights in ``dtype`` and channels-last (NHWC activations
+    and filters: cuDNN's fastest bf16/fp16 convolutions, no layout transposes), optionally
+    ``torch.compile``-d (fuses GroupNorm + SiLU; compiles on first use). float16 outputs that overflow
+    (as SDXL's VAE does) are recomputed in float32 by the model itself."""
+    import copy
+
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"GPU inference runs in float16, bfloat16 or float32, not {dtype}")
+    fast = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    fast = fast.to(memory_format=torch.channels_last)
+    if compile:
+        fast.encoder = torch.compile(fast.encoder)
+        fast.decoder = torch.compile(fast.decoder)
+    return fast
 
 
 @lru_cache(maxsize=None)

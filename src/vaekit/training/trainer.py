@@ -34,6 +34,8 @@ from vaekit.registry import LOSSES
 from vaekit.models.io import create_model, save_model
 from vaekit.runs import CONFIG_FILE, LOG_FILE, create_run_dir, read_run_config, update_metrics
 from vaekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vaekit.training.distributed import (GlobalBatchNoise, any_process, average_gradients, launched_on_cpu,
+                                         mean_over_processes, process_state, sync_batch_norm)
 from vaekit.data.ranges import range_map
 from vaekit.training.ema import EMA
 from vaekit.training.snapshots import save_snapshot
@@ -62,7 +64,14 @@ class EpochBatchSampler:
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(self.num_examples / self.batch_size)
+        batches = math.ceil(self.num_examples / self.batch_size)
+        last = self.num_examples - (batches - 1) * self.batch_size
+        # A last batch too small to give every process an example is dropped (an empty share would stall DDP).
+        return batches - 1 if batches > 1 and last < self.num_processes else batches
+
+    def global_batch_size(self, batch: int) -> int:
+        """Examples in batch ``batch`` of an epoch, over all processes."""
+        return min(self.batch_size, self.num_examples - batch * self.batch_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -191,6 +200,29 @@ def _truncate_log(path: Path, step: int) -> None:
         write_text(path, "".join(line + "\n" for line in kept))
 
 
+def _create_run_dir_once(config: RunConfig) -> Path:
+    """The main process creates the run directory (its name may hold the time) and tells the others."""
+    from accelerate.utils import broadcast_object_list
+
+    state = process_state()
+    if state.num_processes == 1:
+        run_dir = create_run_dir(config)
+        save_config(config, run_dir / CONFIG_FILE)
+        return run_dir
+    message: list = [None]
+    if state.is_main_process:
+        try:
+            run_dir = create_run_dir(config)
+            save_config(config, run_dir / CONFIG_FILE)
+            message = [str(run_dir)]
+        except VaekitError as err:
+            message = [err]
+    broadcast_object_list(message, from_process=0)
+    if isinstance(message[0], VaekitError):
+        raise message[0]
+    return Path(message[0])
+
+
 def train(
     config: RunConfig | dict | str | Path | None = None,
     *,
@@ -230,13 +262,13 @@ def train(
     train_data = build_dataset(config.data, "train")
     config = resolve_for_data(config, train_data)
     if resume is None:
-        run_dir = create_run_dir(config)
-        save_config(config, run_dir / CONFIG_FILE)
+        run_dir = _create_run_dir_once(config)
 
     # Accelerate keeps its settings (mixed precision) process-wide; forget them, keeping the process
     # group, so one process can train runs of different precision one after another (sweeps, the API).
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
+        cpu=launched_on_cpu(),
         mixed_precision=cfg.mixed_precision,
         log_with="tensorboard" if cfg.tensorboard else None,
         project_dir=str(run_dir),
@@ -249,6 +281,8 @@ def train(
             if frozen is not None:
                 frozen.requires_grad_(False)
     loss_fn = LOSSES.get(config.loss.name).obj.for_model(config.loss.params, model).to(device)
+    if accelerator.num_processes > 1 and getattr(loss_fn, "discriminator", None) is not None:
+        sync_batch_norm(loss_fn.discriminator, device)
     to_model_range = range_map(train_data.value_range, model.value_range)
     model = accelerator.prepare(model)
     raw_model = accelerator.unwrap_model(model)
@@ -269,6 +303,11 @@ def train(
     scaler = accelerator.scaler
     conditional = getattr(raw_model, "conditional", False)
     noise = torch.Generator(device=device).manual_seed(config.seed)
+    noise_source = GlobalBatchNoise(noise, accelerator.num_processes, accelerator.process_index)
+    # Parameters outside the DDP wrapper whose gradients the processes must average themselves.
+    unwrapped = {"model": loss_fn.generator_parameters(),
+                 "discriminator": list(loss_fn.discriminator.parameters())
+                 if getattr(loss_fn, "discriminator", None) is not None else []}
 
     sampler = EpochBatchSampler(len(train_data), cfg.batch_size, config.seed,
                                 accelerator.num_processes, accelerator.process_index)
@@ -277,13 +316,22 @@ def train(
     total_steps = cfg.epochs * math.ceil(sampler.batches_per_epoch / cfg.grad_accumulation)
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped_nonfinite_steps": 0,
-                             "train_time_s": 0.0, "samples_seen": 0}
+                             "train_time_s": 0.0, "samples_seen": 0, "num_processes": accelerator.num_processes}
     log_path = run_dir / LOG_FILE
     if checkpoint is not None:
         state.update(load_checkpoint(checkpoint, raw_model, optimizers, {"noise": noise}, checkpointed))
         if is_main:
             _truncate_log(log_path, state["step"])
             log.info("resuming %s from %s (step %d of %d)", run_dir, checkpoint.name, state["step"], total_steps)
+            before = state.get("num_processes", 1)
+            if before != accelerator.num_processes:
+                log.info("the run was trained on %d process(es) and resumes on %d: the global batch (%d), the data "
+                         "order and the noise per example stay the same; each process now takes %d examples a "
+                         "step instead of %d, and sums are grouped differently, so the weights follow the "
+                         "uninterrupted run up to float rounding, not bitwise", before, accelerator.num_processes,
+                         cfg.batch_size, math.ceil(cfg.batch_size / accelerator.num_processes),
+                         math.ceil(cfg.batch_size / before))
+            state["num_processes"] = accelerator.num_processes
     if train_data.skipped and is_main:
         log.warning("%d unreadable file(s) skipped in the training data", len(train_data.skipped))
 
@@ -336,12 +384,13 @@ def train(
                     discriminator_steps = bool(gan_arguments) and loss_fn.discriminator_active(state["step"])
 
                     logs: dict[str, float] = {}
-                    for x, labels in group:
+                    for micro, (x, labels) in enumerate(group):
+                        noise_source.global_batch = sampler.global_batch_size(state["batch_in_epoch"] + micro)
                         x = to_model_range(x.to(device, non_blocking=True))
                         labels = labels.to(device, non_blocking=True) if conditional else None
                         # Autoencoder (generator) loss.
                         with accelerator.autocast():
-                            output = model(x, labels, generator=noise)
+                            output = model(x, labels, generator=noise_source)
                             loss, micro_logs = loss_fn(x, output, kl_weight, **step_arguments)
                         accelerator.backward(loss / len(group))
                         # Discriminator loss, on the same batch: real images and detached reconstructions.
@@ -354,6 +403,9 @@ def train(
                             logs[key] = logs.get(key, 0.0) + value / len(group)
                         state["samples_seen"] += len(x) * accelerator.num_processes
 
+                    average_gradients(unwrapped["model"])
+                    if discriminator_steps:
+                        average_gradients(unwrapped["discriminator"])
                     # Autoencoder step, then discriminator step (its gradients never touched the autoencoder).
                     finite, grad_norm = apply_gradients(optimizer, scaler, cfg.grad_clip, logs["loss"],
                                                         update_scaler=not discriminator_steps)
@@ -388,8 +440,9 @@ def train(
                         interval["grad_norm"] = interval.get("grad_norm", 0.0) + float(grad_norm)
                         interval["count"] = interval.get("count", 0) + 1
                     if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
-                        if interval.get("count") and is_main:
-                            count = interval.pop("count")
+                        count = interval.pop("count", 0)
+                        interval = mean_over_processes(interval, device)
+                        if count and is_main:
                             record = {"step": state["step"], "epoch": epoch + 1,
                                       **{k: v / count for k, v in interval.items()},
                                       "lr": optimizer.param_groups[0]["lr"]}
@@ -402,7 +455,7 @@ def train(
                         interval.clear()
                     if state["step"] % cfg.checkpoint_every == 0:
                         save()
-                    if stop_requested.is_set():
+                    if any_process(stop_requested.is_set(), device):
                         saved = save()
                         raise TrainingInterrupted(
                             f"stopped at step {state['step']} of {total_steps}; checkpoint {saved}. "

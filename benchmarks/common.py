@@ -1,0 +1,99 @@
+"""Helpers shared by the benchmarks: the reference model, timing, the machine's matmul rate, peak memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import vaekit
+
+
+def sd_pair(preset: str = "kl-f8", seed: int = 0):
+    """(vaekit model, diffusers AutoencoderKL) with the same seeded weights: Stable Diffusion's config."""
+    from diffusers import AutoencoderKL as DiffusersAutoencoderKL
+
+    torch.manual_seed(seed)
+    model = vaekit.create_model(preset).eval()
+    c = model.config
+    levels = len(c.block_out_channels)
+    twin = DiffusersAutoencoderKL(
+        in_channels=c.in_channels, out_channels=c.out_channels, block_out_channels=c.block_out_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        layers_per_block=c.layers_per_block, latent_channels=c.latent_channels, norm_num_groups=c.norm_num_groups,
+        sample_size=c.sample_size).eval()
+    twin.load_state_dict(model.state_dict())
+    return model, twin
+
+
+def seconds(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def interleaved(paths: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
+                sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+    """Times of every path, the paths alternating within each round (so drifts hit them alike)."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for round_ in range(warmup + rounds):
+        for name, fn in paths.items():
+            t = seconds(fn, sync)
+            if round_ >= warmup:
+                times[name].append(t)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def flops(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_rate(dtype=torch.float32, device="cpu", n: int = 2048, repeats: int = 7) -> float:
+    """The machine's own large-matmul rate (GFLOP/s, median of ``repeats``)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    a @ b
+    rates = [2 * n ** 3 / seconds(lambda: a @ b, sync) / 1e9 for _ in range(repeats)]
+    return median(rates)
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"wrote {path}")

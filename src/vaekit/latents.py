@@ -1,0 +1,342 @@
+"""Dataset → latents: the hand-off from an image autoencoder to a latent diffusion model.
+
+``export_latents`` encodes every image of a folder or a Hugging Face dataset into sharded safetensors
+files; ``LatentDataset`` reads them back as a torch ``Dataset``.
+
+Layout of an export directory::
+
+    export.json                 what is being exported (model, source, settings, item count); written first
+    shard-00000.safetensors     items [0, S), shard-00001: [S, 2S), ... (S = shard_size)
+    manifest.json               written last, after checking every input appears exactly once
+
+Shard ``k`` holds, for every item of its range that could be read, ``mean.<index>`` (the scaled
+posterior mean, ``(c, h, w)``) and, with ``logvar=True``, ``logvar.<index>`` (the log-variance of the
+*scaled* latent: log σ² + 2 log scaling_factor); its metadata lists the items (index, source, image
+size) and the skipped ones with the reason. Latents are ``(z − shift_factor) · scaling_factor``.
+
+Several processes (``accelerate launch -m vaekit export-latents ...``) split the shards round-robin and
+each writes its own; shards are written atomically, so an interrupted export resumes by skipping the
+shards already on disk, and nothing is encoded twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from torch.utils.data import Dataset
+
+from vaekit.errors import VaekitError
+from vaekit.fileio import save_tensors, write_json
+
+log = logging.getLogger("vaekit")
+
+FORMAT = "vaekit-latents/1"
+SPEC_FILE, MANIFEST_FILE = "export.json", "manifest.json"
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class _Source:
+    """The inputs of an export, in a fixed order: item i is ``names[i]``, read by ``read(i)``."""
+
+    description: str
+    names: list[str]
+
+    def read(self, index: int, resolution: int | None, max_pixels: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _FolderSource(_Source):
+    def __init__(self, root: Path):
+        from vaekit.data.folder import find_images
+
+        files = find_images(root)
+        if not files:
+            raise VaekitError(f"no image files in {root}")
+        self.root = root
+        super().__init__(str(root), [str(p.relative_to(root)) for p in files])
+
+    def read(self, index: int, resolution: int | None, max_pixels: int) -> torch.Tensor:
+        from vaekit.data.images import read_image
+
+        return read_image(self.root / self.names[index], max_pixels, resolution)
+
+
+class _HFSource(_Source):
+    def __init__(self, path: str, split: str, column: str):
+        import datasets
+
+        from vaekit.data.hf import _open
+
+        opened = _open(path)
+        if isinstance(opened, datasets.DatasetDict):
+            if split not in opened:
+                raise VaekitError(f"{path} has no split {split!r}; it has {', '.join(opened)}")
+            opened = opened[split]
+        if column not in opened.column_names:
+            raise VaekitError(f"{path} has no column {column!r}; its columns are {', '.join(opened.column_names)}")
+        if isinstance(opened.features[column], datasets.Image):
+            opened = opened.cast_column(column, datasets.Image(decode=False))
+        self.table, self.column = opened, column
+        super().__init__(f"{path}[{split}]", [f"{split}[{i}]" for i in range(len(opened))])
+
+    def read(self, index: int, resolution: int | None, max_pixels: int) -> torch.Tensor:
+        import io
+
+        from PIL import Image, ImageOps
+
+        from vaekit.data.folder import to_mode
+        from vaekit.data.images import to_tensor
+
+        value = self.table[index][self.column]
+        try:
+            if isinstance(value, dict) and value.get("bytes") is not None:
+                value = Image.open(io.BytesIO(value["bytes"]))
+            elif isinstance(value, dict) and value.get("path"):
+                value = Image.open(value["path"])
+            if not isinstance(value, Image.Image):
+                raise ValueError(f"not an image: {type(value).__name__}")
+            if value.width * value.height > max_pixels:
+                raise ValueError(f"{value.width}×{value.height} pixels, above the limit of {max_pixels:,}")
+            value.load()
+            return to_tensor(to_mode(ImageOps.exif_transpose(value), grayscale=False), resolution)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise VaekitError(f"cannot read {self.names[index]} as an image ({err})") from None
+
+
+def open_source(data: str, split: str = "train", column: str = "image") -> _Source:
+    """A folder of images, or a Hugging Face dataset (``hf:NAME`` or a ``save_to_disk`` folder)."""
+    if data.startswith("hf:"):
+        return _HFSource(data[3:], split, column)
+    path = Path(data).expanduser()
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        return _HFSource(str(path), split, column)
+    if not path.is_dir():
+        raise VaekitError(f"no such folder: {data} (a Hugging Face dataset is written hf:user/name)")
+    return _FolderSource(path)
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def _fingerprint(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _read_items(source: _Source, indices: list[int], resolution: int | None, max_pixels: int) -> Iterator:
+    """(index, image or the reason it could not be read), in order."""
+    for i in indices:
+        try:
+            yield i, source.read(i, resolution, max_pixels)
+        except VaekitError as err:
+            yield i, str(err)
+
+
+@torch.no_grad()
+def _encode_batch(model, images: list[torch.Tensor], logvar: bool, tile: int | None):
+    from vaekit.models.tiling import tiled_encode
+
+    x = torch.cat(images).to(next(model.parameters()).device, next(model.parameters()).dtype)
+    if tile and max(x.shape[2:]) > tile:
+        posterior = tiled_encode(model, x, tile)
+    else:
+        posterior = model.encode(x)
+    mean = model.scale_latents(posterior.mean).float().cpu()
+    var = (posterior.logvar.float() + 2 * math.log(model.config.scaling_factor)).cpu() if logvar else None
+    return mean, var
+
+
+def export_latents(model, data: str, output: str | Path, *, split: str = "train", column: str = "image",
+                   resolution: int | None = None, shard_size: int = 256, batch_size: int = 8,
+                   logvar: bool = False, tile: int | None = None, max_pixels: int | None = None,
+                   prefetch_depth: int = 16, state=None) -> dict:
+    """Encode every image of ``data`` (folder or Hugging Face dataset) into shards under ``output``.
+
+    Runs in every process of an Accelerate/torchrun launch (``state``: an accelerate ``PartialState``,
+    created when not given): process p writes shards p, p + N, ...; the main process then checks that
+    every input appears exactly once and writes the manifest, which it returns. Shards already on disk
+    (from an interrupted run with the same settings) are kept, not re-encoded.
+    """
+    from vaekit.data.images import DEFAULT_MAX_PIXELS
+    from vaekit.data.prefetch import prefetch
+
+    if shard_size < 1 or batch_size < 1:
+        raise VaekitError("shard_size and batch_size must be at least 1")
+    if state is None:
+        from vaekit.training.distributed import process_state
+
+        state = process_state()
+    output = Path(output)
+    source = open_source(data, split, column)
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+    count = len(source.names)
+    shards = math.ceil(count / shard_size)
+    spec = {"format": FORMAT, "source": source.description, "count": count, "shard_size": shard_size,
+            "resolution": resolution, "logvar": logvar, "tile": tile, "model": getattr(model, "registry_name", ""),
+            "model_fingerprint": _fingerprint(model), "scaling_factor": model.config.scaling_factor,
+            "shift_factor": model.config.shift_factor or 0.0, "latent_channels": model.config.latent_channels,
+            "downsampling_factor": model.downsampling_factor, "names_digest": hashlib.sha256(
+                "\n".join(source.names).encode()).hexdigest()[:16]}
+    spec_path = output / SPEC_FILE
+    if spec_path.is_file():
+        previous = json.loads(spec_path.read_text())
+        if previous != spec:
+            changed = sorted(k for k in spec if previous.get(k) != spec[k])
+            raise VaekitError(f"{output} holds an export with other settings ({', '.join(changed)} differ); "
+                              "resume with the same ones, or export into a new directory")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_json(spec_path, spec)
+    state.wait_for_everyone()
+
+    mine = [k for k in range(shards) if k % state.num_processes == state.process_index]
+    todo = [k for k in mine if not (output / shard_name(k)).is_file()]
+    if len(todo) < len(mine):
+        log.info("process %d: %d of its %d shards already done, resuming", state.process_index,
+                 len(mine) - len(todo), len(mine))
+    indices = [i for k in todo for i in range(k * shard_size, min(count, (k + 1) * shard_size))]
+    items = prefetch(_read_items(source, indices, resolution, max_pixels), prefetch_depth)
+    started, encoded = time.perf_counter(), 0
+    for k in todo:
+        last = min(count, (k + 1) * shard_size)
+        tensors, listed, skipped = {}, [], []
+        pending: list[tuple[int, torch.Tensor]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            mean, var = _encode_batch(model, [image for _, image in pending], logvar, tile)
+            for row, (i, image) in enumerate(pending):
+                tensors[f"mean.{i}"] = mean[row]
+                if var is not None:
+                    tensors[f"logvar.{i}"] = var[row]
+                listed.append({"index": i, "source": source.names[i], "size": list(image.shape[2:])})
+            pending.clear()
+
+        for _ in range(k * shard_size, last):
+            i, image = next(items)
+            if isinstance(image, str):
+                log.warning("skipped: %s", image)
+                skipped.append({"index": i, "source": source.names[i], "reason": image})
+                continue
+            if pending and (len(pending) == batch_size or pending[0][1].shape != image.shape):
+                flush()
+            pending.append((i, image))
+        flush()
+        encoded += len(listed)
+        metadata = {"format": FORMAT, "shard": str(k), "items": json.dumps(listed), "skipped": json.dumps(skipped),
+                    "model_fingerprint": spec["model_fingerprint"]}
+        save_tensors(output / shard_name(k), tensors, metadata=metadata)
+    if todo:
+        elapsed = time.perf_counter() - started
+        log.info("process %d: %d images in %d shards, %.1f images/s", state.process_index, encoded, len(todo),
+                 encoded / max(elapsed, 1e-9))
+    state.wait_for_everyone()
+    manifest = _check_and_write_manifest(output, spec, shards, state.num_processes) if state.is_main_process else None
+    state.wait_for_everyone()
+    return manifest if manifest is not None else json.loads((output / MANIFEST_FILE).read_text())
+
+
+def _shard_metadata(path: Path) -> dict:
+    try:
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata() or {}
+        return {"items": json.loads(metadata["items"]), "skipped": json.loads(metadata["skipped"]),
+                "model_fingerprint": metadata.get("model_fingerprint")}
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as err:
+        raise VaekitError(f"{path} is not a shard written by vaekit export-latents ({err})") from None
+
+
+def _check_and_write_manifest(output: Path, spec: dict, shards: int, processes: int) -> dict:
+    seen: dict[int, str] = {}
+    duplicates, entries, skipped = [], [], []
+    for k in range(shards):
+        path = output / shard_name(k)
+        if not path.is_file():
+            raise VaekitError(f"{path} is missing: the export did not finish; run the same command again to resume")
+        meta = _shard_metadata(path)
+        if meta["model_fingerprint"] != spec["model_fingerprint"]:
+            raise VaekitError(f"{path} was written by another model; remove it and resume")
+        for item in meta["items"] + meta["skipped"]:
+            if item["index"] in seen:
+                duplicates.append(item["index"])
+            seen[item["index"]] = shard_name(k)
+        entries.append({"file": shard_name(k), "items": len(meta["items"]), "skipped": len(meta["skipped"])})
+        skipped += meta["skipped"]
+    missing = sorted(set(range(spec["count"])) - set(seen))
+    if duplicates or missing:
+        raise VaekitError(f"the export is inconsistent: {len(missing)} input(s) missing (first: {missing[:5]}), "
+                          f"{len(duplicates)} duplicated (first: {duplicates[:5]})")
+    manifest = {**spec, "encoded": spec["count"] - len(skipped), "skipped": skipped, "shards": entries,
+                "processes": processes}
+    write_json(output / MANIFEST_FILE, manifest)
+    if skipped:
+        log.warning("skipped %d of %d images (listed in %s)", len(skipped), spec["count"], output / MANIFEST_FILE)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+class LatentDataset(Dataset):
+    """The items of an export directory as a torch ``Dataset``, in input order (skipped inputs left out).
+
+    ``dataset[i]`` is a dict: ``latent`` (the scaled mean, ``(c, h, w)``), ``logvar`` (when exported),
+    ``index`` (position in the source), ``source`` (file name or ``split[row]``), ``size`` ((H, W) of the
+    encoded image). ``scaling_factor``/``shift_factor`` say how the latents were scaled. Shards are
+    memory-mapped and opened lazily, so loader workers each open their own.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        manifest_path = self.directory / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise VaekitError(f"{directory} has no {MANIFEST_FILE}: not a finished latent export "
+                              "(run vaekit export-latents again to complete it)")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise VaekitError(f"{manifest_path} is not a {FORMAT} manifest")
+        self.scaling_factor = self.manifest["scaling_factor"]
+        self.shift_factor = self.manifest["shift_factor"]
+        self.items: list[tuple[str, dict]] = []
+        for entry in self.manifest["shards"]:
+            meta = _shard_metadata(self.directory / entry["file"])
+            self.items += [(entry["file"], item) for item in meta["items"]]
+        self.items.sort(key=lambda pair: pair[1]["index"])
+        self._handles: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handles": {}}  # open files stay with their process
+
+    def __getitem__(self, i: int) -> dict:
+        file, item = self.items[i]
+        if file not in self._handles:
+            self._handles[file] = safe_open(self.directory / file, "pt")
+        handle = self._handles[file]
+        out = {"latent": handle.get_tensor(f"mean.{item['index']}"), "index": item["index"],
+               "source": item["source"], "size": tuple(item["size"])}
+        if self.manifest["logvar"]:
+            out["logvar"] = handle.get_tensor(f"logvar.{item['index']}")
+        return out

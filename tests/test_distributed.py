@@ -1,0 +1,270 @@
+"""Several processes on CPU (gloo): training and latent export agree with one process."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import vaekit
+from vaekit.config import load_config
+from vaekit.errors import VaekitError
+from vaekit.latents import LatentDataset, export_latents, shard_name
+from vaekit.training import train
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+MLP = ["data.name=digits", "model.hidden_dims=[64]", "model.latent_dim=4", "train.epochs=2", "train.batch_size=32",
+       "train.checkpoint_every=30", "train.log_every=10", "train.snapshot_examples=0", "train.progress_bar=false",
+       "seed=3"]
+
+
+def vaekit_cli(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "vaekit", "-q", *args]
+    if processes > 1:
+        command.append(f"--num-processes={processes}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def losses(run_dir) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+def assert_weights_close(a, b, atol):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst <= atol, f"weights differ by {worst}"
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mp")
+    vaekit_cli("train", *MLP, f"output_dir={out}", "run_name=two", "--no-explore", "--no-eval", processes=2)
+    return out / "two"
+
+
+def test_two_processes_follow_one_process_with_the_same_global_batch(two_process_run, tmp_path):
+    """Each process takes half of every global batch of 32, the noise per example is the same, the
+    gradients are averaged: the run is the single-process run up to float rounding (stated: 1e-5)."""
+    one = train(load_config(None, MLP + [f"output_dir={tmp_path}", "run_name=one"]), evaluate_at_end=False,
+                explore=False)
+    np.testing.assert_allclose(losses(two_process_run), losses(one), rtol=1e-5)
+    assert_weights_close(two_process_run, one, atol=1e-5)
+    # Only the main process wrote the run directory's files.
+    assert sorted(p.name for p in two_process_run.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def test_a_two_process_run_resumes_exactly_under_two_processes(two_process_run, tmp_path):
+    run = tmp_path / "resumed"
+    shutil.copytree(two_process_run, run)
+    checkpoints = sorted((run / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step-00000090", "step-00000094"]
+    shutil.rmtree(checkpoints[-1])  # as if killed after the checkpoint at step 90
+    shutil.rmtree(run / "model")
+    vaekit_cli("train", "--resume", str(run), "--no-explore", "--no-eval", processes=2)
+    assert losses(run) == losses(two_process_run)
+    assert_weights_close(run, two_process_run, atol=0.0)  # the same arithmetic: bitwise
+
+
+def test_a_resume_on_another_process_count_says_what_changes(two_process_run, tmp_path, caplog):
+    run = tmp_path / "on-one"
+    shutil.copytree(two_process_run, run)
+    shutil.rmtree(sorted((run / "checkpoints").iterdir())[-1])
+    with caplog.at_level("INFO", logger="vaekit"):
+        train(resume=run, evaluate_at_end=False, explore=False)
+    assert "trained on 2 process(es) and resumes on 1" in caplog.text
+    assert_weights_close(run, two_process_run, atol=1e-5)
+
+
+def test_gan_training_with_synchronised_batch_norm_follows_one_process(tmp_path):
+    """kl-f8-tiny with the PatchGAN from step 0: the discriminator's BatchNorm over the global batch, its
+    gradients and the adaptive weight averaged. GAN training amplifies rounding (Adam's first steps
+    turn tiny gradient differences into ±lr), so the curves agree to a stated 2 %, not bitwise."""
+    args = ["model.name=kl-f8-tiny", "data.name=photos", "data.crop_size=32", "data.num_train=32",
+            "loss.name=lpips-gan", "loss.perceptual_weight=0", "loss.disc_start=0", "train.epochs=1",
+            "train.batch_size=8", "train.log_every=1", "train.snapshot_examples=0", "train.progress_bar=false",
+            f"output_dir={tmp_path}"]
+    vaekit_cli("train", *args, "run_name=two", "--no-explore", "--no-eval", processes=2)
+    one = train(load_config(None, args + ["run_name=one"]), evaluate_at_end=False, explore=False)
+    records = [[json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+               for run in (tmp_path / "two", one)]
+    for key in ("loss", "d_loss", "d_weight"):
+        np.testing.assert_allclose([r[key] for r in records[0]][:2], [r[key] for r in records[1]][:2], rtol=2e-2)
+
+
+GLOBAL_BN_SCRIPT = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist
+    from vaekit.training.distributed import GlobalBatchNorm2d
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    x = (torch.randn(6, 5, 4, 3) * 3 + 7).requires_grad_()
+    weight = torch.randn(6, 5, 4, 3)
+    norm = GlobalBatchNorm2d(5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5); norm.bias.uniform_(-1, 1)
+    out = norm(x[rank * 3:(rank + 1) * 3])
+    (out * weight[rank * 3:(rank + 1) * 3]).sum().backward()
+    grads = [torch.zeros_like(x.grad) for _ in range(2)]
+    dist.all_gather(grads, x.grad)
+    outs = [torch.zeros_like(out) for _ in range(2)]
+    dist.all_gather(outs, out.detach().contiguous())
+    if rank == 0:
+        ref = torch.nn.BatchNorm2d(5)
+        ref.load_state_dict({k: v for k, v in norm.state_dict().items() if k not in ("running_mean", "running_var", "num_batches_tracked")}, strict=False)
+        x2 = x.detach().clone().requires_grad_()
+        ref_out = ref(x2)
+        (ref_out * weight).sum().backward()
+        torch.testing.assert_close(torch.cat(outs), ref_out.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sum(grads), x2.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(norm.running_mean, ref.running_mean, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(norm.running_var, ref.running_var, atol=1e-5, rtol=1e-5)
+        print("GLOBAL BN OK")
+    dist.barrier()
+    dist.destroy_process_group()
+""")
+
+
+def test_global_batch_norm_on_two_processes_equals_batch_norm_on_the_whole_batch(tmp_path):
+    script = tmp_path / "bn.py"
+    script.write_text(GLOBAL_BN_SCRIPT)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             str(script)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert "GLOBAL BN OK" in result.stdout, result.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """14 JPEG/PNG files of two sizes in sub-folders, and two broken files."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(14):
+        size = (24, 16) if i % 3 else (16, 16)
+        folder = root / ("a" if i % 2 else "b")
+        folder.mkdir(exist_ok=True)
+        image = Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+        image.save(folder / f"img{i:02d}.{'jpg' if i % 4 else 'png'}")
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (root / "a" / "empty.jpg").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    torch.manual_seed(0)
+    model = vaekit.create_model("autoencoder-kl", block_out_channels=(16, 32), layers_per_block=1,
+                                norm_num_groups=8, latent_channels=3, scaling_factor=0.5).eval()
+    path = tmp_path_factory.mktemp("model") / "m"
+    vaekit.save_model(model, path)
+    return path
+
+
+def shards(directory) -> dict:
+    return {p.name: load_file(p) for p in sorted(directory.glob("shard-*.safetensors"))}
+
+
+def test_export_skips_bad_files_lists_them_and_round_trips(image_folder, small_model, tmp_path):
+    model = vaekit.load_model(small_model).eval()
+    out = tmp_path / "latents"
+    manifest = export_latents(model, str(image_folder), out, shard_size=5, batch_size=3, logvar=True)
+    assert manifest["count"] == 16 and manifest["encoded"] == 14 and len(manifest["shards"]) == 4
+    assert sorted(s["source"] for s in manifest["skipped"]) == ["a/empty.jpg", "b/broken.png"]
+    data = LatentDataset(out)
+    assert len(data) == 14 and data.scaling_factor == 0.5
+    from vaekit.data.images import read_image
+
+    for item in (data[0], data[7], data[13]):
+        x = read_image(image_folder / item["source"])
+        assert item["size"] == tuple(x.shape[2:])
+        with torch.no_grad():
+            posterior = model.encode(x)
+        torch.testing.assert_close(item["latent"], model.scale_latents(posterior.mean)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(item["logvar"], posterior.logvar[0] + 2 * np.log(0.5), atol=1e-5, rtol=1e-5)
+    # Through a DataLoader with a worker process (the shards are reopened there).
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1)
+    assert [item["index"] for item in loader] == [item["index"] for item in data]
+
+
+def test_two_process_export_equals_one_process_item_by_item(image_folder, small_model, tmp_path):
+    common = ["export-latents", "--model", str(small_model), "--data", str(image_folder), "--shard-size", "4",
+              "--resolution", "16"]
+    vaekit_cli(*common, "-o", str(tmp_path / "one"))
+    vaekit_cli(*common, "-o", str(tmp_path / "two"), processes=2)
+    one, two = shards(tmp_path / "one"), shards(tmp_path / "two")
+    assert one.keys() == two.keys() and len(one) == 4
+    for name in one:
+        assert one[name].keys() == two[name].keys()
+        for key in one[name]:
+            torch.testing.assert_close(one[name][key], two[name][key], atol=1e-6, rtol=0)
+    manifests = [json.loads((tmp_path / run / "manifest.json").read_text()) for run in ("one", "two")]
+    assert manifests[1]["processes"] == 2
+    assert {k: v for k, v in manifests[0].items() if k != "processes"} == \
+        {k: v for k, v in manifests[1].items() if k != "processes"}
+
+
+def test_an_interrupted_export_resumes_without_re_encoding(image_folder, small_model, tmp_path):
+    model = vaekit.load_model(small_model).eval()
+    out = tmp_path / "latents"
+    export_latents(model, str(image_folder), out, shard_size=3)
+    complete = shards(out)
+    # A kill: the last shards never written, one torn temporary file left behind, no manifest.
+    kept = out / shard_name(1)
+    kept_time = kept.stat().st_mtime_ns
+    for k in (2, 4, 5):
+        (out / shard_name(k)).unlink()
+    (out / f".{shard_name(4)}.abc.tmp").write_bytes(b"torn")
+    (out / "manifest.json").unlink()
+    with pytest.raises(VaekitError, match="not a finished latent export"):
+        LatentDataset(out)
+    encoded = []
+    original = model.encode
+    model.encode = lambda x, labels=None: encoded.append(len(x)) or original(x)
+    export_latents(model, str(image_folder), out, shard_size=3)
+    # Exactly the readable images of shards 2, 4 and 5 were encoded again, nothing else.
+    assert sum(encoded) == sum(len(complete[shard_name(k)]) for k in (2, 4, 5))
+    assert kept.stat().st_mtime_ns == kept_time
+    resumed = shards(out)
+    assert resumed.keys() == complete.keys()
+    for name in complete:
+        for key in complete[name]:
+            torch.testing.assert_close(resumed[name][key], complete[name][key], atol=0, rtol=0)
+    assert len(LatentDataset(out)) == 14
+
+
+def test_resuming_with_other_settings_is_refused(image_folder, small_model, tmp_path):
+    model = vaekit.load_model(small_model).eval()
+    export_latents(model, str(image_folder), tmp_path / "x", shard_size=4)
+    with pytest.raises(VaekitError, match="shard_size"):
+        export_latents(model, str(image_folder), tmp_path / "x", shard_size=5)
+
+
+def test_export_reads_a_hugging_face_dataset(small_model, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(5)]
+    table = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    table.save_to_disk(str(tmp_path / "hf"))
+    model = vaekit.load_model(small_model).eval()
+    manifest = export_latents(model, str(tmp_path / "hf"), tmp_path / "out", shard_size=2)
+    data = LatentDataset(tmp_path / "out")
+    assert manifest["encoded"] == 5 and [d["source"] for d in data] == [f"train[{i}]" for i in range(5)]
+    assert data[0]["latent"].shape == (3, 8, 8)
