@@ -85,6 +85,14 @@ def machine() -> dict:
     return info
 
 
+def current_rss_mb() -> float:
+    """This process's resident memory now (MB; Linux)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (MB)."""
     import resource

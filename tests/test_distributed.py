@@ -268,3 +268,22 @@ def test_export_reads_a_hugging_face_dataset(small_model, tmp_path):
     data = LatentDataset(tmp_path / "out")
     assert manifest["encoded"] == 5 and [d["source"] for d in data] == [f"train[{i}]" for i in range(5)]
     assert data[0]["latent"].shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("model", ["cvae", "mlp-ae"])
+def test_every_model_family_trains_on_two_processes_like_on_one(model, tmp_path):
+    args = [a for a in MLP if not a.startswith("train.epochs")] + ["train.epochs=1", f"model.name={model}",
+                                                                   f"output_dir={tmp_path}"]
+    vaekit_cli("train", *args, "run_name=two", "--no-explore", "--no-eval", processes=2)
+    one = train(load_config(None, args + ["run_name=one"]), evaluate_at_end=False, explore=False)
+    np.testing.assert_allclose(losses(tmp_path / "two"), losses(one), rtol=1e-5)
+    assert_weights_close(tmp_path / "two", one, atol=1e-5)
+
+
+def test_the_process_count_option_relaunches_without_itself(capsys):
+    from vaekit.cli import _without_num_processes, main
+
+    assert _without_num_processes(["train", "--num-processes", "2", "a=b"]) == ["train", "a=b"]
+    assert _without_num_processes(["export-latents", "--num-processes=3", "-o", "x"]) == ["export-latents", "-o", "x"]
+    assert main(["train", "--num-processes", "0"]) == 1
+    assert "--num-processes must be at least 1" in capsys.readouterr().err

@@ -166,8 +166,7 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     a = m + 2
     co = u.shape[-1]
     tiles_h, tiles_w = math.ceil(h / m), math.ceil(w / m)
-    # (B, Hp, Wp, C): one zero row/column of padding on each side, more at the bottom/right to fill tiles.
-    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, tiles_w * m + 1 - w, 1, tiles_h * m + 1 - h))
+    rows = x.permute(0, 2, 3, 1)  # (B, H, W, C): a view of channels-last input
     out = x.new_empty(b, tiles_h, m, tiles_w, m, co)
     kb, ka = _transform(m, "B"), _transform(m, "A")
     budget = chunk_elements or settings.chunk_elements
@@ -175,8 +174,13 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     for r0 in range(0, tiles_h, rows_per_chunk):
         r1 = min(tiles_h, r0 + rows_per_chunk)
         tiles = b * (r1 - r0) * tiles_w
+        # The input rows these tiles read, zero-padded by one (and up to whole tiles) only here: padding the
+        # whole input would copy it.
+        top, bottom = r0 * m - 1, r1 * m + 1
+        piece = F.pad(rows[:, max(top, 0):min(bottom, h)],
+                      (0, 0, 1, tiles_w * m + 1 - w, max(0, -top), max(0, bottom - h)))
         # (a, a, B, rows, tiles_w, C) gathered from overlapping windows, then Bᵀ d B for all of them at once.
-        d = padded[:, r0 * m: r1 * m + 2].unfold(1, a, m).unfold(2, a, m).permute(4, 5, 0, 1, 2, 3)
+        d = piece.unfold(1, a, m).unfold(2, a, m).permute(4, 5, 0, 1, 2, 3)
         v = torch.mm(kb, d.reshape(a * a, tiles * c)).view(a * a, tiles, c)
         products = torch.bmm(v, u)  # (a², tiles, Cout): the channel mixing, one matrix product per position
         y = torch.mm(ka, products.view(a * a, tiles * co)).view(m, m, b, r1 - r0, tiles_w, co)
