@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from vaekit.data.images import DEFAULT_MAX_PIXELS
 from vaekit.errors import VaekitError
 from vaekit.metrics.image import psnr
 
@@ -187,7 +188,7 @@ def add_commands(commands) -> None:
     reconstruct.add_argument("images", nargs="+", metavar="IMAGE")
     reconstruct.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     reconstruct.add_argument("--sample", action="store_true", help="decode a posterior sample instead of the mode")
-    reconstruct.add_argument("--max-pixels", type=int, default=178_956_970, help="refuse larger images (bomb guard)")
+    reconstruct.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (bomb guard)")
     model_options(reconstruct)
     reconstruct.set_defaults(func=cmd_reconstruct)
 
@@ -198,7 +199,7 @@ def add_commands(commands) -> None:
     encode.add_argument("images", nargs="+", metavar="IMAGE")
     encode.add_argument("-o", "--output", required=True, metavar="FILE.safetensors")
     encode.add_argument("--sample", action="store_true", help="store a posterior sample instead of the mode")
-    encode.add_argument("--max-pixels", type=int, default=178_956_970, help="refuse larger images (bomb guard)")
+    encode.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (bomb guard)")
     model_options(encode)
     encode.set_defaults(func=cmd_encode)
 
@@ -231,7 +232,7 @@ def add_commands(commands) -> None:
     export.add_argument("--logvar", action="store_true", help="store the posterior log-variance too")
     export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="model precision (bfloat16/float16 on GPUs)")
-    export.add_argument("--max-pixels", type=int, default=178_956_970, help="skip larger images (bomb guard)")
+    export.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (bomb guard)")
     export.add_argument("--num-processes", type=int, default=1, metavar="N",
                         help="run N processes on this machine (one per GPU when there are GPUs)")
     export.add_argument("--model", required=True, metavar="M",

@@ -121,10 +121,12 @@ class _HFSource(_Source):
 
 def open_source(data: str, split: str = "train", column: str = "image") -> _Source:
     """A folder of images, or a Hugging Face dataset (``hf:NAME`` or a ``save_to_disk`` folder)."""
+    from vaekit.data.hf import is_saved_dataset
+
     if data.startswith("hf:"):
         return _HFSource(data[3:], split, column)
     path = Path(data).expanduser()
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+    if is_saved_dataset(path):
         return _HFSource(str(path), split, column)
     if not path.is_dir():
         raise VaekitError(f"no such folder: {data} (a Hugging Face dataset is written hf:user/name)")

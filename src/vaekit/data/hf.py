@@ -41,6 +41,11 @@ class HFConfig:
             raise ValueError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
 
 
+def is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``datasets``' ``save_to_disk``."""
+    return path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())
+
+
 def _open(path: str):
     import datasets
 
@@ -48,7 +53,7 @@ def _open(path: str):
     if (local.is_absolute() or path.startswith((".", "~"))) and not local.exists():
         raise VaekitError(f"no such dataset folder: {path} (a hub name looks like 'user/name')")
     try:
-        if local.is_dir() and ((local / "dataset_dict.json").is_file() or (local / "state.json").is_file()):
+        if is_saved_dataset(local):
             return datasets.load_from_disk(str(local))
         return datasets.load_dataset(path)
     except Exception as err:  # datasets raises many types (connection, file, format); all mean "cannot load"

@@ -140,20 +140,12 @@ def winograd_filter(weight: torch.Tensor, m: int) -> torch.Tensor:
     return u.T.reshape(-1, co, ci).transpose(1, 2).to(weight.dtype).contiguous()
 
 
-def _kron(m: int, which: str) -> torch.Tensor:
+@lru_cache(maxsize=None)
+def _transform(m: int, which: str) -> torch.Tensor:
+    """Bᵀ ⊗ Bᵀ (``which="B"``) or Aᵀ ⊗ Aᵀ (``"A"``): the 2-D input or output transform as one matrix."""
     Bt, _, At = winograd_matrices(m)
     matrix = Bt if which == "B" else At
     return torch.from_numpy(np.kron(matrix, matrix)).float()
-
-
-_TRANSFORMS: dict[tuple[int, str], torch.Tensor] = {}
-
-
-def _transform(m: int, which: str) -> torch.Tensor:
-    key = (m, which)
-    if key not in _TRANSFORMS:
-        _TRANSFORMS[key] = _kron(m, which)
-    return _TRANSFORMS[key]
 
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, m: int,

@@ -163,8 +163,6 @@ def _preview(source: torch.Tensor, tile: int, multiple: int, mode: str) -> torch
     """``source`` shrunk by the smallest integer factor that fits it in one tile (sides kept multiples)."""
     factor = math.ceil(max(source.shape[2:]) / tile)
     size = [max(multiple, round(side / factor / multiple) * multiple) for side in source.shape[2:]]
-    if mode == "area":
-        return F.interpolate(source, size=size, mode="area")
     return F.interpolate(source, size=size, mode=mode)
 
 

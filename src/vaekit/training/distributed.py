@@ -106,10 +106,7 @@ def average_gradients(parameters: list[nn.Parameter]) -> None:
     grads = [p.grad for p in parameters if p.grad is not None]
     if world_size() == 1 or not grads:
         return
-    flat = torch._utils._flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= world_size()
-    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+    for grad, synced in zip(grads, mean_tensors(*grads)):
         grad.copy_(synced)
 
 
