@@ -36,6 +36,38 @@ def test_winograd_convolution_equals_conv2d(m, shape):
             torch.testing.assert_close(out.double(), reference, atol=2e-5 if m == 4 else 2e-6, rtol=0)
 
 
+@pytest.mark.parametrize("shape", [(1, 16, 7, 9), (2, 8, 3, 4)])
+def test_winograd_convolution_of_an_enlarged_input(shape):
+    """upsample=2 convolves the nearest-neighbour enlargement, built a row chunk at a time (chunks that
+    start inside an enlarged row included)."""
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    weight = torch.randn(12, shape[1], 3, 3) / (9 * shape[1]) ** 0.5
+    bias = torch.randn(12)
+    reference = F.conv2d(F.interpolate(x.double(), scale_factor=2.0, mode="nearest"), weight.double(), bias.double(),
+                         padding=1)
+    for chunk in (None, 64, 1):
+        out = winograd_conv3x3(x.contiguous(memory_format=torch.channels_last), winograd_filter(weight, 4), bias,
+                               4, chunk, upsample=2)
+        torch.testing.assert_close(out.double(), reference, atol=2e-5, rtol=0)
+    conv = fastconv.Conv2d(shape[1], 12, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(weight), conv.bias.copy_(bias)
+        with fast_paths(False):  # the ordinary path interpolates, then convolves
+            torch.testing.assert_close(conv(x, upsample=2).double(), reference, atol=1e-5, rtol=0)
+
+
+def test_filter_transform_matches_float64():
+    torch.manual_seed(0)
+    weight = torch.randn(6, 5, 3, 3)
+    _, G, _ = winograd_matrices(4)
+    G = torch.from_numpy(G)
+    exact = torch.einsum("ik,ockl,jl->ijco", G, weight.double(), G).reshape(36, 5, 6)
+    torch.testing.assert_close(winograd_filter(weight, 4).double(), exact, atol=1e-6, rtol=1e-6)
+    scratch = torch.full((36 * 5 * 6 + 7,), float("nan"))
+    torch.testing.assert_close(winograd_filter(weight, 4, out=scratch).double(), exact, atol=1e-6, rtol=1e-6)
+
+
 def _conv(in_channels=8, out_channels=8, **kwargs):
     torch.manual_seed(0)
     return fastconv.Conv2d(in_channels, out_channels, 3, padding=1, **kwargs)
@@ -72,6 +104,43 @@ def test_transformed_filters_follow_weight_updates():
         fast = conv(x)
     torch.testing.assert_close(fast, F.conv2d(x, conv.weight, conv.bias, padding=1), atol=1e-4, rtol=0)
     assert set(conv.state_dict()) == {"weight", "bias"}  # nothing of the cache is saved
+
+
+def test_filter_cache_stays_within_its_budget_and_dies_with_its_layers():
+    """Layers beyond settings.winograd_cache_mb transform their filters per call: same outputs."""
+    import gc
+
+    gc.collect()  # layers of earlier tests, if any, leave the cache now rather than during the counting
+    torch.manual_seed(0)
+    convs = [fastconv.Conv2d(32, 32, 3, padding=1) for _ in range(3)]  # 36·32·32·4 B = 144 KiB each
+    x = torch.randn(1, 32, 9, 9)
+    with torch.no_grad():
+        with fast_paths(winograd_min_channels=1, winograd_cache_mb=0):
+            uncached = [conv(x) for conv in convs]
+            assert fastconv.filter_cache.nbytes() == 0
+        before = fastconv.filter_cache.nbytes()
+        with fast_paths(winograd_min_channels=1, winograd_cache_mb=(before + 2.5 * 36 * 32 * 32 * 4) / 2**20):
+            for _ in range(2):
+                cached = [conv(x) for conv in convs]
+            assert fastconv.filter_cache.nbytes() - before == 2 * 36 * 32 * 32 * 4  # two fit, one does not
+    for a, b in zip(cached, uncached):
+        assert torch.equal(a, b)
+    del convs, cached
+    gc.collect()
+    assert fastconv.filter_cache.nbytes() == before
+
+
+def test_inference_mode_and_no_grad_calls_can_alternate():
+    """The reused filter buffer must stay writable whichever mode created it."""
+    conv = fastconv.Conv2d(8, 8, 3, padding=1)
+    fastconv.filter_cache.scratch.buffer = None
+    x = torch.randn(1, 8, 6, 6)
+    with fast_paths(winograd_min_channels=1):
+        with torch.inference_mode():
+            first = conv(x)
+        with torch.no_grad():
+            second = conv(x)
+    assert torch.equal(first, second)
 
 
 def test_gradients_are_those_of_an_ordinary_convolution():

@@ -74,8 +74,10 @@ class ResnetBlock2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inplace = not torch.is_grad_enabled()  # SiLU over the fresh GroupNorm output saves an allocation
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
-        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
-        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
+        h = F.silu(self.norm2(h), inplace=inplace)  # conv1's output is freed before conv2 allocates
+        h = self.conv2(h)
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return h.add_(shortcut) if inplace else shortcut + h  # IEEE addition commutes: same sums
 
 
 class Attention(nn.Module):
@@ -130,14 +132,14 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour ×2, then a 3×3 conv."""
+    """Nearest-neighbour ×2, then a 3×3 conv (which enlarges its input itself: see ``fastconv.Conv2d``)."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(x, upsample=2)
 
 
 class Level(nn.Module):

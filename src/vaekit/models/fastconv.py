@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -46,6 +48,11 @@ class FastPathSettings:
     """Run the networks on NHWC tensors (no layout reorders around oneDNN's convolutions)."""
     chunk_elements: int = 1 << 21
     """Transformed tiles worked through per step (float32 elements; 8 MB keeps them in cache)."""
+    winograd_cache_mb: float = 0.0
+    """Transformed filters kept between calls, all layers together, first come first kept. Off by
+    default: F(4×4) filters are 4× a layer's weights (Stable Diffusion's decoder: 720 MiB, its encoder
+    another 300) and transforming them per call costs 2–8 ms per 512-channel layer: 4–9 % of a 256²
+    encode + decode, ~1 % of a 512² decode (ablation in ``benchmarks/encode_decode.py``)."""
 
 
 settings = FastPathSettings()
@@ -131,30 +138,38 @@ def winograd_matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.nd
     return solution.reshape(n, n), G, At
 
 
-def winograd_filter(weight: torch.Tensor, m: int) -> torch.Tensor:
-    """(Cout, Cin, 3, 3) filters -> U = G g Gᵀ laid out (a², Cin, Cout), a = m + 2 (computed in float64)."""
-    _, G, _ = winograd_matrices(m)
+def winograd_filter(weight: torch.Tensor, m: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(Cout, Cin, 3, 3) filters -> U = G g Gᵀ laid out (a², Cin, Cout), a = m + 2; written into ``out``
+    (any tensor with enough elements) when given."""
     co, ci = weight.shape[:2]
-    # One (Cout·Cin, 9) @ (9, a²) product: vec(G g Gᵀ) = (G ⊗ G) vec(g).
-    u = weight.detach().double().cpu().reshape(co * ci, 9) @ torch.from_numpy(np.kron(G, G)).T
-    return u.T.reshape(-1, co, ci).transpose(1, 2).to(weight.dtype).contiguous()
+    # One (a², 9) @ (9, Cin·Cout) product: vec(G g Gᵀ) = (G ⊗ G) vec(g), straight into the layout used.
+    taps = weight.detach().permute(2, 3, 1, 0).reshape(9, ci * co)
+    kg = _transform(m, "G").to(weight.dtype)
+    if out is None:
+        return torch.mm(kg, taps).view(-1, ci, co)
+    u = out.view(-1)[: kg.shape[0] * ci * co].view(kg.shape[0], ci * co)
+    return torch.mm(kg, taps, out=u).view(-1, ci, co)
 
 
 @lru_cache(maxsize=None)
 def _transform(m: int, which: str) -> torch.Tensor:
-    """Bᵀ ⊗ Bᵀ (``which="B"``) or Aᵀ ⊗ Aᵀ (``"A"``): the 2-D input or output transform as one matrix."""
-    Bt, _, At = winograd_matrices(m)
-    matrix = Bt if which == "B" else At
+    """Bᵀ ⊗ Bᵀ (``which="B"``), G ⊗ G (``"G"``) or Aᵀ ⊗ Aᵀ (``"A"``): the 2-D input, filter or output
+    transform as one matrix."""
+    Bt, G, At = winograd_matrices(m)
+    matrix = {"B": Bt, "G": G, "A": At}[which]
     return torch.from_numpy(np.kron(matrix, matrix)).float()
 
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, m: int,
-                     chunk_elements: int | None = None) -> torch.Tensor:
-    """``F.conv2d(x, w, bias, padding=1)`` for 3×3 filters ``w`` given as ``u = winograd_filter(w, m)``.
+                     chunk_elements: int | None = None, upsample: int = 1) -> torch.Tensor:
+    """``F.conv2d(x, w, bias, padding=1)`` for 3×3 filters ``w`` given as ``u = winograd_filter(w, m)``;
+    with ``upsample`` = s, the convolution of x's nearest-neighbour enlargement by s (as
+    ``F.interpolate(x, scale_factor=s)``), enlarged a row chunk at a time instead of as a whole.
 
-    x: (B, Cin, H, W) float32 (channels-last avoids one copy) -> (B, Cout, H, W) in channels-last order.
+    x: (B, Cin, H, W) float32 (channels-last avoids one copy) -> (B, Cout, sH, sW) in channels-last order.
     """
-    b, c, h, w = x.shape
+    b, c = x.shape[:2]
+    h, w = x.shape[2] * upsample, x.shape[3] * upsample
     a = m + 2
     co = u.shape[-1]
     tiles_h, tiles_w = math.ceil(h / m), math.ceil(w / m)
@@ -169,8 +184,15 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
         # The input rows these tiles read, zero-padded by one (and up to whole tiles) only here: padding the
         # whole input would copy it.
         top, bottom = r0 * m - 1, r1 * m + 1
-        piece = F.pad(rows[:, max(top, 0):min(bottom, h)],
-                      (0, 0, 1, tiles_w * m + 1 - w, max(0, -top), max(0, bottom - h)))
+        lo, hi = max(top, 0), min(bottom, h)
+        if upsample == 1:
+            band = rows[:, lo:hi]
+        else:
+            s = upsample
+            source = rows[:, lo // s:(hi + s - 1) // s]
+            band = (source[:, :, None, :, None].expand(b, source.shape[1], s, source.shape[2], s, c)
+                    .reshape(b, source.shape[1] * s, w, c)[:, lo % s:lo % s + hi - lo])
+        piece = F.pad(band, (0, 0, 1, tiles_w * m + 1 - w, max(0, -top), max(0, bottom - h)))
         # (a, a, B, rows, tiles_w, C) gathered from overlapping windows, then Bᵀ d B for all of them at once.
         d = piece.unfold(1, a, m).unfold(2, a, m).permute(4, 5, 0, 1, 2, 3)
         v = torch.mm(kb, d.reshape(a * a, tiles * c)).view(a * a, tiles, c)
@@ -183,12 +205,56 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     return result.permute(0, 3, 1, 2)
 
 
+class _FilterCache:
+    """Transformed filters of all layers, kept while ``settings.winograd_cache_mb`` has room when they
+    are first made: entries live as long as their layer (or until ``clear()``) and are replaced when its
+    weights change; layers that do not fit get theirs computed into a per-thread scratch buffer (reused:
+    a fresh buffer of this size costs page faults on every call)."""
+
+    def __init__(self):
+        self.entries: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.lock = threading.Lock()
+        self.scratch = threading.local()
+
+    def clear(self) -> None:
+        """Drop every kept filter (lowering ``winograd_cache_mb`` only stops new ones being kept)."""
+        with self.lock:
+            self.entries.clear()
+
+    def nbytes(self) -> int:
+        with self.lock:
+            return self._used()
+
+    def _used(self) -> int:
+        return sum(u.numel() * u.element_size() for _, u in self.entries.values())
+
+    def get(self, conv: nn.Conv2d, m: int) -> torch.Tensor:
+        key = (conv.weight.data_ptr(), conv.weight._version, m)
+        size = (m + 2) ** 2 * conv.in_channels * conv.out_channels * conv.weight.element_size()
+        with self.lock:
+            entry = self.entries.pop(conv, None)
+            if entry is not None and entry[0] == key:
+                self.entries[conv] = entry
+                return entry[1]
+            if self._used() + size <= settings.winograd_cache_mb * 2**20:
+                u = winograd_filter(conv.weight, m)
+                self.entries[conv] = (key, u)
+                return u
+        buffer = getattr(self.scratch, "buffer", None)
+        if buffer is None or buffer.numel() * buffer.element_size() < size or buffer.dtype != conv.weight.dtype:
+            with torch.inference_mode(False):  # an ordinary tensor: writable in and out of inference mode
+                buffer = self.scratch.buffer = torch.empty(size // conv.weight.element_size(), dtype=conv.weight.dtype)
+        return winograd_filter(conv.weight, m, out=buffer)
+
+
+filter_cache = _FilterCache()
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state dict) that runs 3×3 stride-1 padding-1 convolutions by
     Winograd's algorithm during CPU float32 inference when ``settings`` allow; otherwise exactly
-    ``nn.Conv2d``. The transformed filters are cached and recomputed when the weights change."""
-
-    _winograd_cache: dict | None = None
+    ``nn.Conv2d``. The transformed filters are cached (``settings.winograd_cache_mb``) and recomputed
+    when the weights change."""
 
     def _winograd_applies(self, x: torch.Tensor) -> bool:
         return (settings.winograd and cpu_inference(x) and self.kernel_size == (3, 3) and self.stride == (1, 1)
@@ -197,16 +263,14 @@ class Conv2d(nn.Conv2d):
                 and min(self.in_channels, self.out_channels) >= settings.winograd_min_channels)
 
     def winograd_weight(self, m: int) -> torch.Tensor:
-        version = (self.weight.data_ptr(), self.weight._version)
-        cache = self._winograd_cache
-        if cache is None or cache["version"] != version:
-            cache = self._winograd_cache = {"version": version}
-        if m not in cache:
-            cache[m] = winograd_filter(self.weight, m)
-        return cache[m]
+        return filter_cache.get(self, m)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, upsample: int = 1) -> torch.Tensor:
+        """The convolution of ``x``, or with ``upsample`` = s of its nearest-neighbour enlargement by s
+        (the Winograd path enlarges it a few rows at a time: the enlarged tensor is never stored)."""
         if self._winograd_applies(x):
             m = settings.winograd_tile
-            return winograd_conv3x3(x, self.winograd_weight(m), self.bias, m)
+            return winograd_conv3x3(x, self.winograd_weight(m), self.bias, m, upsample=upsample)
+        if upsample != 1:
+            x = F.interpolate(x, scale_factor=float(upsample), mode="nearest")
         return super().forward(x)
