@@ -253,8 +253,8 @@ filter_cache = _FilterCache()
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state dict) that runs 3×3 stride-1 padding-1 convolutions by
     Winograd's algorithm during CPU float32 inference when ``settings`` allow; otherwise exactly
-    ``nn.Conv2d``. The transformed filters are cached (``settings.winograd_cache_mb``) and recomputed
-    when the weights change."""
+    ``nn.Conv2d``. The filters are transformed on every call, or kept between calls within
+    ``settings.winograd_cache_mb`` (and transformed again when the weights change)."""
 
     def _winograd_applies(self, x: torch.Tensor) -> bool:
         return (settings.winograd and cpu_inference(x) and self.kernel_size == (3, 3) and self.stride == (1, 1)
