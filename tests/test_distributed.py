@@ -261,12 +261,15 @@ def test_export_reads_a_hugging_face_dataset(small_model, tmp_path):
     datasets = pytest.importorskip("datasets")
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(5)]
-    table = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    rows = images + [{"bytes": b"not an image", "path": None}]
+    table = datasets.Dataset.from_dict({"image": rows}, features=datasets.Features({"image": datasets.Image()}))
     table.save_to_disk(str(tmp_path / "hf"))
     model = vaekit.load_model(small_model).eval()
     manifest = export_latents(model, str(tmp_path / "hf"), tmp_path / "out", shard_size=2)
     data = LatentDataset(tmp_path / "out")
     assert manifest["encoded"] == 5 and [d["source"] for d in data] == [f"train[{i}]" for i in range(5)]
+    assert [s["source"] for s in manifest["skipped"]] == ["train[5]"]
+    assert manifest["skipped"][0]["reason"].startswith("cannot read train[5] as an image")
     assert data[0]["latent"].shape == (3, 8, 8)
 
 

@@ -98,25 +98,14 @@ class _HFSource(_Source):
     def read(self, index: int, resolution: int | None, max_pixels: int) -> torch.Tensor:
         import io
 
-        from PIL import Image, ImageOps
+        from vaekit.data.images import open_rgb, to_tensor
 
-        from vaekit.data.folder import to_mode
-        from vaekit.data.images import to_tensor
-
-        value = self.table[index][self.column]
-        try:
-            if isinstance(value, dict) and value.get("bytes") is not None:
-                value = Image.open(io.BytesIO(value["bytes"]))
-            elif isinstance(value, dict) and value.get("path"):
-                value = Image.open(value["path"])
-            if not isinstance(value, Image.Image):
-                raise ValueError(f"not an image: {type(value).__name__}")
-            if value.width * value.height > max_pixels:
-                raise ValueError(f"{value.width}×{value.height} pixels, above the limit of {max_pixels:,}")
-            value.load()
-            return to_tensor(to_mode(ImageOps.exif_transpose(value), grayscale=False), resolution)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise VaekitError(f"cannot read {self.names[index]} as an image ({err})") from None
+        value, name = self.table[index][self.column], self.names[index]
+        if isinstance(value, dict) and value.get("bytes") is not None:
+            return to_tensor(open_rgb(io.BytesIO(value["bytes"]), max_pixels, name), resolution)
+        if isinstance(value, dict) and value.get("path"):
+            return to_tensor(open_rgb(value["path"], max_pixels, name), resolution)
+        raise VaekitError(f"cannot read {name} as an image (not an image: {type(value).__name__})")
 
 
 def open_source(data: str, split: str = "train", column: str = "image") -> _Source:

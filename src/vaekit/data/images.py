@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -21,9 +22,12 @@ from vaekit.errors import VaekitError
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own default limit (about 13,000 × 13,000)
 
 
-def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """A decoded 8-bit RGB PIL image, EXIF orientation applied; ``VaekitError`` (one line) otherwise."""
-    path = Path(path)
+def open_rgb(path: str | Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """A decoded 8-bit RGB PIL image, EXIF orientation applied; ``VaekitError`` (one line) otherwise.
+    ``path`` may be an open binary file (e.g. a dataset's bytes), called ``name`` in messages."""
+    if not hasattr(path, "read"):
+        path = Path(path)
+    name = name or str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -32,10 +36,10 @@ def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
                 with Image.open(path) as image:
                     width, height = image.size
                     if width == 0 or height == 0:
-                        raise VaekitError(f"{path} is an empty image ({width}×{height})")
+                        raise VaekitError(f"{name} is an empty image ({width}×{height})")
                     if width * height > max_pixels:
                         raise VaekitError(
-                            f"{path} has {width}×{height} = {width * height:,} pixels, above the limit of "
+                            f"{name} has {width}×{height} = {width * height:,} pixels, above the limit of "
                             f"{max_pixels:,} (a guard against decompression bombs); raise it with --max-pixels "
                             "if the file is trusted")
                     image.load()
@@ -43,9 +47,9 @@ def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except FileNotFoundError:
-        raise VaekitError(f"no such image file: {path}") from None
+        raise VaekitError(f"no such image file: {name}") from None
     except (OSError, ValueError, SyntaxError) as err:
-        raise VaekitError(f"cannot read {path} as an image ({err})") from None
+        raise VaekitError(f"cannot read {name} as an image ({err})") from None
 
 
 def to_tensor(image: Image.Image, resolution: int | None = None) -> torch.Tensor:

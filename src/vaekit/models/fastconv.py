@@ -232,10 +232,10 @@ class _FilterCache:
         key = (conv.weight.data_ptr(), conv.weight._version, m)
         size = (m + 2) ** 2 * conv.in_channels * conv.out_channels * conv.weight.element_size()
         with self.lock:
-            entry = self.entries.pop(conv, None)
+            entry = self.entries.get(conv)
             if entry is not None and entry[0] == key:
-                self.entries[conv] = entry
                 return entry[1]
+            self.entries.pop(conv, None)  # stale (the weights changed): not counted against the budget
             if self._used() + size <= settings.winograd_cache_mb * 2**20:
                 u = winograd_filter(conv.weight, m)
                 self.entries[conv] = (key, u)

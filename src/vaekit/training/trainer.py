@@ -205,10 +205,6 @@ def _create_run_dir_once(config: RunConfig) -> Path:
     from accelerate.utils import broadcast_object_list
 
     state = process_state()
-    if state.num_processes == 1:
-        run_dir = create_run_dir(config)
-        save_config(config, run_dir / CONFIG_FILE)
-        return run_dir
     message: list = [None]
     if state.is_main_process:
         try:
@@ -217,7 +213,8 @@ def _create_run_dir_once(config: RunConfig) -> Path:
             message = [str(run_dir)]
         except VaekitError as err:
             message = [err]
-    broadcast_object_list(message, from_process=0)
+    if state.num_processes > 1:
+        broadcast_object_list(message, from_process=0)
     if isinstance(message[0], VaekitError):
         raise message[0]
     return Path(message[0])
