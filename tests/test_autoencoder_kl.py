@@ -14,7 +14,8 @@ import vaekit
 from vaekit.cli import main
 from vaekit.data.images import read_image
 from vaekit.errors import VaekitError
-from vaekit.models.autoencoder_kl import AutoencoderKL, estimate_scaling_factor, scaling_factor_from_latents
+from vaekit.models.autoencoder_kl import (AutoencoderKL, measure_latent_scale, scaling_factor_from_latents,
+                                          store_latent_scale)
 from vaekit.models.convert import export_diffusers
 from vaekit.models.fastconv import fast_paths
 from vaekit.models.tiling import tile_layout, tiled_decode, tiled_encode
@@ -173,8 +174,8 @@ def test_weights_that_do_not_fit_the_config_are_a_clear_error(tmp_path):
     export_diffusers(tiny(), tmp_path / "d")
     config = (tmp_path / "d" / "config.json").read_text().replace('"latent_channels": 3', '"latent_channels": 8')
     (tmp_path / "d" / "config.json").write_text(config)
-    with pytest.raises(VaekitError, match=r"does not fit the model in its config: .*has shape \[6, 64, 3, 3\], "
-                                          r"the config needs \[16, 64, 3, 3\]"):
+    with pytest.raises(VaekitError, match=r"does not fit the model in its config; tensors 7 of the wrong shape: .*"
+                                          r"encoder.conv_out.weight \[6, 64, 3, 3\] \(the config needs \[16, 64, 3, 3\]\)"):
         vaekit.load_model(tmp_path / "d")
 
 
@@ -209,15 +210,22 @@ def test_scaling_factor_is_one_over_the_latent_std():
     assert scaling_factor_from_latents(5.0 * torch.randn(64, 4, 8, 8, generator=generator)) == pytest.approx(0.2, rel=0.01)
     model = tiny()
     images = [torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1 for _ in range(3)]
-    factor = estimate_scaling_factor(model, images, generator=torch.Generator().manual_seed(1))
-    samples = torch.cat([model.encode(x).sample(g) for x, g in zip(images, [torch.Generator().manual_seed(1)] * 1
-                                                                   + [None] * 0)])
-    assert model.config.scaling_factor == factor
+    scale = measure_latent_scale(model, images, generator=torch.Generator().manual_seed(1))
+    shifted = measure_latent_scale(model, images, generator=torch.Generator().manual_seed(1), with_shift=True)
+    first_two = measure_latent_scale(model, images, generator=torch.Generator().manual_seed(1), max_images=3)
     with torch.no_grad():  # the same draws, by hand
         g = torch.Generator().manual_seed(1)
-        by_hand = torch.cat([model.encode(x).sample(g) for x in images])
-    assert factor == pytest.approx(1 / by_hand.double().std().item(), rel=1e-6)
-    assert samples.shape[0] == 2
+        by_hand = torch.cat([model.encode(x).sample(g) for x in images]).double()
+    assert scale.images == 6 and scale.shift_factor is None
+    assert scale.scaling_factor == pytest.approx(1 / by_hand.std().item(), rel=1e-9)
+    assert shifted.shift_factor == pytest.approx(by_hand.mean().item(), rel=1e-9)
+    assert shifted.scaling_factor == scale.scaling_factor
+    assert first_two.images == 3 and first_two.scaling_factor == pytest.approx(1 / by_hand[:3].std().item(), rel=1e-7)
+    store_latent_scale(model, shifted)
+    with torch.no_grad():
+        normalised = torch.cat([model.scale_latents(z[None]) for z in by_hand.float()])
+    assert normalised.double().mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert normalised.double().std().item() == pytest.approx(1.0, rel=1e-5)
 
 
 @pytest.mark.parametrize("size, tile, overlap, multiple", [(100, 100, 16, 1), (200, 64, 16, 1), (1000, 256, 32, 8),

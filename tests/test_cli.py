@@ -74,11 +74,12 @@ def _image_folder(root, bad_file=None):
         (["train", "missing.yaml"], "config file not found: missing.yaml"),
         (["train", "train.epochs=1", "extra.yaml"], "expected one config file then key=value overrides"),
         (["train", "data.name=folder", "data.path=EMPTY"], "has no image files"),
-        (["train", "data.name=folder", "data.path=BADONLY"], "readable image(s)"),
+        (["train", "data.name=folder", "data.path=BADONLY"], "none of the 1 images of folder"),
         (["train", "model.name=cvae", "data.name=folder", "data.path=FLAT"], "needs labels"),
         (["train", "model.input_shape=[1,8,8]"], "model.input_shape is [1, 8, 8] but shapes/train has images"),
         (["train", "--resume", "NOTRUN"], "is not a vaekit run directory"),
-        (["train", "--resume", "NOTRUN", "train.epochs=2"], "give no config or overrides"),
+        (["train", "--resume", "NOTRUN", "other.yaml"], "give no config file with it (got 'other.yaml')"),
+        (["train", "--resume", "NOTRUN", "train.epochs=2"], "is not a vaekit run directory"),
         (["eval", "NOTRUN"], "is not a vaekit run directory"),
         (["eval", "MISSING"], "no such run directory"),
     ],
@@ -106,7 +107,7 @@ def test_a_bad_file_in_a_folder_is_skipped_not_fatal(tmp_path, capsys, caplog):
                              "model.hidden_dims=[8]", "train.epochs=1", "train.progress_bar=false",
                              "eval.iwae_samples=2", f"output_dir={tmp_path / 'runs'}")
     assert code == 0
-    assert "skipped 1 of 13 files" in caplog.text and "broken.png" in caplog.text
+    assert "skipped broken.png" in caplog.text and "the next readable image takes its place" in caplog.text
     assert "broken.png" in out  # listed under skipped_files in the metrics
 
 

@@ -72,20 +72,33 @@ def _write_folder(root):
     return good
 
 
+def read_all(data):
+    """Every example of a lazy dataset, read once: (images, labels)."""
+    return data.__getitems__(list(range(len(data))))
+
+
 def test_folder_converts_odd_images_skips_bad_ones_and_labels_from_subfolders(tmp_path, caplog):
     _write_folder(tmp_path / "imgs")
-    with caplog.at_level(logging.WARNING, logger="vaekit"):
-        train = dataset(name="folder", path=tmp_path / "imgs", image_size=8, test_fraction=0.25)
+    train = dataset(name="folder", path=tmp_path / "imgs", image_size=8, test_fraction=0.25)
     test = dataset("test", name="folder", path=tmp_path / "imgs", image_size=8, test_fraction=0.25)
-    assert len(train) + len(test) == 8
+    assert len(train) + len(test) == 10  # every file with an image extension; read when asked for
     assert train.image_shape == (1, 8, 8)
     assert train.class_names == ["cats", "dogs"]
-    assert sorted(name.rsplit("/", 1)[-1] for name, _ in train.skipped) == ["corrupt.png", "truncated.jpg"]
-    assert "skipped 2 of 10 files" in caplog.text
-    x, label = train[0]
-    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    with caplog.at_level(logging.WARNING, logger="vaekit"):
+        images, labels = read_all(train)
+        read_all(test)
+    skipped = sorted(name.rsplit("/", 1)[-1] for name, _ in train.skipped + test.skipped)
+    assert skipped == ["corrupt.png", "truncated.jpg"]
+    assert "skipped dogs/corrupt.png" in caplog.text or "skipped dogs/truncated.jpg" in caplog.text
+    # A bad file's place is taken by the next readable one, label included: no example is lost or made up.
+    assert images.shape == (len(train), 1, 8, 8) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1
+    by_position = {k: train.example(k) for k in range(len(train))}
+    for k, (array, position) in by_position.items():
+        assert int(labels[k]) == int(train.labels[position])
+        assert np.array_equal(array, by_position[position][0])
     rgb = dataset(name="folder", path=tmp_path / "imgs", image_size=8, grayscale="false")
-    assert rgb.image_shape == (3, 8, 8)
+    assert rgb.image_shape == (3, 8, 8) and rgb[0][0].shape == (3, 8, 8)
 
 
 def test_flat_folder_has_no_labels(tmp_path):
@@ -104,13 +117,15 @@ def test_folder_errors(tmp_path):
     with pytest.raises(VaekitError, match="has no image files"):
         dataset(name="folder", path=tmp_path / "empty")
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "a.png").write_bytes(b"garbage")
-    with pytest.raises(VaekitError, match=r"has 0 readable image\(s\) \(1 skipped\)"):
-        dataset(name="folder", path=tmp_path / "bad")
+    for name in ("a.png", "b.png"):
+        (tmp_path / "bad" / name).write_bytes(b"garbage")
+    bad = dataset(name="folder", path=tmp_path / "bad", test_fraction=0.5)
+    with pytest.raises(VaekitError, match=r"none of the 1 images of folder:.*bad/train can be read \(1 skipped"):
+        bad[0]
 
 
 def test_odd_modes_convert_to_8_bit():
-    from vaekit.data.folder import to_mode
+    from vaekit.data.transforms import to_mode
 
     transparent = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
     assert np.asarray(to_mode(transparent, grayscale=False)).min() == 255  # composited onto white
@@ -120,31 +135,39 @@ def test_odd_modes_convert_to_8_bit():
     assert to_mode(cmyk, grayscale=False).mode == "RGB"
 
 
-def test_hugging_face_dataset_from_a_local_folder(tmp_path, caplog):
-    datasets = pytest.importorskip("datasets")
+def _hf_folder(tmp_path, count=10, bad=(10,), size=(12, 18)):
     import io
 
+    import datasets
+
     rng = np.random.default_rng(0)
-    good = []
-    for i in range(10):
+    rows = []
+    for i in range(count + len(bad)):
+        if i in bad:
+            rows.append({"bytes": b"not an image", "path": None})
+            continue
         buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (12, 18, 3), dtype=np.uint8)).save(buffer, format="PNG")
-        good.append({"bytes": buffer.getvalue(), "path": None})
-    rows = good + [{"bytes": b"not an image", "path": None}]
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        rows.append({"bytes": buffer.getvalue(), "path": None})
     table = datasets.Dataset.from_dict(
-        {"img": rows, "label": [i % 2 for i in range(11)]},
+        {"img": rows, "label": [i % 2 for i in range(len(rows))]},
         features=datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}))
     table.save_to_disk(str(tmp_path / "ds"))
-    with caplog.at_level(logging.WARNING, logger="vaekit"):
-        train = dataset(name="hf", path=tmp_path / "ds", image_column="img", label_column="label", image_size=8,
-                        test_fraction=0.2)
-    test = dataset("test", name="hf", path=tmp_path / "ds", image_column="img", label_column="label", image_size=8,
-                   test_fraction=0.2)
-    assert len(train) + len(test) == 10 and len(test) == 2
+    return tmp_path / "ds"
+
+
+def test_hugging_face_dataset_from_a_local_folder(tmp_path, caplog):
+    path = _hf_folder(tmp_path)
+    common = dict(name="hf", path=path, image_column="img", label_column="label", image_size=8, test_fraction=0.2)
+    train, test = dataset(**common), dataset("test", **common)
+    assert len(train) + len(test) == 11 and len(test) == 2
     assert train.image_shape == (3, 8, 8) and train.class_names == ["a", "b"]
-    assert len(train.skipped) == 1 and "skipped 1 of 11" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="vaekit"):
+        read_all(train), read_all(test)
+    assert [name for name, _ in train.skipped + test.skipped] == ["train[10]"]
+    assert "skipped train[10]" in caplog.text
     with pytest.raises(VaekitError, match="has no column 'image'"):
-        dataset(name="hf", path=tmp_path / "ds")
+        dataset(name="hf", path=path)
     with pytest.raises(VaekitError, match="no such dataset folder"):
         dataset(name="hf", path=tmp_path / "nothing-here")
     (tmp_path / "not-a-dataset").mkdir()
@@ -153,20 +176,115 @@ def test_hugging_face_dataset_from_a_local_folder(tmp_path, caplog):
         dataset(name="hf", path=tmp_path / "not-a-dataset", image_column="img")  # datasets read it as text
 
 
-def test_folder_crops_for_image_autoencoders(tmp_path, caplog):
+def _photo_folder(root, count=8, size=(50, 70)):
     rng = np.random.default_rng(0)
-    (tmp_path / "p" / "sub").mkdir(parents=True)
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 255, (50 + i, 70, 3), dtype=np.uint8)).save(tmp_path / "p" / "sub" / f"{i}.jpg")
-    Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(tmp_path / "p" / "tiny.png")
-    (tmp_path / "p" / "broken.png").write_bytes(b"\x89PNG broken")
-    common = dict(name="folder-crops", path=tmp_path / "p", crop_size=32, short_side="null", test_fraction=0.3)
+    (root / "sub").mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (size[0] + i, size[1], 3), dtype=np.uint8)).save(root / "sub" / f"{i}.jpg")
+    return root
+
+
+def test_folder_crops_are_new_every_epoch_and_the_same_for_the_same_epoch(tmp_path, caplog):
+    root = _photo_folder(tmp_path / "p")
+    Image.fromarray(np.zeros((10, 12, 3), dtype=np.uint8)).save(root / "tiny.png")
+    (root / "broken.png").write_bytes(b"\x89PNG broken")
+    common = dict(name="folder-crops", path=root, crop_size=32, short_side="null", test_fraction=0.3)
+    train, test = dataset(small_images="skip", **common), dataset("test", small_images="skip", **common)
+    assert len(train) + len(test) == 10 and test.image_shape == (3, 32, 32)
     with caplog.at_level(logging.WARNING, logger="vaekit"):
-        train = dataset(num_train=20, small_images="skip", **common)
-    test = dataset("test", small_images="skip", **common)
-    assert train.images.shape == (20, 3, 32, 32) and test.image_shape == (3, 32, 32)
-    assert any("broken.png" in name for name, _ in train.skipped)
-    upscaled = dataset(num_train=5, small_images="upscale", **common)
-    assert len(upscaled) == 5
-    # Random crops from a fixed seed: the same crops every time.
-    assert torch.equal(train.images, dataset(num_train=20, small_images="skip", **common).images)
+        first, _ = read_all(train)
+        read_all(test)
+    assert sorted(name for name, _ in train.skipped + test.skipped) == ["broken.png", "tiny.png"]
+    again, _ = read_all(train)
+    train.set_epoch(1)
+    later, _ = read_all(train)
+    assert torch.equal(first, again) and not torch.equal(first, later)
+    # Each example is a crop of its own file (a uniform random position, a random flip).
+    positions = {k: train.example(k)[1] for k in range(len(train))}
+    assert len(set(positions.values())) == len(train) - sum(p != k for k, p in positions.items())
+    upscaled = dataset(small_images="upscale", **common)
+    assert read_all(upscaled)[0].shape == (len(upscaled), 3, 32, 32)
+
+
+def test_crop_positions_are_uniform_and_flips_are_half():
+    from vaekit.data.transforms import CropSpec, example_rng, place_crop
+
+    spec = CropSpec(4, random=True, flip=True)
+    places = [place_crop(10, 7, spec, example_rng(0, 0, k)) for k in range(4000)]
+    tops, lefts = np.bincount([p.top for p in places]), np.bincount([p.left for p in places])
+    assert len(tops) == 7 and len(lefts) == 4  # every valid position, none outside
+    assert tops.min() > 0.8 * 4000 / 7 and lefts.min() > 0.8 * 4000 / 4
+    assert abs(np.mean([p.flip for p in places]) - 0.5) < 0.03
+    centre = place_crop(10, 7, CropSpec(4), None)
+    assert (centre.top, centre.left, centre.flip) == (3, 1, False)
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_with_the_same_result(tmp_path):
+    from vaekit.data.transforms import CropSpec, crop_picture
+
+    rng = np.random.default_rng(0)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).resize((1600, 1200)))
+    Image.fromarray(smooth).save(tmp_path / "big.jpg", quality=95)
+    spec = CropSpec(64, short_side=150)
+    with Image.open(tmp_path / "big.jpg") as image:
+        drafted = crop_picture(image, spec, None)
+        assert image.size[0] < 1600  # decoded at 1/4 or 1/8 of the size
+    with Image.open(tmp_path / "big.jpg") as image:
+        image.load()
+        full = np.asarray(image.resize((200, 150), Image.Resampling.BICUBIC).crop((68, 43, 132, 107)))
+    assert drafted.shape == (3, 64, 64)
+    assert np.abs(drafted.transpose(1, 2, 0).astype(float) - full).mean() < 2.0
+
+
+def test_any_number_of_loader_workers_gives_the_same_batches_and_resume_starts_mid_epoch(tmp_path):
+    from vaekit.data import TrainingBatches
+
+    train = dataset(name="folder-crops", path=_photo_folder(tmp_path / "p", count=12), crop_size=32, short_side=48,
+                    test_fraction=0.1)
+    batches = [[x for x, _ in TrainingBatches(train, 4, seed=3, num_workers=workers).epoch(1)] for workers in (0, 2)]
+    assert len(batches[0]) == 3 and all(torch.equal(a, b) for a, b in zip(*batches))
+    resumed = [x for x, _ in TrainingBatches(train, 4, seed=3).epoch(1, start_batch=1)]
+    assert all(torch.equal(a, b) for a, b in zip(resumed, batches[0][1:]))
+    # Two processes each take every other example of each global batch.
+    halves = [[x for x, _ in TrainingBatches(train, 4, seed=3, num_processes=2, process_index=p).epoch(1)]
+              for p in (0, 1)]
+    for whole, first, second in zip(batches[0], *halves):
+        assert torch.equal(whole[0::2], first) and torch.equal(whole[1::2], second)
+
+
+def test_a_streamed_hugging_face_dataset_is_read_in_batches_never_whole(tmp_path, caplog):
+    from vaekit.data import TrainingBatches
+    from vaekit.data.streaming import StreamingImages
+
+    path = _hf_folder(tmp_path, count=30, bad=(13,), size=(20, 24))
+    common = dict(name="hf", path=path, image_column="img", label_column="label", image_size=16, flip="true",
+                  streaming="true", test_images=5, shuffle_buffer=8)
+    train, test = dataset(**common), dataset("test", **common)
+    assert isinstance(train, StreamingImages) and len(train) == 31 - 5 and len(test) == 5
+    assert train.class_names == ["a", "b"] and test.images.shape == (5, 3, 16, 16)
+    with caplog.at_level(logging.WARNING, logger="vaekit"):
+        epoch = [TrainingBatches(train, 8, seed=0, num_workers=w).epoch(2) for w in (0, 3)]
+        single, threaded = list(epoch[0]), list(epoch[1])
+    assert [len(x) for x, _ in single] == [8, 8, 8, 2]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(single, threaded))
+    assert "cannot be read as an image" in caplog.text  # the bad row, replaced within its batch
+    resumed = list(TrainingBatches(train, 8, seed=0).epoch(2, start_batch=2))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, single[2:]))
+    other_epoch = list(TrainingBatches(train, 8, seed=0).epoch(3))
+    assert not torch.equal(other_epoch[0][0], single[0][0])  # reshuffled, new crops
+    shares = [list(TrainingBatches(train, 8, seed=0, num_processes=2, process_index=p).epoch(2)) for p in (0, 1)]
+    for whole, first, second in zip(single, *shares):
+        assert torch.equal(whole[0][0::2], first[0]) and torch.equal(whole[0][1::2], second[0])
+
+
+def test_a_stream_of_unknown_length_needs_max_images(tmp_path):
+    root = tmp_path / "plain"
+    root.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((20, 20, 3), i * 40, dtype=np.uint8)).save(root / f"{i}.png")
+    common = dict(name="hf", path=root, streaming="true", test_images=2, image_size=8)
+    with pytest.raises(VaekitError, match=r"does not say how many rows its 'train' split has.*set data.max_images"):
+        dataset(**common)
+    capped = dataset(max_images=3, **common)
+    assert len(capped) == 3
+    assert [len(x) for x, _ in capped.batches(epoch=0, start_batch=0, batch_size=2)] == [2, 1]

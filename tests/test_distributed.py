@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 import vaekit
 from vaekit.config import load_config
 from vaekit.errors import VaekitError
+from vaekit.runs import read_log
 from vaekit.latents import LatentDataset, export_latents, shard_name
 from vaekit.training import train
 
@@ -37,7 +38,7 @@ def vaekit_cli(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
 
 
 def losses(run_dir) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in read_log(run_dir) if "loss" in r]
 
 
 def weights(run_dir) -> dict[str, torch.Tensor]:
@@ -101,8 +102,7 @@ def test_gan_training_with_synchronised_batch_norm_follows_one_process(tmp_path)
             f"output_dir={tmp_path}"]
     vaekit_cli("train", *args, "run_name=two", "--no-explore", "--no-eval", processes=2)
     one = train(load_config(None, args + ["run_name=one"]), evaluate_at_end=False, explore=False)
-    records = [[json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-               for run in (tmp_path / "two", one)]
+    records = [[r for r in read_log(run) if "loss" in r] for run in (tmp_path / "two", one)]
     for key in ("loss", "d_loss", "d_weight"):
         np.testing.assert_allclose([r[key] for r in records[0]][:2], [r[key] for r in records[1]][:2], rtol=2e-2)
 

@@ -44,7 +44,7 @@ def model_and_data(run):
 def test_explore_writes_every_figure_and_a_report_that_references_only_existing_files(run):
     expected = {"reconstructions.png", "samples.png", "interpolation_linear.png", "interpolation_slerp.png",
                 "latent_map.png", "traversals.png", "progression.png", "latent_walk.gif", "neighbours.png",
-                "arithmetic.png", "collapse.png", "losses.png", "figures.json"}
+                "arithmetic.png", "collapse.png", "losses.png", "validation.png", "figures.json"}
     assert {p.name for p in (run / "figures").iterdir()} == expected
     html = (run / "report.html").read_text()
     references = re.findall(r'(?:href|src)="([^"]+)"', html)

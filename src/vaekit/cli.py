@@ -55,9 +55,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config_path, positional = _split_config(args.items)
     if args.resume:
-        if config_path or positional:
-            raise VaekitError("--resume continues a run with its saved config; give no config or overrides with it")
-        run_dir = train(resume=args.resume, evaluate_at_end=not args.no_eval, explore=not args.no_explore)
+        if config_path:
+            raise VaekitError("--resume continues a run with its saved config; give no config file with it "
+                              f"(got {config_path!r}), only key=value overrides that extend the run")
+        run_dir = train(resume=args.resume, overrides=positional, evaluate_at_end=not args.no_eval,
+                        explore=not args.no_explore)
     else:
         bad = [item for item in positional if "=" not in item]
         if bad:
@@ -130,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [KEY=VALUE ...]",
                        help="a YAML config (optional) followed by dotted overrides")
     train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue a stopped run from its latest checkpoint (same config, same result)")
+                       help="continue a stopped run from its latest checkpoint (same config, same result); "
+                       "overrides may extend it: train.epochs, train.max_steps, and the checkpoint, validation "
+                       "and logging intervals")
     train.add_argument("--num-processes", type=int, default=1, metavar="N",
                        help="train on N processes of this machine (one per GPU; gloo on CPU) with the same config: "
                        "train.batch_size is the global batch")

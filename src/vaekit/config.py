@@ -1,8 +1,8 @@
 """Run configuration: dataclasses are the schema, YAML holds what differs, the CLI takes dotted overrides.
 
-A run config has four sections and three top-level values::
+A run config has six sections and three top-level values::
 
-    model: {name: mlp-vae, latent_dim: 8, ...}   # fields of the model's ...Config
+    model: {name: mlp-vae, latent_dim: 8, ...}   # fields of the model's ...Config (and init_from: PATH)
     data:  {name: shapes, ...}                    # fields of the dataset's ...Config
     loss:  {name: elbo}                           # default: the model's loss; fields of its ...Config
     train: {...}                                  # TrainConfig
@@ -33,7 +33,10 @@ from vaekit.registry import DATASETS, LOSSES, MODELS, Registry
 @dataclass
 class TrainConfig:
     epochs: int = 50
+    max_steps: int | None = None
+    """Stop after this many optimizer steps, even mid-epoch (the learning-rate schedule ends there)."""
     batch_size: int = 128
+    """The global batch: with N processes, each takes every N-th example of it."""
     lr: float = 1e-3
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] | None = None
@@ -44,21 +47,38 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """After warm-up: constant, or cosine decay to 0 at the last step."""
     ema_decay: float | None = None
-    """Keep an exponential moving average of the weights (e.g. 0.999); it is what is evaluated and saved."""
+    """Keep an exponential moving average of the weights (e.g. 0.999; the decay warms up as
+    min(ema_decay, (1 + n) / (10 + n)) after n updates); it is what is validated, evaluated and saved."""
     grad_accumulation: int = 1
     """Micro-batches of batch_size per optimizer step (the effective batch is their product)."""
     decoder_only: bool = False
-    """Freeze the encoder (and quant conv): fine-tune the decoder alone, as for sd-vae-ft-mse."""
+    """Freeze the encoder (and quant conv) of a pretrained model (model.init_from): fine-tune the decoder
+    alone, as for sd-vae-ft-mse."""
     grad_clip: float | None = 10.0
     kl_warmup_steps: int = 0
     """The KL weight rises linearly from 0 to β over this many optimizer steps."""
     checkpoint_every: int = 500
     """Optimizer steps between checkpoints; one is always written at the end of training."""
     keep_checkpoints: int = 2
+    validate_every: int | None = None
+    """Optimizer steps between validations on a fixed held-out subset (and at the end); default: once per
+    epoch for the small models, every 500 steps for image autoencoders."""
+    validation_examples: int = 256
+    """Size of the fixed held-out subset validated on (taken from the test split)."""
+    best_metric: str | None = None
+    """Validation metric whose best value keeps a copy of the weights in RUN_DIR/best/; default psnr for
+    image autoencoders, negative_elbo for VAEs, reconstruction for plain autoencoders."""
+    calibrate_latents: Literal["auto", "always", "never"] = "auto"
+    """Measure the latent scaling factor (and the shift, where the model has one) at the end of training
+    and store it in the saved model. auto: image autoencoders, unless the encoder was frozen (then the
+    latents are the pretrained model's and so is its factor)."""
+    calibration_images: int = 1024
+    """Training examples whose posterior samples the scaling factor is measured on."""
     log_every: int = 25
     max_nonfinite_steps: int = 5
     """Consecutive steps with a non-finite loss or gradient after which the run stops."""
     num_workers: int = 0
+    """DataLoader worker processes (threads, for a streamed dataset); any number gives the same batches."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     tensorboard: bool = False
     progress_bar: bool = True
@@ -68,10 +88,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accumulation", "checkpoint_every", "log_every",
-                     "max_nonfinite_steps"):
+                     "max_nonfinite_steps", "max_steps", "validate_every", "validation_examples",
+                     "calibration_images"):
             minimum = 0 if name == "epochs" else 1
-            if getattr(self, name) < minimum:
-                raise ValueError(f"train.{name} must be at least {minimum}, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ValueError(f"train.{name} must be at least {minimum}, got {value}")
 
 
 @dataclass
@@ -109,10 +131,16 @@ class ExploreConfig:
 
 @dataclass
 class ComponentConfig:
-    """A registered component (model or dataset) and the fields of its own ...Config."""
+    """A registered component (model, dataset or loss) and the fields of its own ...Config.
+
+    ``init_from`` (models only): weights to start from, whose architecture the model takes
+    (``vaekit.models.pretrained``). ``given``: the keys the config spelled out, as opposed to defaults.
+    """
 
     name: str
     params: Any
+    init_from: str | None = None
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
 
 @dataclass
@@ -213,11 +241,17 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def _component(registry: Registry, raw: Any, default_name: str, section: str) -> ComponentConfig:
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{section} must be a mapping of keys to values, got {raw!r}")
     raw = dict(raw or {})
+    given = frozenset(raw)
     name = raw.pop("name", default_name)
+    init_from = raw.pop("init_from", None) if section == "model" else None
+    if init_from is not None and not isinstance(init_from, str):
+        raise ConfigError(f"model.init_from must be a path or a Hugging Face hub name, got {init_from!r}")
     entry = registry.get(name)
     params = build_dataclass(entry.config_cls, {**entry.defaults, **raw}, section)
-    return ComponentConfig(name, params)
+    return ComponentConfig(name, params, init_from, given)
 
 
 def build_run_config(raw: dict[str, Any]) -> RunConfig:
@@ -225,7 +259,13 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"a run config must be a mapping, got {type(raw).__name__}")
     raw = dict(raw)
-    model = _component(MODELS, raw.pop("model", None), DEFAULT_MODEL, "model")
+    model_raw = raw.pop("model", None)
+    default_model = DEFAULT_MODEL
+    if isinstance(model_raw, dict) and isinstance(model_raw.get("init_from"), str) and "name" not in model_raw:
+        from vaekit.models.pretrained import source_model_name  # the source decides what the model is
+
+        default_model = source_model_name(model_raw["init_from"])
+    model = _component(MODELS, model_raw, default_model, "model")
     data = _component(DATASETS, raw.pop("data", None), DEFAULT_DATA, "data")
     loss = _component(LOSSES, raw.pop("loss", None), MODELS.get(model.name).obj.loss_name, "loss")
     return build_dataclass(RunConfig, {**raw, "model": model, "data": data, "loss": loss}, "")
@@ -234,7 +274,8 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
 def to_dict(config: Any) -> Any:
     """Plain-data view (dicts, lists, scalars) of a config, for YAML/JSON."""
     if isinstance(config, ComponentConfig):
-        return {"name": config.name, **to_dict(config.params)}
+        source = {"init_from": config.init_from} if config.init_from is not None else {}
+        return {"name": config.name, **source, **to_dict(config.params)}
     if dataclasses.is_dataclass(config):
         return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(config, (list, tuple)):
@@ -278,7 +319,7 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
                 registry, default = COMPONENTS[key]
                 if value["name"] != old.get("name", default):
                     fields = {f.name for f in dataclasses.fields(registry.get(value["name"]).config_cls)}
-                    old = {k: v for k, v in old.items() if k in fields}
+                    old = {k: v for k, v in old.items() if k in fields or k == "init_from"}
             out[key] = merge(old, value)
         else:
             out[key] = value

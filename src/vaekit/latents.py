@@ -63,7 +63,7 @@ class _Source:
 
 class _FolderSource(_Source):
     def __init__(self, root: Path):
-        from vaekit.data.folder import find_images
+        from vaekit.data.lazy import find_images
 
         files = find_images(root)
         if not files:
@@ -81,9 +81,9 @@ class _HFSource(_Source):
     def __init__(self, path: str, split: str, column: str):
         import datasets
 
-        from vaekit.data.hf import _open
+        from vaekit.data.hf import open_dataset
 
-        opened = _open(path)
+        opened = open_dataset(path)
         if isinstance(opened, datasets.DatasetDict):
             if split not in opened:
                 raise VaekitError(f"{path} has no split {split!r}; it has {', '.join(opened)}")

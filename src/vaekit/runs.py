@@ -4,8 +4,9 @@
 
     RUN_DIR/config.yaml          resolved config (every default filled in)
     RUN_DIR/model/               final weights: config.json + model.safetensors
+    RUN_DIR/best/                the weights with the best validation metric so far (+ best.json)
     RUN_DIR/checkpoints/step-*/  resumable training state
-    RUN_DIR/train_log.jsonl      one JSON object per logged step
+    RUN_DIR/train_log.jsonl      one JSON object per logged interval or validation
     RUN_DIR/metrics.json         {"train": ..., "test": ...}
 """
 
@@ -22,6 +23,7 @@ from vaekit.fileio import write_json
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "train_log.jsonl"
+BEST_DIR = "best"
 
 
 def create_run_dir(config: RunConfig) -> Path:
@@ -63,3 +65,26 @@ def update_metrics(run_dir: str | Path, section: str, values: dict) -> dict:
     metrics[section] = values
     write_json(Path(run_dir) / METRICS_FILE, metrics)
     return metrics
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The records of ``train_log.jsonl``: training intervals (``loss``, ...) and validations
+    (``validation``: {metric: value}). A torn last line — a kill while it was written — is left out."""
+    path = Path(run_dir) / LOG_FILE
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_log(run_dir: str | Path, step: int) -> None:
+    """Keep only the records up to ``step`` (a resumed run writes the later ones again)."""
+    from vaekit.fileio import write_text
+
+    path = Path(run_dir) / LOG_FILE
+    if path.is_file():
+        kept = [json.dumps(r) for r in read_log(run_dir) if r.get("step", 0) <= step]
+        write_text(path, "".join(line + "\n" for line in kept))

@@ -1,4 +1,10 @@
-"""In-memory image datasets for the small models: ``(x, label)`` pairs with a declared value range."""
+"""Datasets of images with labels and a declared value range: the contract every data source keeps.
+
+Items are ``(image (C, H, W) float32 in value_range, label int64)``; the label is -1 when the data
+has none. ``__getitems__`` returns a whole batch ``(B, C, H, W), (B,)``, so a DataLoader over a dataset
+does one call per batch (use ``collate_batch`` as its ``collate_fn``). Random augmentation, where a
+source has any, is drawn from ``(seed, epoch, index)``: ``set_epoch`` says which epoch is being read.
+"""
 
 from __future__ import annotations
 
@@ -11,43 +17,27 @@ from torch.utils.data import DataLoader, Dataset
 UNLABELLED = -1
 
 
-class ImageDataset(Dataset):
-    """Images ``(N, C, H, W)`` held in memory, float32 in ``value_range`` or uint8 (mapped to [0, 1]).
+class ImageData(Dataset):
+    """What every data source provides; subclasses implement ``image_shape``, ``__len__`` and
+    ``_gather`` (a batch of indices -> uint8 or float32 images)."""
 
-    Items are ``(image (C, H, W) float32, label int64)``; the label is -1 when the data has none.
-    ``__getitems__`` gathers a whole batch with one indexing operation, so a DataLoader over this
-    dataset does one tensor gather per batch instead of a Python call and a stack per example
-    (use ``collate_batch`` as its ``collate_fn``).
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor | np.ndarray,
-        labels: torch.Tensor | np.ndarray | None = None,
-        class_names: Sequence[str] | None = None,
-        value_range: tuple[float, float] = (0.0, 1.0),
-        name: str = "",
-        skipped: Sequence[tuple[str, str]] = (),
-    ):
-        images = torch.as_tensor(images)
-        if images.ndim != 4:
-            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-        if images.dtype not in (torch.uint8, torch.float32):
-            images = images.float()
-        self.images = images
+    def __init__(self, labels: torch.Tensor | np.ndarray | None, num_examples: int,
+                 class_names: Sequence[str] | None = None, value_range: tuple[float, float] = (0.0, 1.0),
+                 name: str = "", skipped: Sequence[tuple[str, str]] = ()):
         if labels is None:
-            self.labels = torch.full((len(images),), UNLABELLED, dtype=torch.int64)
+            self.labels = torch.full((num_examples,), UNLABELLED, dtype=torch.int64)
         else:
-            self.labels = torch.as_tensor(labels, dtype=torch.int64)
+            self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         self.class_names = list(class_names) if class_names is not None else []
         self.value_range = value_range
         self.name = name
         self.skipped = list(skipped)
-        """(file, reason) for every source file that could not be read."""
+        """(source, reason) for every file or row that could not be read (so far, for lazy sources)."""
+        self.epoch = 0
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
+        raise NotImplementedError
 
     @property
     def has_labels(self) -> bool:
@@ -57,18 +47,25 @@ class ImageDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def __len__(self) -> int:
-        return len(self.images)
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation ``__getitems__`` draws (a no-op for sources without any)."""
+        self.epoch = epoch
 
-    def _to_float(self, images: torch.Tensor) -> torch.Tensor:
+    def _gather(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Images of ``indices`` (uint8 or float32) and the indices whose labels go with them."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _to_float(images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._to_float(self.images[index]), self.labels[index]
-
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, dtype=torch.int64)
-        return self._to_float(self.images[index]), self.labels[index]
+        images, label_indices = self._gather(list(indices))
+        return self._to_float(images), self.labels[torch.as_tensor(label_indices, dtype=torch.int64)]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.__getitems__([index])
+        return images[0], labels[0]
 
     def spread_indices(self, count: int, seed: int = 0) -> list[int]:
         """``count`` example indices, taking the classes in turn (a seeded random pick within each),
@@ -85,6 +82,38 @@ class ImageDataset(Dataset):
                 if pool and len(picked) < count:
                     picked.append(pool.pop(0))
         return picked
+
+
+class ImageDataset(ImageData):
+    """Images ``(N, C, H, W)`` held in memory, float32 in ``value_range`` or uint8 (mapped to [0, 1]):
+    the built-in small datasets and fixed held-out sets. Nothing random: the epoch is ignored."""
+
+    def __init__(
+        self,
+        images: torch.Tensor | np.ndarray,
+        labels: torch.Tensor | np.ndarray | None = None,
+        class_names: Sequence[str] | None = None,
+        value_range: tuple[float, float] = (0.0, 1.0),
+        name: str = "",
+        skipped: Sequence[tuple[str, str]] = (),
+    ):
+        images = torch.as_tensor(images)
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        if images.dtype not in (torch.uint8, torch.float32):
+            images = images.float()
+        self.images = images
+        super().__init__(labels, len(images), class_names, value_range, name, skipped)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _gather(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+        return self.images[torch.as_tensor(indices, dtype=torch.int64)], indices
 
 
 def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

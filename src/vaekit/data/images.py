@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from vaekit.data.folder import to_mode
+from vaekit.data.transforms import to_mode
 from vaekit.errors import VaekitError
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own default limit (about 13,000 × 13,000)

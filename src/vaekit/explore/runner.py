@@ -23,7 +23,7 @@ from vaekit.explore.neighbours import nearest_neighbours
 from vaekit.explore.traverse import traverse
 from vaekit.fileio import write_json
 from vaekit.models.io import load_model, resolve_model_dir
-from vaekit.runs import LOG_FILE, read_metrics, read_run_config, update_metrics
+from vaekit.runs import read_log, read_metrics, read_run_config, update_metrics
 from vaekit.training.snapshots import read_snapshot, snapshot_epochs
 from vaekit.viz import plots
 from vaekit.viz.gif import save_gif
@@ -245,15 +245,22 @@ class Explorer:
                       f"Left: KL per latent dimension on the test set. Right: how much each dimension's posterior "
                       f"mean varies over the test set; {active} of {self.model.latent_dim} dimensions are above the "
                       f"active-unit threshold {threshold:g} (dashed).")
-        log_path = self.run_dir / LOG_FILE
-        records = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
-        if not records:
+        records = read_log(self.run_dir)
+        training = [r for r in records if "loss" in r]
+        if not training:
             self.skipped.append(("loss curves", "the run has no training log"))
             return
-        plots.loss_curves(self._path("losses.png"), records)
+        plots.loss_curves(self._path("losses.png"), training)
         self._add("losses", "losses.png", "Loss curves",
                   "Training loss (with the KL weight of that step), reconstruction term and KL, averaged over each "
                   "logging interval.")
+        validations = [r for r in records if "validation" in r]
+        if validations:
+            plots.validation_curves(self._path("validation.png"), validations)
+            self._add("validation", "validation.png", "Validation during training",
+                      f"Each metric on the fixed held-out subset ({self.config.train.validation_examples} test "
+                      "examples) at every validation; the best weights by "
+                      f"{self.config.train.best_metric or 'the default metric'} are kept in best/.")
 
     def figures_to_draw(self) -> tuple:
         return (self.reconstructions, self.samples, self.interpolations, self.latent_maps, self.traversals,

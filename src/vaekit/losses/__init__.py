@@ -2,6 +2,6 @@
 
 from vaekit.losses.elbo import ELBOLoss
 from vaekit.losses.lpips_gan import LPIPSGANConfig, LPIPSWithDiscriminator
-from vaekit.losses.schedules import linear_warmup
+from vaekit.losses.schedules import learning_rate_factor, linear_warmup
 
-__all__ = ["ELBOLoss", "LPIPSGANConfig", "LPIPSWithDiscriminator", "linear_warmup"]
+__all__ = ["ELBOLoss", "LPIPSGANConfig", "LPIPSWithDiscriminator", "learning_rate_factor", "linear_warmup"]

@@ -42,6 +42,12 @@ def psnr(mse: float, peak_to_peak: float = 2.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(peak_to_peak**2 / mse)
 
 
+def per_image_psnr(a: torch.Tensor, b: torch.Tensor, peak_to_peak: float = 2.0) -> torch.Tensor:
+    """PSNR in dB of each image pair ``(B, C, H, W)``: ``(B,)`` float64 (inf for identical images)."""
+    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(peak_to_peak**2 / mse)
+
+
 @torch.no_grad()
 def evaluate_reconstruction(model: nn.Module, dataset, batch_size: int = 32, seed: int = 0,
                             device: str | torch.device = "cpu", to_model_range=lambda x: x,

@@ -234,6 +234,8 @@ class AutoencoderKL(nn.Module):
     adam_betas = (0.5, 0.9)
     deterministic = False
     conditional = False
+    has_likelihood = False
+    """Scored by image metrics (PSNR, SSIM, LPIPS, rFID): its decoder gives an image, not a distribution."""
 
     def __init__(self, config: AutoencoderKLConfig):
         super().__init__()
@@ -331,24 +333,47 @@ def scaling_factor_from_latents(latents: torch.Tensor) -> float:
     return 1.0 / latents.double().std().item()
 
 
+class LatentScale(NamedTuple):
+    scaling_factor: float
+    shift_factor: float | None
+    images: int
+
+
 @torch.no_grad()
-def estimate_scaling_factor(model: AutoencoderKL, batches, generator: torch.Generator | None = None,
-                            store: bool = True) -> float:
-    """1 / std of posterior samples z ~ q(z|x) over ``batches`` (an iterable of ``(B, C, H, W)`` images in
-    [-1, 1], or of ``(images, labels)`` pairs), accumulated in float64; stored in the config when ``store``."""
+def measure_latent_scale(model: AutoencoderKL, batches, generator: torch.Generator | None = None,
+                         with_shift: bool = False, max_images: int | None = None) -> LatentScale:
+    """The latent normalisation a diffusion model wants, from posterior samples z ~ q(z|x) (LDM's recipe):
+    scaling_factor = 1 / std(z) and, ``with_shift`` (SD3/FLUX style), shift_factor = mean(z), so that
+    (z − shift) · scale has zero mean (when shifted) and unit variance. ``batches`` yields images
+    ``(B, C, H, W)`` in [-1, 1] (or ``(images, labels)`` pairs); at most ``max_images`` are used.
+    Moments accumulate in float64. Nothing is stored: see ``store_latent_scale``."""
     total = squares = count = 0.0
-    device = next(model.parameters()).device
+    images = 0
+    parameter = next(model.parameters())
     for batch in batches:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        z = model.encode(images.to(device)).sample(generator).double()
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if max_images is not None:
+            x = x[:max_images - images]
+        if len(x) == 0:
+            break
+        z = model.encode(x.to(parameter.device, parameter.dtype)).sample(generator).double()
         total, squares, count = total + z.sum().item(), squares + z.pow(2).sum().item(), count + z.numel()
+        images += len(x)
+        if max_images is not None and images >= max_images:
+            break
     if count < 2:
-        raise VaekitError("estimate_scaling_factor needs at least one image")
-    variance = (squares - total * total / count) / (count - 1)
-    factor = 1.0 / math.sqrt(variance)
-    if store:
-        model.config.scaling_factor = factor
-    return factor
+        raise VaekitError("measuring the latent scale needs at least one image")
+    mean = total / count
+    variance = (squares - total * mean) / (count - 1)
+    if not variance > 0:
+        raise VaekitError(f"the latents have no spread (variance {variance:g}): no scaling factor can normalise them")
+    return LatentScale(1.0 / math.sqrt(variance), mean if with_shift else None, images)
+
+
+def store_latent_scale(model: AutoencoderKL, scale: LatentScale) -> None:
+    """Record a measured scale in the model's config (what ``save_model`` and diffusers exports write)."""
+    model.config.scaling_factor = scale.scaling_factor
+    model.config.shift_factor = scale.shift_factor
 
 
 def _preset(name: str, channels: tuple[int, ...], latent: int, **extra) -> None:

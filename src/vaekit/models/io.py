@@ -100,15 +100,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
 
 
 def _with_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path, device) -> nn.Module:
-    """Load ``state`` into ``model`` after checking every name and shape, with an error that says which."""
+    """Load ``state`` into ``model`` after checking every name and shape, with an error that lists what
+    does not fit (up to ten of each kind, and how many more)."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     found = {key: tuple(value.shape) for key, value in state.items()}
     if expected != found:
-        problems = [f"missing {k}" for k in sorted(expected.keys() - found.keys())]
-        problems += [f"unexpected {k}" for k in sorted(found.keys() - expected.keys())]
-        problems += [f"{k} has shape {list(found[k])}, the config needs {list(expected[k])}"
-                     for k in sorted(expected.keys() & found.keys()) if expected[k] != found[k]]
-        raise VaekitError(f"{source} does not fit the model in its config: {'; '.join(problems[:3])}"
-                          + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
+        groups = {
+            "missing": sorted(expected.keys() - found.keys()),
+            "unexpected": sorted(found.keys() - expected.keys()),
+            "of the wrong shape": [f"{k} {list(found[k])} (the config needs {list(expected[k])})"
+                                   for k in sorted(expected.keys() & found.keys()) if expected[k] != found[k]],
+        }
+        problems = [f"{len(names)} {kind}: {', '.join(names[:10])}" + (f" (+{len(names) - 10} more)" if len(names) > 10 else "")
+                    for kind, names in groups.items() if names]
+        raise VaekitError(f"{source} does not fit the model in its config; tensors {'; '.join(problems)}")
     model.load_state_dict(state)
     return model.to(device).eval()

@@ -79,6 +79,8 @@ class MLPVAE(nn.Module):
     adam_betas = (0.9, 0.999)
     deterministic = False
     conditional = False
+    has_likelihood = True
+    """p(x|z) is a distribution (``decode_distribution``): scored by likelihood, not by image metrics."""
 
     def __init__(self, config: MLPAutoencoderConfig):
         super().__init__()

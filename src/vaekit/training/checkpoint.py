@@ -4,7 +4,8 @@ A checkpoint is a folder ``checkpoints/step-00001234/`` holding
 
 - ``config.json`` + ``model.safetensors``: a saved model (``vaekit.load_model`` opens it);
 - ``trainer.safetensors``: optimizer tensors, RNG states, the loss's and EMA's weights;
-- ``trainer.json``: step, epoch, position in the epoch, optimizer hyper-parameters, counters.
+- ``trainer.json``: step, epoch, position in the epoch, optimizer hyper-parameters, counters, the best
+  validation value so far and fp16's loss-scaler state.
 
 It is written into a hidden temporary folder and renamed into place, so a kill at any moment leaves the
 previous checkpoints intact and never a half-written one under a ``step-*`` name.
@@ -93,9 +94,11 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     modules: dict[str, nn.Module] | None = None,
     keep: int = 2,
+    scaler=None,
 ) -> Path:
     """Write checkpoint ``step`` into ``directory`` and delete all but the newest ``keep``. ``modules``
-    are the other stateful parts (the loss with its discriminator, the EMA weights)."""
+    are the other stateful parts (the loss with its discriminator, the EMA weights); ``scaler`` is
+    fp16's gradient scaler (its scale and growth tracker), when training uses one."""
     directory = Path(directory)
     final = directory / checkpoint_name(step)
     if final.exists():  # this step is already saved (e.g. a stop right after a periodic save)
@@ -110,7 +113,8 @@ def save_checkpoint(
     for name, module in (modules or {}).items():
         tensors.update({f"module.{name}.{key}": value for key, value in module.state_dict().items()})
     save_tensors(tmp / "trainer.safetensors", tensors)
-    write_json(tmp / "trainer.json", {**trainer_state, "step": step, "optimizers": optimizer_meta})
+    scaler_state = {"scaler": scaler.state_dict()} if scaler is not None else {}
+    write_json(tmp / "trainer.json", {**trainer_state, "step": step, "optimizers": optimizer_meta, **scaler_state})
     os.replace(tmp, final)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -123,8 +127,10 @@ def load_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     generators: dict[str, torch.Generator],
     modules: dict[str, nn.Module] | None = None,
+    scaler=None,
 ) -> dict[str, Any]:
-    """Restore model, optimizer and RNG states in place; returns the trainer state saved with them."""
+    """Restore model, optimizer, RNG (and loss-scaler) states in place; returns the trainer state saved
+    with them."""
     path = Path(path)
     try:
         meta = json.loads((path / "trainer.json").read_text())
@@ -134,6 +140,9 @@ def load_checkpoint(
         raise VaekitError(f"checkpoint {path} cannot be read ({err}); delete it to resume from the one before") from None
     model.load_state_dict(weights)  # copies into the parameters, on whatever device they live
     optimizer_meta = meta.pop("optimizers")
+    scaler_state = meta.pop("scaler", None)
+    if scaler is not None and scaler_state is not None:
+        scaler.load_state_dict(scaler_state)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(_optimizer_from_files(tensors, optimizer_meta[name], name))
     for name, module in (modules or {}).items():

@@ -91,6 +91,21 @@ def loss_curves(path: str | Path, records: list[dict]) -> Path:
     return _save(fig, path)
 
 
+def validation_curves(path: str | Path, records: list[dict]) -> Path:
+    """One panel per validation metric against the optimizer step."""
+    plt = _pyplot()
+    names = list(records[0]["validation"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.0), squeeze=False)
+    steps = [r["step"] for r in records]
+    for ax, name in zip(axes[0], names):
+        ax.plot(steps, [r["validation"].get(name, float("nan")) for r in records], marker="o", markersize=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    fig.suptitle("validation on held-out examples")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def metric_against_value(path: str | Path, values: Sequence, metrics: dict[str, Sequence[float]], xlabel: str) -> Path:
     """One panel per metric, plotted against the swept value (categorical x when not numeric)."""
     plt = _pyplot()

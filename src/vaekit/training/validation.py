@@ -1,0 +1,157 @@
+"""Validation while training: the model's metrics on a fixed held-out subset, and the best weights so far.
+
+The subset is ``train.validation_examples`` test examples, the same at every validation (picked from the
+seed). Image autoencoders get PSNR and SSIM (the mean over images, as published tables report), L1,
+MSE and LPIPS when its VGG weights are on the machine; VAEs the negative ELBO at β = 1 (one posterior
+sample from a fixed generator), its two terms and MSE; plain autoencoders reconstruction and MSE.
+
+The model selected this way is chosen on held-out data that ``vaekit eval`` reports on too: the
+final model, not the best one, is what evaluation scores, so the reported test metrics are not
+selected on the test data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vaekit.errors import ConfigError
+from vaekit.fileio import write_json
+from vaekit.models.io import save_model
+from vaekit.runs import BEST_DIR
+
+log = logging.getLogger("vaekit")
+
+LOWER_IS_BETTER = frozenset({"negative_elbo", "reconstruction", "kl", "mse", "l1", "lpips"})
+
+
+def metric_names(model: nn.Module) -> tuple[str, ...]:
+    if not model.has_likelihood:
+        return ("psnr", "ssim", "l1", "mse", "lpips")
+    if model.deterministic:
+        return ("reconstruction", "mse")
+    return ("negative_elbo", "reconstruction", "kl", "mse")
+
+
+def default_metric(model: nn.Module) -> str:
+    return metric_names(model)[0]
+
+
+def check_best_metric(model: nn.Module, best_metric: str | None) -> str:
+    """The metric that selects the best weights (the model's default when None), or a ConfigError."""
+    names = metric_names(model)
+    metric = best_metric or default_metric(model)
+    if metric not in names:
+        raise ConfigError(f"train.best_metric {metric!r} is not a validation metric of {model.registry_name}; "
+                          f"choose one of: {', '.join(names)}")
+    return metric
+
+
+def better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return math.isfinite(value)
+    return value < best if metric in LOWER_IS_BETTER else value > best
+
+
+class Validator:
+    """Scores a model on the fixed subset; ``images`` holds the subset in the model's value range."""
+
+    def __init__(self, model: nn.Module, test_data, count: int, best_metric: str | None, seed: int,
+                 batch_size: int, device: torch.device, to_model_range):
+        self.metric = check_best_metric(model, best_metric)
+        x, labels = test_data.__getitems__(test_data.spread_indices(count, seed))
+        self.images, self.labels = to_model_range(x), labels
+        self.conditional = model.conditional
+        self.seed, self.batch_size, self.device = seed, batch_size, device
+        self.lpips = None
+        if not model.has_likelihood:
+            from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
+
+            try:
+                self.lpips = make_lpips(pretrained_backbone=True).to(device)
+            except WeightsUnavailable as err:
+                log.info("validation without LPIPS: %s", err)
+            if self.metric == "lpips" and self.lpips is None:
+                raise ConfigError("train.best_metric=lpips needs LPIPS's VGG weights, which are not on this machine")
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> tuple[dict[str, float], torch.Tensor]:
+        """The metrics, and up to 8 images above their reconstructions ``(2, n, C, H, W)`` for a figure."""
+        was_training = model.training
+        model.eval()
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        sums: dict[str, float] = {}
+        shown = None
+        for start in range(0, len(self.images), self.batch_size):
+            x = self.images[start:start + self.batch_size].to(self.device)
+            labels = self.labels[start:start + self.batch_size].to(self.device) if self.conditional else None
+            batch, reconstruction = (self._likelihood(model, x, labels, generator) if model.has_likelihood
+                                     else self._image(model, x))
+            for key, value in batch.items():
+                sums[key] = sums.get(key, 0.0) + value
+            if shown is None:
+                shown = torch.stack([x[:8], reconstruction[:8]]).float().cpu()
+        model.train(was_training)
+        metrics = {key: value / len(self.images) for key, value in sums.items()}
+        if "mse" in metrics and model.has_likelihood:
+            metrics["mse"] /= self.images[0].numel()
+        return metrics, shown
+
+    def _image(self, model, x):
+        from vaekit.metrics.image import per_image_psnr, ssim
+
+        reconstruction = model.decode(model.encode(x).mode(), size=x.shape[2:]).clamp(-1, 1)
+        difference = (reconstruction - x).double()
+        sums = {"psnr": per_image_psnr(reconstruction, x).sum().item(),
+                "ssim": ssim(reconstruction.float(), x.float()).sum().item(),
+                "l1": difference.abs().flatten(1).mean(1).sum().item(),
+                "mse": difference.pow(2).flatten(1).mean(1).sum().item()}
+        if self.lpips is not None:
+            sums["lpips"] = self.lpips(reconstruction.float(), x.float()).sum().item()
+        return sums, reconstruction
+
+    def _likelihood(self, model, x, labels, generator):
+        posterior = model.encode(x, labels)
+        reconstruction_term = -model.decode_distribution(posterior.sample(generator), labels).log_prob(x)
+        mean_decoding = model.decode(posterior.mode(), labels)
+        sums = {"reconstruction": reconstruction_term.sum().item(),
+                "mse": (mean_decoding - x).double().pow(2).sum().item()}
+        if not model.deterministic:
+            kl = posterior.kl()
+            sums.update(kl=kl.sum().item(), negative_elbo=(reconstruction_term + kl).sum().item())
+        return sums, mean_decoding
+
+
+def save_best(run_dir: Path, model: nn.Module, record: dict) -> Path:
+    """Write the weights and ``best.json`` into ``RUN_DIR/best/``, replacing the previous best in two
+    renames (a kill between them leaves ``.best-previous``, which ``restore_best`` puts back)."""
+    target, previous = run_dir / BEST_DIR, run_dir / ".best-previous"
+    tmp = run_dir / f".best-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp)
+    write_json(tmp / "best.json", record)
+    if target.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(target, previous)
+    os.replace(tmp, target)
+    shutil.rmtree(previous, ignore_errors=True)
+    return target
+
+
+def restore_best(run_dir: Path) -> None:
+    """Undo a replacement of the best weights that a kill interrupted."""
+    target, previous = run_dir / BEST_DIR, run_dir / ".best-previous"
+    if previous.is_dir() and not target.exists():
+        os.replace(previous, target)
+
+
+def read_best(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / BEST_DIR / "best.json"
+    return json.loads(path.read_text()) if path.is_file() else None
