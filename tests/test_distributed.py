@@ -107,6 +107,40 @@ def test_gan_training_with_synchronised_batch_norm_follows_one_process(tmp_path)
         np.testing.assert_allclose([r[key] for r in records[0]][:2], [r[key] for r in records[1]][:2], rtol=2e-2)
 
 
+NONFINITE_ON_ONE_PROCESS = textwrap.dedent("""
+    import json, os, sys
+    from vaekit.losses import ELBOLoss
+    from vaekit.config import load_config
+    from vaekit.training import train
+    original, calls = ELBOLoss.forward, {"n": 0}
+    def forward(self, *args, **kwargs):
+        loss, logs = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if os.environ["RANK"] == "1" and calls["n"] == 3:  # this process alone sees a NaN loss
+            return loss, {**logs, "loss": float("nan")}
+        return loss, logs
+    ELBOLoss.forward = forward
+    run = train(load_config(None, sys.argv[1:]), evaluate_at_end=False, explore=False)
+    if os.environ["RANK"] == "0":
+        print("RESULT", json.dumps(json.loads((run / "metrics.json").read_text())["train"]))
+""")
+
+
+def test_a_nonfinite_step_on_one_process_is_skipped_by_all(tmp_path):
+    """Rank 1's loss is NaN at its third step (its gradients, averaged with rank 0's, stay finite): every
+    process skips that step — the flag is agreed — and the run ends normally with one skipped step; rank 0,
+    which saw nothing wrong itself, counts it too."""
+    script = tmp_path / "nan.py"
+    script.write_text(NONFINITE_ON_ONE_PROCESS)
+    args = [a for a in MLP if not a.startswith("train.epochs")] + ["train.epochs=1", f"output_dir={tmp_path}"]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             str(script), *args], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert metrics["skipped_nonfinite_steps"] == 1 and metrics["steps"] == 47
+
+
 GLOBAL_BN_SCRIPT = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     from vaekit.training.distributed import GlobalBatchNorm2d

@@ -216,7 +216,7 @@ def test_two_training_steps_of_every_preset(name, tmp_path):
     config = load_config(None, [f"model.name={name}", "data.name=photos", "data.crop_size=32", "data.num_train=2",
                                 "train.batch_size=1", "train.epochs=1", "loss.perceptual_weight=0",
                                 "loss.disc_start=1", "train.progress_bar=false", "train.snapshot_examples=0",
-                                f"output_dir={tmp_path}"])
+                                "train.validation_examples=2", f"output_dir={tmp_path}"])
     run = vaekit.train(config, evaluate_at_end=False, explore=False)
     assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 2
 
@@ -232,3 +232,21 @@ def test_the_learned_log_variance_is_optimised():
         optimizer.step()
     assert logs["logvar"] != 0.0 and loss_fn.logvar.item() != 0.0
     assert loss_module(learn_logvar=False).generator_parameters() == []
+
+
+@pytest.mark.parametrize("learn", [True, False])
+def test_the_trainer_optimises_the_learned_log_variance_only_when_asked(learn, tmp_path):
+    run = vaekit.train(_overrides(tmp_path, **{"loss.learn_logvar": str(learn).lower(), "train.lr": 1e-2,
+                                               "train.log_every": 2}),
+                       evaluate_at_end=False, explore=False)
+    checkpoint = run / "checkpoints" / "step-00000012"
+    state = load_file(checkpoint / "trainer.safetensors")
+    meta = json.loads((checkpoint / "trainer.json").read_text())
+    model_parameters = sum(1 for p in vaekit.load_model(run).parameters())
+    optimised = meta["optimizers"]["model"]["param_groups"][0]["params"]
+    assert len(optimised) == model_parameters + learn  # the log-variance is the model optimizer's last parameter
+    logvar_moments = state.get(f"optimizer.model.{optimised[-1]}.exp_avg")
+    assert (logvar_moments is not None and logvar_moments.shape == ()) == learn
+    assert (state["module.loss.logvar"].item() != 0.0) == learn  # it moved, or stayed at 0
+    logged = [r["logvar"] for r in read_log(run) if "logvar" in r]
+    assert (len(set(logged)) > 1) == learn

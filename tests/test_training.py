@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import signal
@@ -159,10 +160,16 @@ def test_autoencoder_run_reports_no_likelihood(tiny):
     assert "negative_elbo" not in metrics and metrics["mse"] < 0.2
 
 
-def test_tensorboard_scalars_are_written(tiny):
-    pytest.importorskip("tensorboard")
+def test_tensorboard_gets_training_and_validation_scalars(tiny):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     run = train(tiny(**{"train.tensorboard": "true"}))
-    assert list(run.rglob("events.out.tfevents.*"))
+    events = EventAccumulator(str(next(run.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/kl", "validation/negative_elbo", "validation/mse"} <= tags
+    assert [e.step for e in events.Scalars("validation/negative_elbo")] == [8, 16, 24]
+    assert "validation/reconstructions" in events.Tags()["images"]
 
 
 def test_model_of_a_run_loads_from_the_run_directory(tiny):
@@ -195,3 +202,94 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(tiny):
     run = train(tiny(**{"train.mixed_precision": "bf16", "train.epochs": 1}))
     assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights(run).values())
     assert all(math.isfinite(r["loss"]) for r in log_records(run))
+
+
+def test_validation_runs_on_a_fixed_subset_and_keeps_the_best_weights(tiny):
+    run = train(tiny(**{"train.validation_examples": 40}))
+    validations = [r for r in read_log(run) if "validation" in r]
+    assert [r["step"] for r in validations] == [8, 16, 24]  # once per epoch by default for the small models
+    assert set(validations[0]["validation"]) == {"negative_elbo", "reconstruction", "kl", "mse"}
+    best = min(validations, key=lambda r: r["validation"]["negative_elbo"])
+    record = json.loads((run / "best" / "best.json").read_text())
+    assert record["step"] == best["step"] and record["value"] == best["validation"]["negative_elbo"]
+    assert read_metrics(run)["train"]["best_step"] == best["step"]
+    # The metric is the one the validator computes: the fixed subset scored again by hand gives it.
+    from vaekit.data import build_dataset
+    from vaekit.runs import read_run_config
+    from vaekit.training.validation import Validator
+
+    config = read_run_config(run)
+    test = build_dataset(config.data, "test")
+    model = vaekit.load_model(run / "best")
+    validator = Validator(model, test, 40, None, config.seed, 256, torch.device("cpu"), lambda x: x)
+    assert validator(model)[0]["negative_elbo"] == pytest.approx(record["value"], rel=1e-6)
+    x, _ = test.__getitems__(test.spread_indices(40, config.seed))
+    with torch.no_grad():
+        mse = (model.decode(model.encode(x).mean) - x).pow(2).mean().item()
+    assert record["validation"]["mse"] == pytest.approx(mse, rel=1e-5)
+
+
+def test_mistakes_in_settings_used_after_training_are_reported_before_it(tiny, tmp_path):
+    from vaekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="explore.arithmetic_source is 'circle', which is not a class of "
+                                          "shapes/test; its classes: diagonal, horizontal, vertical, cross"):
+        train(tiny(**{"explore.arithmetic_source": "circle"}))
+    with pytest.raises(ConfigError, match="train.best_metric 'psnr' is not a validation metric of mlp-vae; "
+                                          "choose one of: negative_elbo, reconstruction, kl, mse"):
+        train(tiny(**{"train.best_metric": "psnr"}))
+    assert not (tmp_path / "runs").exists()  # refused before a run directory was made
+
+
+def test_a_resumed_run_may_be_extended_and_nothing_else(tiny):
+    from vaekit.errors import ConfigError
+
+    longer = train(tiny(run_name="longer", **{"train.epochs": 5, "train.checkpoint_every": 100}))
+    extended = train(tiny(run_name="extended", **{"train.epochs": 2, "train.checkpoint_every": 100}))
+    with pytest.raises(ConfigError, match=r"train.lr cannot change \(a resumed run may change only train.checkpoint_every"):
+        train(resume=extended, overrides=["train.lr=0.1"])
+    train(resume=extended, overrides=["train.epochs=5"])
+    assert_same_weights(longer, extended)
+    assert "epochs: 5" in (extended / "config.yaml").read_text()
+    assert [r["step"] for r in log_records(extended)] == [r["step"] for r in log_records(longer)]
+
+
+def test_max_steps_ends_the_run_inside_an_epoch_and_a_resume_beyond_it_continues(tiny):
+    run = train(tiny(run_name="short", **{"train.max_steps": 11}))
+    assert read_metrics(run)["train"]["steps"] == 11
+    assert latest_checkpoint(run / "checkpoints").name == "step-00000011"
+    reference = train(tiny(run_name="whole", **{"train.checkpoint_every": 11}))
+    train(resume=run, overrides=["train.max_steps=null"])
+    assert read_metrics(run)["train"]["steps"] == 24
+    assert_same_weights(reference, run)
+
+
+def test_a_torn_log_line_from_a_kill_does_not_stop_a_resume(tiny):
+    reference = train(tiny(run_name="reference"))
+    run = train(tiny(run_name="torn", **{"train.epochs": 1}))
+    with open(run / "train_log.jsonl", "a") as f:
+        f.write('{"step": 9, "epoch": 2, "lo')  # killed mid-write
+    train(resume=run, overrides=["train.epochs=3"])
+    assert [r["step"] for r in log_records(run)] == [r["step"] for r in log_records(reference)]
+    assert_same_weights(reference, run)
+
+
+def test_the_loss_scaler_state_goes_into_checkpoints(tmp_path):
+    from vaekit.training.checkpoint import load_checkpoint, save_checkpoint
+
+    def small():
+        return vaekit.create_model("mlp-ae", input_shape=(1, 2, 2), hidden_dims=[2], latent_dim=1)
+
+    model = small()
+    optimizer = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    for _ in range(2):  # two overflow-free steps: the growth tracker counts them
+        loss = model.decode(model.encode(torch.ones(1, 1, 2, 2)).mean).sum()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    path = save_checkpoint(tmp_path, 2, model, {"model": optimizer}, {}, {}, scaler=scaler)
+    restored = torch.amp.GradScaler("cpu", init_scale=1.0)
+    load_checkpoint(path, small(), {"model": torch.optim.AdamW(model.parameters())}, {}, scaler=restored)
+    assert restored.state_dict() == scaler.state_dict()
+    assert restored.get_scale() == 1024.0 and restored.state_dict()["_growth_tracker"] == 2

@@ -151,6 +151,70 @@ def cmd_export_latents(args: argparse.Namespace) -> int:
     return 0 if manifest["encoded"] else 1
 
 
+def _calibration_batches(model, args: argparse.Namespace):
+    """Images in [-1, 1] to measure on: ``--data`` (a folder or Hugging Face dataset, centre crops at
+    ``--resolution``), or, for a run directory without it, the run's own training examples."""
+    from vaekit.latents import open_source
+    from vaekit.runs import CONFIG_FILE
+
+    run_dir = Path(args.model)
+    if args.data is None:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise VaekitError(f"{args.model} is not a run directory: give --data, the images to measure the latents on")
+        from vaekit.data import TrainingBatches, build_dataset
+        from vaekit.data.ranges import range_map
+        from vaekit.runs import read_run_config
+
+        config = read_run_config(run_dir)
+        data = build_dataset(config.data, "train")
+        to_model = range_map(data.value_range, model.value_range)
+        return (to_model(x) for x, _ in TrainingBatches(data, args.batch_size, config.seed).epoch(0))
+    source = open_source(args.data, args.split, args.column)
+    resolution = args.resolution or model.config.sample_size
+    order = torch.randperm(len(source.names), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def batches():
+        pending = []
+        for index in order:
+            try:
+                pending.append(source.read(index, resolution, args.max_pixels))
+            except VaekitError as err:
+                log.warning("skipped: %s", err)
+                continue
+            if len(pending) == args.batch_size:
+                yield torch.cat(pending)
+                pending = []
+        if pending:
+            yield torch.cat(pending)
+
+    return batches()
+
+
+@torch.no_grad()
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from vaekit.models.autoencoder_kl import measure_latent_scale, store_latent_scale
+    from vaekit.models.io import resolve_model_dir, save_model, write_latent_scale
+
+    model = _image_model(args)
+    before = (model.config.scaling_factor, model.config.shift_factor)
+    generator = torch.Generator(device=args.device).manual_seed(0)
+    scale = measure_latent_scale(model, _calibration_batches(model, args), generator,
+                                 with_shift=args.shift or model.config.shift_factor is not None,
+                                 max_images=args.images)
+    if args.output:
+        store_latent_scale(model, scale)
+        target = save_model(model, args.output)
+    elif Path(args.model).is_file():
+        raise VaekitError(f"{args.model} is a single weights file, which has no config to record the factor in: "
+                          "give -o OUT to write a model folder")
+    else:
+        target = write_latent_scale(resolve_model_dir(args.model), scale.scaling_factor, scale.shift_factor)
+    shift = f", shift {scale.shift_factor:.5g} (was {before[1]})" if scale.shift_factor is not None else ""
+    print(f"scaling factor {scale.scaling_factor:.5g} (was {before[0]:g}){shift}, measured on {scale.images} images "
+          f"-> {target}")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from vaekit.models.convert import export_diffusers
     from vaekit.models.io import load_model, save_model
@@ -241,6 +305,32 @@ def add_commands(commands) -> None:
     export.add_argument("--tile", type=int, default=0, metavar="PIXELS",
                         help="tile images larger than this many pixels a side (0 = never)")
     export.set_defaults(func=cmd_export_latents)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="measure a model's latent scaling factor (and shift) and store it in the model",
+        description="Measure the normalisation a latent diffusion model needs: 1/std of posterior samples "
+        "z ~ q(z|x) over many images (LDM's recipe; SD's 0.18215) and, with --shift or when the model has one, "
+        "their mean (SD3/FLUX's shift_factor). Stored in the model's config.json (a vaekit or diffusers folder; "
+        "the final model of a run), where `vaekit encode` and `export-latents` read it. A run directory "
+        "without --data is measured on its own training examples.")
+    calibrate.add_argument("--model", required=True, metavar="M",
+                           help="a vaekit run or model folder, a diffusers AutoencoderKL folder, or an LDM file (with -o)")
+    calibrate.add_argument("--data", metavar="SOURCE",
+                           help="an image folder, a datasets save_to_disk folder, or hf:NAME (default for a run: its "
+                           "training data)")
+    calibrate.add_argument("--images", type=int, default=1024, metavar="N",
+                           help="images to measure on (a seeded random choice; default 1024)")
+    calibrate.add_argument("--resolution", type=int, metavar="PIXELS",
+                           help="centre-crop and resize --data images to this (default: the model's sample_size)")
+    calibrate.add_argument("--batch-size", type=int, default=8, metavar="N")
+    calibrate.add_argument("--shift", action="store_true", help="measure a shift factor too (SD3/FLUX style)")
+    calibrate.add_argument("--split", default="train", help="dataset split (Hugging Face sources)")
+    calibrate.add_argument("--column", default="image", help="image column (Hugging Face sources)")
+    calibrate.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (bomb guard)")
+    calibrate.add_argument("-o", "--output", metavar="OUT",
+                           help="write the model with the measured factor here instead of updating it in place")
+    calibrate.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    calibrate.set_defaults(func=cmd_calibrate)
 
     convert = commands.add_parser(
         "convert", help="convert weights: diffusers / LDM checkpoint / vaekit",

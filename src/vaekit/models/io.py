@@ -35,6 +35,17 @@ def save_model(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
+def write_latent_scale(model_dir: str | Path, scaling_factor: float, shift_factor: float | None) -> Path:
+    """Record a latent scale in a saved model's ``config.json`` (a vaekit or a diffusers folder), in place
+    and atomically; the weights are untouched."""
+    path = Path(model_dir) / CONFIG_NAME
+    config = json.loads(path.read_text())
+    if "_vaekit_model" not in config and config.get("_class_name") != "AutoencoderKL":
+        raise VaekitError(f"{path} is neither a vaekit nor a diffusers AutoencoderKL config")
+    write_json(path, {**config, "scaling_factor": scaling_factor, "shift_factor": shift_factor})
+    return path
+
+
 def resolve_model_dir(path: str | Path) -> Path:
     """A model folder itself, or the model inside a run directory (its final ``model/``, else its latest
     checkpoint, so a stopped run can be inspected)."""

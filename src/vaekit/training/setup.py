@@ -25,7 +25,7 @@ from vaekit.data import TrainingBatches, build_dataset
 from vaekit.data.ranges import range_map
 from vaekit.errors import ConfigError, VaekitError
 from vaekit.models.io import create_model
-from vaekit.registry import LOSSES
+from vaekit.registry import LOSSES, MODELS
 from vaekit.runs import CONFIG_FILE, create_run_dir, read_run_config, truncate_log
 from vaekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vaekit.training.distributed import GlobalBatchNoise, launched_on_cpu, process_state, sync_batch_norm
@@ -319,6 +319,7 @@ def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path |
     config = resolve_for_data(config, train_data)
     test_data = build_dataset(config.data, "test")
     _check_explore_settings(config, test_data)
+    check_best_metric(MODELS.get(config.model.name).obj, cfg.best_metric)
     if resume is None:
         run_dir = create_run_dir_once(config)
 
@@ -348,7 +349,6 @@ def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path |
               range_map(train_data.value_range, raw_model.value_range), int(total_steps),
               cfg.validate_every or max(1, default_every))
     run.state.num_processes = accelerator.num_processes
-    check_best_metric(raw_model, cfg.best_metric)
     if run.is_main:
         run.validator = Validator(raw_model, test_data, cfg.validation_examples, cfg.best_metric, config.seed,
                                   config.eval.batch_size, device,

@@ -44,8 +44,9 @@ def default_metric(model: nn.Module) -> str:
     return metric_names(model)[0]
 
 
-def check_best_metric(model: nn.Module, best_metric: str | None) -> str:
-    """The metric that selects the best weights (the model's default when None), or a ConfigError."""
+def check_best_metric(model: nn.Module | type, best_metric: str | None) -> str:
+    """The metric that selects the best weights (the model's default when None), or a ConfigError;
+    ``model`` may be the model's class."""
     names = metric_names(model)
     metric = best_metric or default_metric(model)
     if metric not in names:
