@@ -42,6 +42,12 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
+def remove_unfinished(directory: str | Path) -> None:
+    """Delete the temporary folders of checkpoints whose writing was killed."""
+    for unfinished in Path(directory).glob(".tmp-" + PREFIX + "*"):
+        shutil.rmtree(unfinished, ignore_errors=True)
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     checkpoints = list_checkpoints(directory)
     return checkpoints[-1] if checkpoints else None

@@ -27,7 +27,7 @@ from vaekit.errors import ConfigError, VaekitError
 from vaekit.models.io import create_model
 from vaekit.registry import LOSSES, MODELS
 from vaekit.runs import CONFIG_FILE, create_run_dir, read_run_config, truncate_log
-from vaekit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vaekit.training.checkpoint import latest_checkpoint, load_checkpoint, remove_unfinished, save_checkpoint
 from vaekit.training.distributed import GlobalBatchNoise, launched_on_cpu, process_state, sync_batch_norm
 from vaekit.training.ema import EMA
 from vaekit.training.validation import Validator, check_best_metric, restore_best
@@ -35,8 +35,9 @@ from vaekit.training.validation import Validator, check_best_metric, restore_bes
 log = logging.getLogger("vaekit")
 
 EXTENDABLE = frozenset({"train.epochs", "train.max_steps", "train.checkpoint_every", "train.validate_every",
-                        "train.log_every", "train.keep_checkpoints", "train.progress_bar"})
-"""What ``--resume RUN key=value`` may change: how long the run goes on and how often it reports."""
+                        "train.log_every", "train.keep_checkpoints", "train.progress_bar", "train.num_workers"})
+"""What ``--resume RUN key=value`` may change: how long the run goes on, how often it reports, and the
+loader workers (which do not change a batch)."""
 IMAGE_VALIDATE_EVERY = 500
 
 
@@ -371,6 +372,7 @@ def _restore(run: Run, checkpoint: Path) -> None:
     if run.is_main:
         truncate_log(run.run_dir, state.step)
         restore_best(run.run_dir)
+        remove_unfinished(run.checkpoint_dir)
         log.info("resuming %s from %s (step %d of %d)", run.run_dir, checkpoint.name, state.step, run.total_steps)
         processes = run.accelerator.num_processes
         if state.num_processes != processes:

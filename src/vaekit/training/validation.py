@@ -147,10 +147,12 @@ def save_best(run_dir: Path, model: nn.Module, record: dict) -> Path:
 
 
 def restore_best(run_dir: Path) -> None:
-    """Undo a replacement of the best weights that a kill interrupted."""
+    """Undo a replacement of the best weights that a kill interrupted, and remove half-written ones."""
     target, previous = run_dir / BEST_DIR, run_dir / ".best-previous"
     if previous.is_dir() and not target.exists():
         os.replace(previous, target)
+    for unfinished in run_dir.glob(".best-[0-9]*"):
+        shutil.rmtree(unfinished, ignore_errors=True)
 
 
 def read_best(run_dir: Path) -> dict | None:

@@ -1,0 +1,81 @@
+"""Every preset in configs/ runs with README line 1's install alone: the dev extras are made absent (as
+if never installed) in a fresh process, and each preset trains one step, evaluates and draws its report."""
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent('''
+    import sys
+    blocked = sys.argv[1].split(",")
+    for name in blocked:
+        sys.modules[name] = None  # as if not installed: `import name` fails, find_spec(name) is None
+    import dataclasses, traceback
+    from pathlib import Path
+    import torch
+    import vaekit
+    from vaekit.config import build_run_config, merge, parse_overrides
+    from vaekit.sweep import read_sweep_config
+
+    configs, out = Path(sys.argv[2]), Path(sys.argv[3])
+    source = vaekit.save_model(vaekit.create_model("autoencoder-kl", block_out_channels=(32, 32), layers_per_block=1),
+                               out / "source")
+    failed = []
+    for preset in sorted(configs.glob("*.yaml")):
+        raw, grid = read_sweep_config(preset)
+        first = grid[0] if isinstance(grid, list) else {key: values[0] for key, values in grid.items()}
+        raw = merge(raw, parse_overrides([f"{k}={v}" for k, v in first.items()]))
+        tiny = ["train.max_steps=1", "train.batch_size=2", "train.validation_examples=2", "train.calibration_images=2",
+                "train.snapshot_examples=2", "train.progress_bar=false", "eval.iwae_samples=2", "eval.batch_size=16",
+                "explore.map_examples=40", f"output_dir={out}", f"run_name={preset.stem}"]
+        if raw.get("model", {}).get("init_from"):
+            tiny.append(f"model.init_from={source}")
+        if raw.get("loss", {}).get("name") == "lpips-gan" and raw["loss"].get("perceptual_weight", 1.0) > 0:
+            tiny.append("loss.lpips_pretrained=false")  # its VGG weights cannot be downloaded here
+        try:
+            run = vaekit.train(build_run_config(merge(raw, parse_overrides(tiny))))
+            assert (run / "report.html").is_file() and (run / "model" / "model.safetensors").is_file()
+            print("OK", preset.name)
+        except Exception:
+            failed.append(preset.name)
+            print("FAILED", preset.name, traceback.format_exc())
+    for name in blocked:
+        assert sys.modules[name] is None, f"{name} was imported after all"
+    sys.exit(1 if failed else 0)
+''')
+
+
+def dev_only_modules() -> list[str]:
+    """Import names of the packages the dev extras add to the core dependencies."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements):
+        return {r.split(">")[0].split("=")[0].split("[")[0].strip().lower() for r in requirements}
+
+    dev_only = names(project["optional-dependencies"]["dev"]) - names(project["dependencies"])
+    modules = {module for module, dists in importlib.metadata.packages_distributions().items()
+               if any(d.lower() in dev_only for d in dists) and not module.startswith("_")}
+    assert {"diffusers", "datasets", "tensorboard", "pytest"} <= modules  # the mapping found them
+    return sorted(modules)
+
+
+@pytest.mark.slow
+def test_every_preset_runs_without_the_dev_extras(tmp_path):
+    blocked = dev_only_modules()
+    assert "skimage" not in blocked  # the built-in photos need it: it is a core dependency
+    presets = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+    assert "finetune-decoder.yaml" in presets and "kl-f8-tiny-photos.yaml" in presets
+    script = tmp_path / "presets.py"
+    script.write_text(SCRIPT)
+    result = subprocess.run([sys.executable, str(script), ",".join(blocked), str(ROOT / "configs"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert sorted(line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK ")) == presets
