@@ -32,6 +32,34 @@ def sd_pair(preset: str = "kl-f8", seed: int = 0):
     return model, twin
 
 
+def make_jpegs(folder, count: int, width: int = 256, height: int = 256, seed: int = 0) -> list:
+    """``count`` photographic JPEGs (quality 90) cut at random scales and positions from the colour
+    photographs that ship with scikit-image and scikit-learn."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.hubble_deep_field(),
+              *load_sample_images().images]
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        photo = Image.fromarray(photos[i % len(photos)])
+        scale = max(width / photo.width, height / photo.height) * rng.uniform(1.0, 1.5)
+        photo = photo.resize((max(width, round(photo.width * scale)), max(height, round(photo.height * scale))),
+                             Image.Resampling.BICUBIC)
+        left, top = rng.integers(0, photo.width - width + 1), rng.integers(0, photo.height - height + 1)
+        path = folder / f"photo{i:05d}.jpg"
+        photo.crop((left, top, left + width, top + height)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
 def seconds(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> float:
     sync()
     start = time.perf_counter()

@@ -18,30 +18,13 @@ import logging
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 import vaekit
-from common import interleaved, machine, median, seconds, write_json
+from common import interleaved, machine, make_jpegs, median, seconds, write_json
 from vaekit.cli import main as vaekit_main
 from vaekit.data.images import read_image
 from vaekit.latents import export_latents
-
-
-def make_jpegs(folder: Path, count: int, size: int = 256) -> list[Path]:
-    from skimage import data
-
-    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        top, left = rng.integers(0, photo.shape[0] - size), rng.integers(0, photo.shape[1] - size)
-        path = folder / f"photo{i:03d}.jpg"
-        Image.fromarray(photo[top:top + size, left:left + size]).save(path, quality=90)
-        paths.append(path)
-    return paths
 
 
 def measure(preset: str, paths: list[Path], batch: int, rounds: int, work: Path) -> dict:

@@ -11,7 +11,6 @@ from PIL import Image
 import vaekit
 from vaekit.cli import main
 from vaekit.config import load_config
-from vaekit.errors import VaekitError
 from vaekit.latents import LatentDataset
 from vaekit.models.latents_io import load_latents
 from vaekit.runs import read_metrics

@@ -208,7 +208,8 @@ def test_lpips_with_a_random_backbone_and_the_offline_message(tmp_path, monkeypa
     assert len(metrics["latent_channel_std"]) == 3
 
 
-KL_PRESETS = [name for name in MODELS.names() if MODELS.get(name).obj is AutoencoderKL and name != "autoencoder-kl"]
+KL_PRESETS = [pytest.param(name, marks=[pytest.mark.slow] if name != "kl-f8-tiny" else [])
+              for name in MODELS.names() if MODELS.get(name).obj is AutoencoderKL and name != "autoencoder-kl"]
 
 
 @pytest.mark.parametrize("name", KL_PRESETS)
@@ -250,3 +251,20 @@ def test_the_trainer_optimises_the_learned_log_variance_only_when_asked(learn, t
     assert (state["module.loss.logvar"].item() != 0.0) == learn  # it moved, or stayed at 0
     logged = [r["logvar"] for r in read_log(run) if "logvar" in r]
     assert (len(set(logged)) > 1) == learn
+
+
+def test_high_frequency_energy_against_closed_forms():
+    from vaekit.metrics.image import high_frequency_energy
+
+    y, x = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    fine = torch.cos(2 * math.pi * 0.375 * x)[None, None]  # 12 cycles over 32 pixels: above the cutoff
+    coarse = torch.cos(2 * math.pi * 0.125 * y)[None, None]  # below it
+    assert high_frequency_energy(fine).item() == pytest.approx(fine.pow(2).sum().item())  # all of it (Parseval)
+    assert high_frequency_energy(coarse).item() == pytest.approx(0.0, abs=1e-9)
+    both = torch.cat([fine + coarse, 0.5 * fine])
+    torch.testing.assert_close(high_frequency_energy(both), torch.tensor([512.0, 128.0], dtype=torch.float64), rtol=1e-5,
+                               atol=0)
+    noise = torch.randn(2, 3, 31, 33, generator=torch.Generator().manual_seed(0))  # odd sizes: every bin counted once
+    assert high_frequency_energy(noise, cutoff=0.0).sum().item() == pytest.approx(noise.double().pow(2).sum().item())
+    blurred = torch.nn.functional.avg_pool2d(noise, 3, stride=1, padding=1)
+    assert (high_frequency_energy(blurred) < 0.2 * high_frequency_energy(noise)).all()

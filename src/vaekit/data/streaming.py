@@ -133,7 +133,7 @@ class StreamingImages:
                     examples = [e for e in (pool.map(decode, slots) if pool else map(decode, slots)) if e is not None]
                     if not examples:
                         raise VaekitError(f"no row of a batch of {self.name} can be read as an image")
-                    yield (torch.from_numpy(np.stack([a for a, _ in examples])).float().div_(255.0),
+                    yield (torch.from_numpy(np.stack([a for a, _ in examples])).div(255.0),
                            torch.tensor([label for _, label in examples], dtype=torch.int64))
             finally:
                 if pool is not None:

@@ -280,17 +280,12 @@ def _check_explore_settings(config: RunConfig, test_data) -> None:
             raise ConfigError(f"explore.{key} is {name!r}, which is not a class of {test_data.name}; its classes: {classes}")
 
 
-def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path | None = None,
-              overrides: list[str] | tuple[str, ...] = ()) -> Run:
-    """A new run from ``config``, or the run directory ``resume`` restored from its latest checkpoint
-    (with ``overrides`` that extend it)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import set_seed
-
+def _resolve(config: RunConfig | dict | str | Path | None, resume: str | Path | None,
+             overrides: list[str] | tuple[str, ...]) -> tuple[RunConfig, Path | None, Path | None, nn.Module | None]:
+    """(config, run directory, checkpoint, pretrained source): a resumed run's saved config (extended by
+    ``overrides``) and latest checkpoint, or a new run's config with its ``init_from`` source loaded."""
     from vaekit.models.pretrained import resolve_init_from
 
-    checkpoint = source = None
     if resume is not None:
         if config is not None:
             raise VaekitError("give either a config or a run directory to resume, not both")
@@ -299,17 +294,30 @@ def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path |
         checkpoint = latest_checkpoint(run_dir / "checkpoints")
         if checkpoint is None:
             raise VaekitError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
-    else:
-        config = as_run_config(config)
-        if overrides:
-            raise VaekitError("overrides go into the config for a new run; pass them with resume= only to extend one")
-        if config.model.init_from is not None:
-            model_section, source = resolve_init_from(config.model)
-            config = dataclasses.replace(config, model=model_section)
-    cfg = config.train
-    if cfg.decoder_only and config.model.init_from is None:
+        return config, run_dir, checkpoint, None
+    config = as_run_config(config)
+    if overrides:
+        raise VaekitError("overrides go into the config for a new run; pass them with resume= only to extend one")
+    source = None
+    if config.model.init_from is not None:
+        model_section, source = resolve_init_from(config.model)
+        config = dataclasses.replace(config, model=model_section)
+    if config.train.decoder_only and config.model.init_from is None:
         raise ConfigError("train.decoder_only=true freezes the encoder, which is only meaningful for a pretrained "
                           "one: set model.init_from to the model to fine-tune (a folder, checkpoint or hub name)")
+    return config, None, None, source
+
+
+def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path | None = None,
+              overrides: list[str] | tuple[str, ...] = ()) -> Run:
+    """A new run from ``config``, or the run directory ``resume`` restored from its latest checkpoint
+    (with ``overrides`` that extend it)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    config, run_dir, checkpoint, source = _resolve(config, resume, overrides)
+    cfg = config.train
     if cfg.tensorboard:
         from accelerate.utils import is_tensorboard_available
 
@@ -321,7 +329,7 @@ def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path |
     test_data = build_dataset(config.data, "test")
     _check_explore_settings(config, test_data)
     check_best_metric(MODELS.get(config.model.name).obj, cfg.best_metric)
-    if resume is None:
+    if run_dir is None:
         run_dir = create_run_dir_once(config)
 
     # Accelerate keeps its settings (mixed precision) process-wide; forget them, keeping the process

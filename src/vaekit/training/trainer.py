@@ -70,7 +70,7 @@ def train(
                 if run.due(cfg.log_every):
                     logbook.write_interval(epoch)
                 if run.due(run.validate_every):
-                    validate(run, logbook, epoch)
+                    clock = validate(run, logbook, epoch, clock)
                 if run.due(cfg.checkpoint_every):
                     clock = save_checkpoint(run, clock)
                 if any_process(stop_requested.is_set(), run.device):
@@ -82,7 +82,7 @@ def train(
                 break  # train.max_steps ended the run inside this epoch
             end_epoch(run, epoch)
         if run.state.last_validation_step != run.state.step:
-            validate(run, logbook, run.state.epoch)
+            clock = validate(run, logbook, run.state.epoch, clock)
         save_checkpoint(run, clock)
     return finish(run, evaluate_at_end, explore)
 
@@ -110,8 +110,10 @@ def count_step(run: Run, micro_batches: int, finite: bool) -> None:
             + "Lower train.lr, set train.grad_clip, or check the data for NaN/inf values.")
 
 
-def validate(run: Run, logbook: Logbook, epoch: int) -> None:
-    """Score the model on the fixed held-out subset (main process); keep the best weights."""
+def validate(run: Run, logbook: Logbook, epoch: int, clock: float) -> float:
+    """Score the model on the fixed held-out subset (main process); keep the best weights. Its time is
+    not training time: returns the clock to continue from."""
+    run.state.train_time_s += time.perf_counter() - clock
     if run.is_main:
         metrics, images = run.validator(run.saved_model())
         logbook.validation(epoch, metrics, images, run.validator.metric)
@@ -122,10 +124,12 @@ def validate(run: Run, logbook: Logbook, epoch: int) -> None:
                                                        "value": value, "validation": metrics})
     run.state.last_validation_step = run.state.step
     run.accelerator.wait_for_everyone()
+    return time.perf_counter()
 
 
 def save_checkpoint(run: Run, clock: float) -> float:
-    """Checkpoint with the training time so far (checkpoint writes count as training time)."""
+    """Checkpoint with the training time so far; the write itself counts as training time (the clock
+    returned starts before it)."""
     now = time.perf_counter()
     run.state.train_time_s += now - clock
     run.save_checkpoint()
