@@ -117,3 +117,13 @@ def test_help_of_every_command_through_the_entry_point():
         assert result.returncode == 0 and "usage: vaekit" in result.stdout
     result = subprocess.run([sys.executable, "-m", "vaekit"], capture_output=True, text=True)
     assert result.returncode == 2 and "COMMAND" in result.stderr
+
+
+def test_options_and_overrides_come_in_any_order():
+    from vaekit.cli import parse_arguments
+
+    args = parse_arguments(["-q", "train", "configs/x.yaml", "--no-eval", "train.lr=1e-3", "--resume", "r", "a=1"])
+    assert args.items == ["configs/x.yaml", "train.lr=1e-3", "a=1"] and args.no_eval and args.resume == "r"
+    assert args.quiet and args.command == "train"
+    args = parse_arguments(["sweep", "c.yaml", "--output-dir", "out", "model.beta=1,2"])
+    assert args.items == ["c.yaml", "model.beta=1,2"] and args.output_dir == "out"

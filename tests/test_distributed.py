@@ -292,7 +292,8 @@ def test_resuming_with_other_settings_is_refused(image_folder, small_model, tmp_
 
 
 def test_export_reads_a_hugging_face_dataset(small_model, tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(5)]
     rows = images + [{"bytes": b"not an image", "path": None}]

@@ -71,3 +71,60 @@ def test_bernoulli_log_prob_matches_torch_on_binary_and_soft_targets():
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, soft, reduction="none").flatten(1).sum(1)
     torch.testing.assert_close(Bernoulli(logits).log_prob(soft), -bce)
     torch.testing.assert_close(Bernoulli(logits).mean, torch.sigmoid(logits))
+
+
+LOGITS = [-30.0, -5.0, -1.0, -2e-3, -5e-4, 0.0, 5e-4, 2e-3, 0.7, 4.0, 25.0]
+
+
+def test_the_continuous_bernoulli_is_a_normalised_density_on_the_unit_interval():
+    from vaekit.models.distributions import ContinuousBernoulli
+
+    x = torch.linspace(0, 1, 200_001, dtype=torch.float64)
+    for logit in LOGITS:
+        density = ContinuousBernoulli(torch.full_like(x, logit)).log_prob_elementwise(x).exp()
+        assert torch.trapezoid(density, x).item() == pytest.approx(1.0, abs=1e-6), logit
+        mean = torch.trapezoid(x * density, x).item()
+        assert ContinuousBernoulli(torch.tensor([logit], dtype=torch.float64)).mean.item() == pytest.approx(mean, abs=1e-6)
+
+
+def test_the_continuous_bernoulli_matches_torch_s():
+    from vaekit.models.distributions import ContinuousBernoulli
+
+    logits = torch.tensor(LOGITS, dtype=torch.float64)
+    x = torch.rand(len(LOGITS), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours = ContinuousBernoulli(logits)
+    # torch's normaliser uses a Taylor series in a wide band around λ = 1/2 (|λ − 1/2| < 0.001 by default),
+    # ours only where |logits| < 1e-3: compare away from it, where both are exact formulas.
+    # torch works from probabilities, which lose digits at |logits| = 25 (ours is exact there: the
+    # normalisation test above), hence 1e-7 and not 1e-9.
+    theirs = torch.distributions.ContinuousBernoulli(logits=logits, lims=(0.4999999, 0.5000001))
+    torch.testing.assert_close(ours.log_prob_elementwise(x), theirs.log_prob(x), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(ours.mean, theirs.mean, rtol=1e-7, atol=1e-9)
+
+
+def test_a_continuous_bernoulli_vae_is_scored_as_a_bound_and_a_bernoulli_one_on_soft_data_is_not():
+    import vaekit
+    from vaekit.data import ImageDataset
+    from vaekit.metrics import evaluate_likelihood, iwae_log_likelihood
+
+    torch.manual_seed(0)
+    soft = torch.rand(40, 3, 1, 1, dtype=torch.float64) * 0.8 + 0.1
+    for likelihood, binary_data, bound in (("bernoulli", False, False), ("bernoulli", True, True),
+                                            ("continuous-bernoulli", False, True)):
+        model = vaekit.create_model("mlp-vae", input_shape=(3, 1, 1), hidden_dims=[], latent_dim=1,
+                                    likelihood=likelihood).double().eval()
+        data = soft.round() if binary_data else soft
+        metrics = evaluate_likelihood(model.float(), ImageDataset(data.float()), iwae_samples=4)
+        model.double()
+        assert metrics["bound_on_log_px"] is bound and metrics["likelihood"] == likelihood
+    # With the continuous Bernoulli, log p(x) by quadrature over the 1-D latent is above the ELBO, and the
+    # IWAE estimate approaches it as k grows.
+    with torch.no_grad():
+        z = torch.linspace(-9, 9, 20_001, dtype=torch.float64)[:, None]
+        log_pz = -0.5 * (z[:, 0] ** 2 + math.log(2 * math.pi))
+        log_px_z = model.decode_distribution(z).log_prob_elementwise(soft[:5, None]).flatten(2).sum(-1)  # (5, points)
+        log_px = torch.logsumexp(log_px_z + log_pz + math.log(z[1, 0] - z[0, 0]), dim=1)
+        generator = torch.Generator().manual_seed(1)
+        iwae = iwae_log_likelihood(model, soft[:5], None, 20_000, generator)
+        elbo = torch.stack([iwae_log_likelihood(model, soft[:5], None, 1, generator) for _ in range(2000)]).mean(0)
+    assert (elbo < log_px).all() and (log_px - iwae).abs().max() < 0.01

@@ -2,6 +2,7 @@ import csv
 import math
 import re
 import shutil
+import sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -169,11 +170,14 @@ def test_grid_has_the_computed_size(tmp_path):
     assert Image.open(path).size == grid_size(3, 4, 5, 7, 2)
 
 
-def test_conditional_autoencoder_and_unlabelled_runs(tmp_path):
+def test_conditional_autoencoder_and_unlabelled_runs(tmp_path, monkeypatch):
     cvae = _train(tmp_path / "c", **{"model.name": "cvae"})
+    monkeypatch.setitem(sys.modules, "umap", None)  # umap-learn absent (it is an optional extra)
     explore_run(cvae)
     assert (cvae / "figures" / "latent_walk.gif").is_file()
-    assert "decoded with the label" in (cvae / "report.html").read_text()
+    html = (cvae / "report.html").read_text()
+    assert "decoded with the label" in html
+    assert "UMAP panel of the latent map</b>: umap-learn is not installed" in html  # listed, not silently gone
 
     ae = _train(tmp_path / "a", **{"model.name": "mlp-ae"})
     html = explore_run(ae).read_text()

@@ -96,7 +96,7 @@ def test_active_units_and_kl_per_dim_report_dead_dimensions():
 def test_autoencoder_gets_reconstruction_metrics_and_no_likelihood():
     model = vaekit.create_model("mlp-ae", input_shape=(1, 4, 4), hidden_dims=[16], latent_dim=3).eval()
     metrics = evaluate_likelihood(model, ImageDataset(torch.rand(20, 1, 4, 4)), iwae_samples=50)
-    assert set(metrics) == {"num_examples", "reconstruction", "mse"}
+    assert set(metrics) == {"num_examples", "likelihood", "reconstruction", "mse"}
 
 
 def test_iwae_is_reproducible_under_a_seed():

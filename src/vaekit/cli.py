@@ -18,8 +18,9 @@ examples:
   vaekit train data.name=folder data.path=my_images/ data.image_size=28
   vaekit train --resume runs/mlp-vae-shapes-20260101-120000
 
-Overrides are dotted keys into the config (sections model, data, train, eval; top-level seed,
-output_dir, run_name); values are read as YAML (lists as [256,128]). Unknown keys are errors.
+Overrides are dotted keys into the config (sections model, data, loss, train, eval, explore; top-level
+seed, output_dir, run_name); values are read as YAML (lists as [256,128]). Unknown keys are errors.
+Options and overrides may come in any order.
 """
 
 
@@ -194,7 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
     from vaekit.image_cli import add_commands
 
     add_commands(commands)
+    parser.command_parsers = commands.choices
     return parser
+
+
+INTERMIXED = ("train", "sweep")
+"""Commands whose positional items (config, overrides) may be interleaved with their options."""
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """argparse's parse, except that ``train`` and ``sweep`` accept options anywhere among their items
+    (``vaekit train configs/x.yaml --no-eval train.lr=1e-3``)."""
+    parser = build_parser()
+    index = next((i for i, item in enumerate(argv) if not item.startswith("-")), None)
+    if index is None or argv[index] not in INTERMIXED or any(a in ("-h", "--help") for a in argv[index + 1:]):
+        return parser.parse_args(argv)
+    args = parser.parse_args(argv[:index + 1])
+    for key, value in vars(parser.command_parsers[argv[index]].parse_intermixed_args(argv[index + 1:])).items():
+        setattr(args, key, value)
+    return args
 
 
 def launch(argv: list[str], processes: int) -> int:
@@ -223,7 +242,7 @@ def _without_num_processes(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     quiet = args.quiet or not _is_main_process()  # one voice for a multi-process launch
     logging.basicConfig(format="vaekit: %(message)s", level=logging.WARNING if quiet else logging.INFO)
     from vaekit.training.trainer import TrainingInterrupted

@@ -135,8 +135,9 @@ class Explorer:
             panels = {"PCA": latent_map(means, "pca", self.seed), "t-SNE": latent_map(means, "tsne", self.seed)}
             try:
                 panels["UMAP"] = latent_map(means, "umap", self.seed)
-            except ImportError:
-                pass
+            except ImportError as err:
+                self.skipped.append(("UMAP panel of the latent map",
+                                     f"umap-learn is not installed ({err}): pip install 'vaekit[umap]'"))
         labels = self.stats.labels[subset].numpy() if self.test.has_labels else None
         plots.scatter_panels(self._path("latent_map.png"), panels, labels, self.test.class_names)
         how = "the 2-D latent itself" if d == 2 else f"{', '.join(panels)} projections of the {d}-D means"

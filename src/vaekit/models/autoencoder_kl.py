@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from vaekit.errors import VaekitError
 from vaekit.models.distributions import DiagonalGaussian
 from vaekit.models.fastconv import Conv2d, to_channels_last
+from vaekit.models.tiling import GroupNorm
 from vaekit.registry import MODELS
 
 NORM_EPS = 1e-6
@@ -65,9 +66,9 @@ class ResnetBlock2D(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, groups: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=NORM_EPS)
+        self.norm1 = GroupNorm(groups, in_channels, eps=NORM_EPS)
         self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=NORM_EPS)
+        self.norm2 = GroupNorm(groups, out_channels, eps=NORM_EPS)
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
@@ -85,7 +86,7 @@ class Attention(nn.Module):
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.group_norm = nn.GroupNorm(groups, channels, eps=NORM_EPS)
+        self.group_norm = GroupNorm(groups, channels, eps=NORM_EPS)
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
@@ -184,7 +185,7 @@ class Encoder(_Trunk):
             for i in range(len(channels))
         ])
         self.mid_block = MidBlock(channels[-1], groups, config.mid_block_add_attention)
-        self.conv_norm_out = nn.GroupNorm(groups, channels[-1], eps=NORM_EPS)
+        self.conv_norm_out = GroupNorm(groups, channels[-1], eps=NORM_EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = Conv2d(channels[-1], 2 * config.latent_channels, 3, padding=1)
 
@@ -207,7 +208,7 @@ class Decoder(_Trunk):
                   "up" if i < len(channels) - 1 else None)
             for i in range(len(channels))
         ])
-        self.conv_norm_out = nn.GroupNorm(groups, channels[-1], eps=NORM_EPS)
+        self.conv_norm_out = GroupNorm(groups, channels[-1], eps=NORM_EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = Conv2d(channels[-1], config.out_channels, 3, padding=1)
 

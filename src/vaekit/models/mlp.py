@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from vaekit.errors import VaekitError
-from vaekit.models.distributions import Bernoulli, DiagonalGaussian
+from vaekit.models.distributions import Bernoulli, ContinuousBernoulli, DiagonalGaussian
 from vaekit.registry import MODELS
 
 
@@ -26,8 +26,9 @@ class MLPAutoencoderConfig:
     hidden_dims: tuple[int, ...] = (512, 256)
     """Widths of the encoder's hidden layers; the decoder mirrors them."""
     latent_dim: int = 8
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
-    """p(x|z): Bernoulli (binary-ish data in [0, 1]) or Gaussian with one learned scale."""
+    likelihood: Literal["bernoulli", "continuous-bernoulli", "gaussian"] = "bernoulli"
+    """p(x|z): Bernoulli (the usual choice; a density only for binary data), continuous Bernoulli (a
+    density on [0, 1]), or Gaussian with one learned scale (a density on the reals)."""
 
     def __post_init__(self) -> None:
         if self.latent_dim < 1:
@@ -135,6 +136,8 @@ class MLPVAE(nn.Module):
         out = self.decoder(self._with_labels(z, labels)).reshape(*z.shape[:-1], *self.input_shape)
         if self.config.likelihood == "bernoulli":
             return Bernoulli(out)
+        if self.config.likelihood == "continuous-bernoulli":
+            return ContinuousBernoulli(out)
         return DiagonalGaussian(out, (2 * self.log_scale).expand_as(out))
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
