@@ -69,11 +69,13 @@ def seconds(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -
 
 
 def interleaved(paths: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
-                sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
-    """Times of every path, the paths alternating within each round (so drifts hit them alike)."""
+                sync: Callable[[], None] = lambda: None, alternate: bool = False) -> dict[str, list[float]]:
+    """Times of every path, the paths alternating within each round (so drifts hit them alike);
+    ``alternate`` reverses their order every other round (A B, B A, ...), so neither always goes first."""
     times: dict[str, list[float]] = {name: [] for name in paths}
     for round_ in range(warmup + rounds):
-        for name, fn in paths.items():
+        order = list(paths.items())
+        for name, fn in (order[::-1] if alternate and round_ % 2 else order):
             t = seconds(fn, sync)
             if round_ >= warmup:
                 times[name].append(t)

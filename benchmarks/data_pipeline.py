@@ -2,11 +2,11 @@
 vaekit's loader (``folder-crops`` through ``TrainingBatches``) against what a user writes with
 torchvision: ``ImageFolder`` + ``RandomCrop`` + ``RandomHorizontalFlip`` + ``ToTensor`` + ``DataLoader``
 (shuffled), the same batch size and ``num_workers``. Images per second over whole epochs, the two
-alternating in one process, medians of the rounds. Then the peak resident memory an epoch over 1,000 and over 10,000 files adds to a process that has imported everything, each
+alternating in one process (A B, B A, ...), medians of the rounds. Then the peak resident memory an epoch over 1,000 and over 10,000 files adds to a process that has imported everything, each
 in a fresh process with num_workers 0 (so the loader's own memory is what is measured; the high-water
 mark is reset through /proc/self/clear_refs after the imports).
 
-    python benchmarks/data_pipeline.py [--files 2000] [--rounds 3] [--json out.json]
+    python benchmarks/data_pipeline.py [--files 2000] [--rounds 8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def memory_of_one_epoch(root: Path, loader: str, fixed_mmap_threshold: bool) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--memory-files", type=int, nargs=2, default=[1000, 10000])
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -79,7 +79,7 @@ def main() -> None:
         for workers in (0, 2):
             paths = {"vaekit": lambda: vaekit_epoch(root, workers),
                      "torchvision": lambda: torchvision_epoch(root, workers)}
-            times = interleaved(paths, args.rounds, warmup=1)
+            times = interleaved(paths, args.rounds, warmup=1, alternate=True)
             rates = {name: args.files / median(t) for name, t in times.items()}
             result[f"workers={workers}"] = {"images/s": rates, "ratio": rates["vaekit"] / rates["torchvision"],
                                             "seconds": times}

@@ -23,7 +23,7 @@ import torch
 import vaekit
 from common import interleaved, machine, make_jpegs, median, seconds, write_json
 from vaekit.cli import main as vaekit_main
-from vaekit.data.images import read_image
+from vaekit.io.images import read_image
 from vaekit.latents import export_latents
 
 

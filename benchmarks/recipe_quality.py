@@ -30,6 +30,7 @@ import torch
 ARMS = {
     "recipe": [],
     "no-gan": ["loss.disc_weight=0"],
+    "no-gan-no-warmup": ["loss.disc_weight=0", "train.lr_warmup_steps=0"],
     # The preset before this benchmark, and the single-seed ablation made from it.
     "recipe-cosine": ["train.lr_schedule=cosine"],
     "no-gan-cosine": ["loss.disc_weight=0", "train.lr_schedule=cosine"],

@@ -75,7 +75,7 @@ def compare(model, x: torch.Tensor, tile: int, overlap: int) -> dict:
 
             from diffusers import AutoencoderKL
 
-            from vaekit.models.convert import export_diffusers
+            from vaekit.io.convert import export_diffusers
 
             with tempfile.TemporaryDirectory() as folder:
                 export_diffusers(model, folder)

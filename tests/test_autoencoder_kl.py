@@ -12,11 +12,10 @@ from PIL import Image
 
 import vaekit
 from vaekit.cli import main
-from vaekit.data.images import read_image
+from vaekit.io.images import read_image
 from vaekit.errors import VaekitError
-from vaekit.models.autoencoder_kl import (AutoencoderKL, measure_latent_scale, scaling_factor_from_latents,
-                                          store_latent_scale)
-from vaekit.models.convert import export_diffusers
+from vaekit.models.autoencoder_kl import AutoencoderKL, measure_latent_scale, scaling_factor_from_latents, store_latent_scale
+from vaekit.io.convert import export_diffusers
 from vaekit.models.fastconv import fast_paths
 from vaekit.models.tiling import tile_layout, tiled_decode, tiled_encode
 from vaekit.registry import MODELS

@@ -12,7 +12,7 @@ import vaekit
 from vaekit.cli import main
 from vaekit.config import load_config
 from vaekit.latents import LatentDataset
-from vaekit.models.latents_io import load_latents
+from vaekit.io.latents import load_latents
 from vaekit.runs import read_metrics
 
 
@@ -51,7 +51,7 @@ def test_training_measures_the_scale_and_encode_and_export_give_unit_variance(tr
     assert torch.stack([item["latent"] for item in exported]).std().item() == pytest.approx(1.0, abs=0.05)
     # Before calibration (SD's factor) they were far from it: the check can fail.
     with torch.no_grad():
-        from vaekit.data.images import read_image
+        from vaekit.io.images import read_image
 
         z = model.encode(torch.cat([read_image(f) for f in files])).mean
     assert (z * 0.18215).std().item() < 0.8

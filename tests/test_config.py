@@ -39,7 +39,7 @@ def test_yaml_file_then_overrides(tmp_path):
         ("train.epochs=1.5", "train.epochs must be an integer, got 1.5"),
         ("train.epochs=true", "train.epochs must be an integer, got True"),
         ("train.lr=fast", "train.lr must be a number, got 'fast'"),
-        ("model.likelihood=poisson", "model.likelihood must be one of 'bernoulli', 'gaussian'"),
+        ("model.likelihood=poisson", "model.likelihood must be one of 'bernoulli', 'continuous-bernoulli', 'gaussian', got 'poisson'"),
         ("train.adam_betas=[0.9]", "train.adam_betas must have 2 entries"),
         ("model.hidden_dims=[64,x]", "model.hidden_dims[1] must be an integer"),
         ("model.name=transformer", "unknown model 'transformer'; choose one of: autoencoder-kl, beta-vae, cvae"),

@@ -17,7 +17,8 @@ import vaekit
 from vaekit.config import load_config
 from vaekit.errors import VaekitError
 from vaekit.runs import read_log
-from vaekit.latents import LatentDataset, export_latents, shard_name
+from vaekit.io.latents import shard_name
+from vaekit.latents import LatentDataset, export_latents
 from vaekit.training import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -224,7 +225,7 @@ def test_export_skips_bad_files_lists_them_and_round_trips(image_folder, small_m
     assert sorted(s["source"] for s in manifest["skipped"]) == ["a/empty.jpg", "b/broken.png"]
     data = LatentDataset(out)
     assert len(data) == 14 and data.scaling_factor == 0.5
-    from vaekit.data.images import read_image
+    from vaekit.io.images import read_image
 
     for item in (data[0], data[7], data[13]):
         x = read_image(image_folder / item["source"])

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 import vaekit
 from vaekit.config import load_config
 from vaekit.errors import ConfigError, VaekitError
-from vaekit.models.convert import export_diffusers
-from vaekit.models.pretrained import locate
+from vaekit.io.convert import export_diffusers
+from vaekit.io.models import locate
 from vaekit.runs import read_metrics
 
 from test_autoencoder_kl import _to_ldm_names

@@ -12,7 +12,7 @@ from vaekit.errors import TrainingDiverged
 from vaekit.losses import ELBOLoss
 from vaekit.runs import read_log, read_metrics
 from vaekit.training import TrainingInterrupted
-from vaekit.training.checkpoint import latest_checkpoint, list_checkpoints
+from vaekit.io.layout import latest_checkpoint, list_checkpoints
 
 
 def train(*args, **kwargs):
@@ -275,7 +275,7 @@ def test_a_torn_log_line_from_a_kill_does_not_stop_a_resume(tiny):
 
 
 def test_the_loss_scaler_state_goes_into_checkpoints(tmp_path):
-    from vaekit.training.checkpoint import load_checkpoint, save_checkpoint
+    from vaekit.io.checkpoints import load_checkpoint, save_checkpoint
 
     def small():
         return vaekit.create_model("mlp-ae", input_shape=(1, 2, 2), hidden_dims=[2], latent_dim=1)

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vaekit import __version__
+from vaekit.version import __version__
 from vaekit.errors import VaekitError
 
 EXAMPLES_TRAIN = """\

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import yaml
 
 from vaekit.errors import ConfigError
+from vaekit.io.layout import source_model_name
 from vaekit.registry import DATASETS, LOSSES, MODELS, Registry
 
 
@@ -134,7 +135,7 @@ class ComponentConfig:
     """A registered component (model, dataset or loss) and the fields of its own ...Config.
 
     ``init_from`` (models only): weights to start from, whose architecture the model takes
-    (``vaekit.models.pretrained``). ``given``: the keys the config spelled out, as opposed to defaults.
+    (``vaekit.training.pretrained``). ``given``: the keys the config spelled out, as opposed to defaults.
     """
 
     name: str
@@ -262,9 +263,7 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
     model_raw = raw.pop("model", None)
     default_model = DEFAULT_MODEL
     if isinstance(model_raw, dict) and isinstance(model_raw.get("init_from"), str) and "name" not in model_raw:
-        from vaekit.models.pretrained import source_model_name  # the source decides what the model is
-
-        default_model = source_model_name(model_raw["init_from"])
+        default_model = source_model_name(model_raw["init_from"])  # the source decides what the model is
     model = _component(MODELS, model_raw, default_model, "model")
     data = _component(DATASETS, raw.pop("data", None), DEFAULT_DATA, "data")
     loss = _component(LOSSES, raw.pop("loss", None), MODELS.get(model.name).obj.loss_name, "loss")

@@ -9,7 +9,7 @@ import torch
 from vaekit.data import build_dataset
 from vaekit.metrics.image import evaluate_reconstruction
 from vaekit.metrics.likelihood import evaluate_likelihood
-from vaekit.models.io import load_model
+from vaekit.io.models import load_model
 from vaekit.runs import read_run_config, update_metrics
 from vaekit.data.ranges import range_map
 
@@ -23,7 +23,7 @@ def evaluate(run_dir: str | Path, iwae_samples: int | None = None, device: str |
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(run_dir, device=device)
     test_data = build_dataset(config.data, "test")
-    if not hasattr(model, "decode_distribution"):  # an image autoencoder: no likelihood to evaluate
+    if not model.has_likelihood:  # an image autoencoder: scored by image metrics
         metrics = evaluate_reconstruction(model, test_data, seed=config.seed, device=device,
                                           to_model_range=range_map(test_data.value_range, model.value_range))
         update_metrics(run_dir, "test", metrics)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from vaekit.data.images import DEFAULT_MAX_PIXELS
+from vaekit.io.images import DEFAULT_MAX_PIXELS
 from vaekit.errors import VaekitError
 from vaekit.metrics.image import psnr
 
@@ -21,7 +21,7 @@ log = logging.getLogger("vaekit")
 
 def _image_model(args: argparse.Namespace):
     from vaekit.models.autoencoder_kl import AutoencoderKL
-    from vaekit.models.io import load_model
+    from vaekit.io.models import load_model
 
     model = load_model(args.model, device=args.device)
     if not isinstance(model, AutoencoderKL):
@@ -55,7 +55,7 @@ def image_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def _each_image(paths: list[str], max_pixels: int):
     """(path, image) for every readable file, read ahead in a background thread so that decoding the
     next files overlaps encoding this one; unreadable ones are logged and counted."""
-    from vaekit.data.images import read_image
+    from vaekit.io.images import read_image
     from vaekit.data.prefetch import prefetch
 
     def read(path: str):
@@ -77,7 +77,7 @@ def _each_image(paths: list[str], max_pixels: int):
 
 @torch.no_grad()
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from vaekit.data.images import write_image
+    from vaekit.io.images import write_image
 
     model = _image_model(args)
     out = Path(args.output)
@@ -95,7 +95,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 @torch.no_grad()
 def cmd_encode(args: argparse.Namespace) -> int:
-    from vaekit.models.latents_io import save_latents
+    from vaekit.io.latents import save_latents
 
     model = _image_model(args)
     latents, names, sizes = [], [], []
@@ -114,8 +114,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 @torch.no_grad()
 def cmd_decode(args: argparse.Namespace) -> int:
-    from vaekit.data.images import write_image
-    from vaekit.models.latents_io import load_latents
+    from vaekit.io.images import write_image
+    from vaekit.io.latents import load_latents
 
     model = _image_model(args)
     latents, names, sizes, scaling, shift = load_latents(args.latents)
@@ -131,13 +131,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_export_latents(args: argparse.Namespace) -> int:
     from vaekit.latents import export_latents
-    from vaekit.models.io import load_model
+    from vaekit.io.models import load_model
     from vaekit.training.distributed import process_state
 
     state = process_state()
     device = args.device or state.device
     model = load_model(args.model, device=device)
-    if getattr(model, "registry_name", "") != "autoencoder-kl":
+    if model.latent_layout != "spatial":
         raise VaekitError(f"{args.model} holds a {model.registry_name}; export-latents needs an image autoencoder")
     if args.dtype != "float32":
         model = model.to(getattr(torch, args.dtype))
@@ -193,7 +193,8 @@ def _calibration_batches(model, args: argparse.Namespace):
 @torch.no_grad()
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from vaekit.models.autoencoder_kl import measure_latent_scale, store_latent_scale
-    from vaekit.models.io import resolve_model_dir, save_model, write_latent_scale
+    from vaekit.io.layout import resolve_model_dir
+    from vaekit.io.models import save_model, write_latent_scale
 
     model = _image_model(args)
     before = (model.config.scaling_factor, model.config.shift_factor)
@@ -216,8 +217,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from vaekit.models.convert import export_diffusers
-    from vaekit.models.io import load_model, save_model
+    from vaekit.io.convert import export_diffusers
+    from vaekit.io.models import load_model, save_model
 
     overrides = {}
     if args.scaling_factor is not None:
@@ -226,7 +227,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         overrides["norm_num_groups"] = args.norm_groups
     model = load_model(args.source, **overrides)
     if args.format == "diffusers":
-        if getattr(model, "registry_name", "") != "autoencoder-kl":
+        if model.latent_layout != "spatial":
             raise VaekitError("only image autoencoders (AutoencoderKL) export to diffusers")
         path = export_diffusers(model, args.output)
     else:

@@ -31,21 +31,14 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
 from torch.utils.data import Dataset
 
 from vaekit.errors import VaekitError
-from vaekit.fileio import save_tensors, write_json
+from vaekit.io.atomic import write_json
+from vaekit.io.latents import (FORMAT, MANIFEST_FILE, SPEC_FILE, open_shard, read_shard_metadata, shard_name,
+                               write_shard)
 
 log = logging.getLogger("vaekit")
-
-FORMAT = "vaekit-latents/1"
-SPEC_FILE, MANIFEST_FILE = "export.json", "manifest.json"
-
-
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}.safetensors"
-
 
 # ---------------------------------------------------------------------------------------------- sources
 
@@ -72,7 +65,7 @@ class _FolderSource(_Source):
         super().__init__(str(root), [str(p.relative_to(root)) for p in files])
 
     def read(self, index: int, resolution: int | None, max_pixels: int) -> torch.Tensor:
-        from vaekit.data.images import read_image
+        from vaekit.io.images import read_image
 
         return read_image(self.root / self.names[index], max_pixels, resolution)
 
@@ -81,7 +74,7 @@ class _HFSource(_Source):
     def __init__(self, path: str, split: str, column: str):
         import datasets
 
-        from vaekit.data.hf import open_dataset
+        from vaekit.data.hf_tables import open_dataset
 
         opened = open_dataset(path)
         if isinstance(opened, datasets.DatasetDict):
@@ -98,7 +91,7 @@ class _HFSource(_Source):
     def read(self, index: int, resolution: int | None, max_pixels: int) -> torch.Tensor:
         import io
 
-        from vaekit.data.images import open_rgb, to_tensor
+        from vaekit.io.images import open_rgb, to_tensor
 
         value, name = self.table[index][self.column], self.names[index]
         if isinstance(value, dict) and value.get("bytes") is not None:
@@ -110,7 +103,7 @@ class _HFSource(_Source):
 
 def open_source(data: str, split: str = "train", column: str = "image") -> _Source:
     """A folder of images, or a Hugging Face dataset (``hf:NAME`` or a ``save_to_disk`` folder)."""
-    from vaekit.data.hf import is_saved_dataset
+    from vaekit.data.hf_tables import is_saved_dataset
 
     if data.startswith("hf:"):
         return _HFSource(data[3:], split, column)
@@ -167,7 +160,7 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
     every input appears exactly once and writes the manifest, which it returns. Shards already on disk
     (from an interrupted run with the same settings) are kept, not re-encoded.
     """
-    from vaekit.data.images import DEFAULT_MAX_PIXELS
+    from vaekit.io.images import DEFAULT_MAX_PIXELS
     from vaekit.data.prefetch import prefetch
 
     if shard_size < 1 or batch_size < 1:
@@ -182,7 +175,7 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
     count = len(source.names)
     shards = math.ceil(count / shard_size)
     spec = {"format": FORMAT, "source": source.description, "count": count, "shard_size": shard_size,
-            "resolution": resolution, "logvar": logvar, "tile": tile, "model": getattr(model, "registry_name", ""),
+            "resolution": resolution, "logvar": logvar, "tile": tile, "model": model.registry_name,
             "model_fingerprint": _fingerprint(model), "scaling_factor": model.config.scaling_factor,
             "shift_factor": model.config.shift_factor or 0.0, "latent_channels": model.config.latent_channels,
             "downsampling_factor": model.downsampling_factor, "names_digest": hashlib.sha256(
@@ -234,9 +227,7 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
             pending.append((i, image))
         flush()
         encoded += len(listed)
-        metadata = {"format": FORMAT, "shard": str(k), "items": json.dumps(listed), "skipped": json.dumps(skipped),
-                    "model_fingerprint": spec["model_fingerprint"]}
-        save_tensors(output / shard_name(k), tensors, metadata=metadata)
+        write_shard(output / shard_name(k), k, tensors, listed, skipped, spec["model_fingerprint"])
     if todo:
         elapsed = time.perf_counter() - started
         log.info("process %d: %d images in %d shards, %.1f images/s", state.process_index, encoded, len(todo),
@@ -247,16 +238,6 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
     return manifest if manifest is not None else json.loads((output / MANIFEST_FILE).read_text())
 
 
-def _shard_metadata(path: Path) -> dict:
-    try:
-        with safe_open(path, "pt") as f:
-            metadata = f.metadata() or {}
-        return {"items": json.loads(metadata["items"]), "skipped": json.loads(metadata["skipped"]),
-                "model_fingerprint": metadata.get("model_fingerprint")}
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as err:
-        raise VaekitError(f"{path} is not a shard written by vaekit export-latents ({err})") from None
-
-
 def _check_and_write_manifest(output: Path, spec: dict, shards: int, processes: int) -> dict:
     seen: dict[int, str] = {}
     duplicates, entries, skipped = [], [], []
@@ -264,7 +245,7 @@ def _check_and_write_manifest(output: Path, spec: dict, shards: int, processes: 
         path = output / shard_name(k)
         if not path.is_file():
             raise VaekitError(f"{path} is missing: the export did not finish; run the same command again to resume")
-        meta = _shard_metadata(path)
+        meta = read_shard_metadata(path)
         if meta["model_fingerprint"] != spec["model_fingerprint"]:
             raise VaekitError(f"{path} was written by another model; remove it and resume")
         for item in meta["items"] + meta["skipped"]:
@@ -310,7 +291,7 @@ class LatentDataset(Dataset):
         self.shift_factor = self.manifest["shift_factor"]
         self.items: list[tuple[str, dict]] = []
         for entry in self.manifest["shards"]:
-            meta = _shard_metadata(self.directory / entry["file"])
+            meta = read_shard_metadata(self.directory / entry["file"])
             self.items += [(entry["file"], item) for item in meta["items"]]
         self.items.sort(key=lambda pair: pair[1]["index"])
         self._handles: dict[str, object] = {}
@@ -324,7 +305,7 @@ class LatentDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         file, item = self.items[i]
         if file not in self._handles:
-            self._handles[file] = safe_open(self.directory / file, "pt")
+            self._handles[file] = open_shard(self.directory / file)
         handle = self._handles[file]
         out = {"latent": handle.get_tensor(f"mean.{item['index']}"), "index": item["index"],
                "source": item["source"], "size": tuple(item["size"])}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vaekit.config import RunConfig, build_run_config, read_yaml
 from vaekit.errors import VaekitError
-from vaekit.fileio import write_json
+from vaekit.io.atomic import write_json
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -82,7 +82,7 @@ def read_log(run_dir: str | Path) -> list[dict]:
 
 def truncate_log(run_dir: str | Path, step: int) -> None:
     """Keep only the records up to ``step`` (a resumed run writes the later ones again)."""
-    from vaekit.fileio import write_text
+    from vaekit.io.atomic import write_text
 
     path = Path(run_dir) / LOG_FILE
     if path.is_file():

@@ -21,7 +21,7 @@ import yaml
 
 from vaekit.config import build_run_config, merge, parse_overrides, read_yaml
 from vaekit.errors import ConfigError, VaekitError
-from vaekit.explore.runner import SWEEP_TABLE, read_table, render_run_report
+from vaekit.reports import SWEEP_TABLE, read_table, render_run_report
 from vaekit.runs import read_metrics
 from vaekit.viz import plots
 from vaekit.viz.report import Figure, render

@@ -8,6 +8,7 @@ source has any, is drawn from ``(seed, epoch, index)``: ``set_epoch`` says which
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -52,22 +53,13 @@ class ImageData(Dataset):
         self.epoch = epoch
 
     def _gather(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
-        """Images of ``indices`` (uint8 or float32) and the indices whose labels go with them."""
+        """Images of ``indices`` (uint8, or float32 in the value range) and the indices whose labels go
+        with them."""
         raise NotImplementedError
 
     @staticmethod
     def _to_float(images: torch.Tensor) -> torch.Tensor:
-        """uint8 -> float32 in [0, 1] in one pass. In a loader worker the result is written straight into
-        shared memory, as torch's own collate does, so handing it to the main process copies nothing."""
-        if images.dtype != torch.uint8:
-            return images
-        from torch.utils.data import get_worker_info
-
-        if get_worker_info() is None:
-            return images.div(255.0)
-        prototype = torch.empty(0, dtype=torch.float32)
-        out = prototype.new(prototype._typed_storage()._new_shared(images.numel())).resize_(images.shape)
-        return torch.div(images, 255.0, out=out)
+        return images.div(255.0) if images.dtype == torch.uint8 else images  # one pass: uint8 in, float32 out
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         images, label_indices = self._gather(list(indices))
@@ -136,3 +128,14 @@ def batch_loader(dataset: Dataset, **kwargs: Any) -> DataLoader:
     if hasattr(dataset, "__getitems__"):
         kwargs.setdefault("collate_fn", collate_batch)
     return DataLoader(dataset, **kwargs)
+
+
+def batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 batch; in a loader worker, in shared memory (as torch's own collate does),
+    so handing the batch to the main process copies nothing."""
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    prototype = torch.empty(0, dtype=torch.float32)
+    return prototype.new(prototype._typed_storage()._new_shared(math.prod(shape))).resize_(shape)

@@ -1,7 +1,7 @@
 """Datasets that read each example when it is asked for: memory does not grow with the number of images.
 
 ``LazyImages`` turns item i of a ``PictureSource`` (files of a folder, rows of a Hugging Face table,
-pictures in memory) into a ``(C, S, S)`` example by a ``CropSpec``, with the example's random choices
+pictures in memory) into an ``(S, S, C)`` example by a ``CropSpec``, with the example's random choices
 drawn from ``(seed, epoch, index)``. A file that cannot be read is never fatal: the example is
 replaced by the next readable one (deterministically, so every process and worker agrees), and the
 file is named in a warning and in ``skipped``.
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vaekit.data.base import ImageData
-from vaekit.data.transforms import CropSpec, crop_array, crop_picture, example_rng
+from vaekit.data.base import ImageData, batch_buffer
+from vaekit.data.transforms import CropSpec, crop_array, crop_picture, example_draws, to_batch
 from vaekit.errors import VaekitError
 
 log = logging.getLogger("vaekit")
@@ -56,8 +56,8 @@ class PictureSource:
     def name(self, item: int) -> str:
         raise NotImplementedError
 
-    def example(self, item: int, spec: CropSpec, rng: np.random.Generator | None) -> np.ndarray:
-        """``(C, S, S)`` uint8; raises one of READ_ERRORS when the picture cannot be read."""
+    def example(self, item: int, spec: CropSpec, draws: tuple[float, float, float] | None) -> np.ndarray:
+        """``(S, S, C)`` uint8; raises one of READ_ERRORS when the picture cannot be read."""
         raise NotImplementedError
 
 
@@ -72,9 +72,9 @@ class FileSource(PictureSource):
     def name(self, item: int) -> str:
         return self.files[item]
 
-    def example(self, item: int, spec: CropSpec, rng: np.random.Generator | None) -> np.ndarray:
+    def example(self, item: int, spec: CropSpec, draws: tuple[float, float, float] | None) -> np.ndarray:
         with Image.open(self.root / self.files[item]) as image:
-            return crop_picture(image, spec, rng)
+            return crop_picture(image, spec, draws)
 
 
 class RowSource(PictureSource):
@@ -89,20 +89,20 @@ class RowSource(PictureSource):
     def name(self, item: int) -> str:
         return f"{self.split}[{item}]"
 
-    def example(self, item: int, spec: CropSpec, rng: np.random.Generator | None) -> np.ndarray:
-        return picture_from_cell(self.table[item][self.column], spec, rng)
+    def example(self, item: int, spec: CropSpec, draws: tuple[float, float, float] | None) -> np.ndarray:
+        return picture_from_cell(self.table[item][self.column], spec, draws)
 
 
-def picture_from_cell(value, spec: CropSpec, rng: np.random.Generator | None) -> np.ndarray:
+def picture_from_cell(value, spec: CropSpec, draws: tuple[float, float, float] | None) -> np.ndarray:
     """A ``datasets`` image cell (``{"bytes", "path"}``, or an already decoded PIL image) -> example."""
     if isinstance(value, Image.Image):
-        return crop_picture(value, spec, rng)
+        return crop_picture(value, spec, draws)
     if isinstance(value, dict) and value.get("bytes") is not None:
         with Image.open(io.BytesIO(value["bytes"])) as image:
-            return crop_picture(image, spec, rng)
+            return crop_picture(image, spec, draws)
     if isinstance(value, dict) and value.get("path"):
         with Image.open(value["path"]) as image:
-            return crop_picture(image, spec, rng)
+            return crop_picture(image, spec, draws)
     raise ValueError(f"not an image: {type(value).__name__}")
 
 
@@ -118,8 +118,8 @@ class ArraySource(PictureSource):
     def name(self, item: int) -> str:
         return self.names[item]
 
-    def example(self, item: int, spec: CropSpec, rng: np.random.Generator | None) -> np.ndarray:
-        return crop_array(self.pictures[item], spec, rng)
+    def example(self, item: int, spec: CropSpec, draws: tuple[float, float, float] | None) -> np.ndarray:
+        return crop_array(self.pictures[item], spec, draws)
 
 
 class LazyImages(ImageData):
@@ -144,12 +144,12 @@ class LazyImages(ImageData):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _read(self, position: int, rng: np.random.Generator | None) -> np.ndarray | None:
+    def _read(self, position: int, draws: tuple[float, float, float] | None) -> np.ndarray | None:
         item = int(self.items[position])
         if item in self._unreadable:
             return None
         try:
-            return self.source.example(item, self.spec, rng)
+            return self.source.example(item, self.spec, draws)
         except READ_ERRORS as err:
             reason = f"{type(err).__name__}: {err}"
             self._unreadable[item] = reason
@@ -163,8 +163,8 @@ class LazyImages(ImageData):
         random choices of position k) and the position whose label goes with it."""
         for offset in range(len(self)):
             position = (k + offset) % len(self)
-            rng = example_rng(self.seed, self.epoch, k) if self.spec.random else None
-            array = self._read(position, rng)
+            draws = example_draws(self.seed, self.epoch, k) if self.spec.random else None
+            array = self._read(position, draws)
             if array is not None:
                 return array, position
         raise VaekitError(f"none of the {len(self)} images of {self.name} can be read "
@@ -172,4 +172,5 @@ class LazyImages(ImageData):
 
     def _gather(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
         examples = [self.example(k) for k in indices]
-        return torch.from_numpy(np.stack([array for array, _ in examples])), [position for _, position in examples]
+        out = batch_buffer((len(examples), *self.image_shape))
+        return to_batch([array for array, _ in examples], out), [position for _, position in examples]

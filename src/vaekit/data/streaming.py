@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from vaekit.data.base import ImageDataset
-from vaekit.data.hf import HFConfig, _class_names, _splits, _undecoded, is_saved_dataset, open_dataset
+from vaekit.data.hf_tables import HFConfig, class_names, is_saved_dataset, open_dataset, splits_of, undecoded
 from vaekit.data.lazy import READ_ERRORS, picture_from_cell
 from vaekit.data.prefetch import prefetch
-from vaekit.data.transforms import CropSpec, example_rng
+from vaekit.data.transforms import CropSpec, example_draws, to_batch
 from vaekit.errors import VaekitError
 
 log = logging.getLogger("vaekit")
@@ -54,9 +54,9 @@ class StreamingImages:
 
     def __init__(self, config: HFConfig):
         self.config = config
-        splits = _splits(config, open_dataset(config.path, streaming=True))
+        splits = splits_of(config, open_dataset(config.path, streaming=True))
         own_test = config.test_split is not None and config.test_split in splits
-        stream = _undecoded(splits[config.train_split], config)
+        stream = undecoded(splits[config.train_split], config)
         self.held_out = 0 if own_test else config.test_images
         length = _stream_length(config, config.train_split, stream)
         if length is not None:
@@ -71,7 +71,7 @@ class StreamingImages:
                               f"after the {self.held_out} held out (data.test_images)")
         self.length = length
         self.stream = stream.skip(self.held_out) if self.held_out else stream
-        self.class_names = _class_names(stream, config, None) or []
+        self.class_names = class_names(stream, config, None) or []
         self.spec: CropSpec = config.spec(training=True)
         self.name = f"hf:{config.path}/train (streamed)"
         self.skipped: list[tuple[str, str]] = []
@@ -105,7 +105,7 @@ class StreamingImages:
         for offset in range(len(rows)):
             position, row = rows[(slot + offset) % len(rows)]
             try:
-                array = picture_from_cell(row[self.config.image_column], self.spec, example_rng(self.config.seed, epoch, k))
+                array = picture_from_cell(row[self.config.image_column], self.spec, example_draws(self.config.seed, epoch, k))
                 return array, _label(row, self.config)
             except READ_ERRORS as err:
                 reason = f"{type(err).__name__}: {err}"
@@ -133,7 +133,7 @@ class StreamingImages:
                     examples = [e for e in (pool.map(decode, slots) if pool else map(decode, slots)) if e is not None]
                     if not examples:
                         raise VaekitError(f"no row of a batch of {self.name} can be read as an image")
-                    yield (torch.from_numpy(np.stack([a for a, _ in examples])).div(255.0),
+                    yield (to_batch([a for a, _ in examples]),
                            torch.tensor([label for _, label in examples], dtype=torch.int64))
             finally:
                 if pool is not None:
@@ -145,9 +145,9 @@ class StreamingImages:
 def held_out_stream(config: HFConfig) -> ImageDataset:
     """The streamed dataset's held-out examples, in memory: the first ``test_images`` rows of its test
     split, or of its training stream (which training then skips) when it has none."""
-    splits = _splits(config, open_dataset(config.path, streaming=True))
+    splits = splits_of(config, open_dataset(config.path, streaming=True))
     own_test = config.test_split is not None and config.test_split in splits
-    stream = _undecoded(splits[config.test_split if own_test else config.train_split], config)
+    stream = undecoded(splits[config.test_split if own_test else config.train_split], config)
     spec = config.spec(training=False)
     images, labels, skipped = [], [], []
     for i, row in enumerate(itertools.islice(iter(stream), config.test_images)):
@@ -158,6 +158,6 @@ def held_out_stream(config: HFConfig) -> ImageDataset:
             skipped.append((f"held-out row {i}", f"{type(err).__name__}: {err}"))
     if not images:
         raise VaekitError(f"no readable held-out image in the first {config.test_images} rows of {config.path}")
-    names = _class_names(stream, config, None)
-    return ImageDataset(np.stack(images), np.array(labels) if names else None, names,
+    names = class_names(stream, config, None)
+    return ImageDataset(to_batch(images), np.array(labels) if names else None, names,
                         name=f"hf:{config.path}/test (streamed)", skipped=skipped)

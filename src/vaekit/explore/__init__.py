@@ -13,11 +13,14 @@ from vaekit.explore.card import compression_ratio, layer_table, parameter_count
 from vaekit.explore.interpolate import interpolate, latent_walk, lerp, pick_pairs, slerp, smoothness
 from vaekit.explore.latents import LatentStats, class_centroids, encode_dataset, latent_map
 from vaekit.explore.neighbours import nearest_neighbours
-from vaekit.explore.runner import Explorer, explore_run
+from vaekit.explore.base import Explorer
+from vaekit.explore.images import ImageExplorer
+from vaekit.explore.runner import explore_run
+from vaekit.explore.vectors import VectorExplorer
 from vaekit.explore.traverse import traverse
 
 __all__ = [
-    "Explorer", "LatentStats", "apply_attribute", "attribute_vector", "class_centroids", "compression_ratio",
+    "Explorer", "ImageExplorer", "LatentStats", "VectorExplorer", "apply_attribute", "attribute_vector", "class_centroids", "compression_ratio",
     "encode_dataset", "explore_run", "interpolate", "latent_map", "latent_walk", "layer_table", "lerp",
     "nearest_neighbours", "parameter_count", "pick_pairs", "slerp", "smoothness", "traverse",
 ]

@@ -7,7 +7,6 @@ import math
 import torch
 from torch import nn
 
-from vaekit.explore.latents import conditioning
 
 
 @torch.no_grad()
@@ -24,7 +23,7 @@ def layer_table(model: nn.Module, example: torch.Tensor, label: torch.Tensor | N
                              "parameters": sum(p.numel() for p in mod.parameters(recurse=False))})
             hooks.append(module.register_forward_hook(record))
     try:
-        label = conditioning(model, label)
+        label = model.labels_for(label)
         model.decode(model.encode(example, label).mean, label)
     finally:
         for hook in hooks:

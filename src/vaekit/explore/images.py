@@ -3,23 +3,17 @@ nearest neighbours, prior samples (with why they are meaningless), and the chann
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from vaekit.explore.interpolate import interpolate, pick_pairs, smoothness
 from vaekit.explore.neighbours import nearest_neighbours
-from vaekit.explore.runner import Explorer
+from vaekit.explore.base import Explorer
 from vaekit.viz import plots
 from vaekit.viz.grids import save_grid
 
 
 class ImageExplorer(Explorer):
     """Figures for models whose latents are ``(c, h, w)``; images are in the model's [-1, 1]."""
-
-    def __init__(self, *args, to_model_range, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.to_model_range = to_model_range
-        self.value_range = self.model.value_range
 
     def _images(self, indices: list[int]) -> torch.Tensor:
         return self.to_model_range(self.test.__getitems__(indices)[0])
@@ -100,4 +94,4 @@ class ImageExplorer(Explorer):
 
     def figures_to_draw(self) -> tuple:
         return (self.reconstructions, self.samples, self.interpolations, self.neighbours, self.channels,
-                self.progression, self.collapse_and_losses)
+                self.progression, self.losses)

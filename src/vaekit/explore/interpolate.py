@@ -6,7 +6,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaekit.explore.latents import conditioning
 
 
 def lerp(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
@@ -66,7 +65,7 @@ def interpolate(model: nn.Module, z0: torch.Tensor, z1: torch.Tensor, steps: int
     for p in range(len(z0)):
         codes = path(z0[p], z1[p], steps)
         labels = _path_labels(None if labels0 is None else labels0[p], None if labels1 is None else labels1[p], steps)
-        strips.append(model.decode(codes, conditioning(model, labels)))
+        strips.append(model.decode(codes, model.labels_for(labels)))
     return torch.stack(strips)
 
 
@@ -89,5 +88,5 @@ def latent_walk(model: nn.Module, centroids: torch.Tensor, frames_per_leg: int, 
         nxt = (k + 1) % len(centroids)
         codes = path(centroids[k], centroids[nxt], frames_per_leg + 1)[:-1]
         labels = _path_labels(torch.tensor(k), torch.tensor(nxt), frames_per_leg + 1)
-        frames.append(model.decode(codes, conditioning(model, None if labels is None else labels[:-1])))
+        frames.append(model.decode(codes, model.labels_for(None if labels is None else labels[:-1])))
     return torch.cat(frames)

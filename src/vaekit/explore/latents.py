@@ -11,11 +11,6 @@ from torch import nn
 from vaekit.data.base import ImageDataset, batch_loader
 
 
-def conditioning(model: nn.Module, labels: torch.Tensor | None) -> torch.Tensor | None:
-    """The labels a model's encode/decode take: the labels for a conditional model, else None."""
-    return labels if getattr(model, "conditional", False) else None
-
-
 @dataclass
 class LatentStats:
     """Posterior statistics of a dataset: means ``(N, d)``, labels ``(N,)`` (-1 = unlabelled), the mean
@@ -38,7 +33,7 @@ def encode_dataset(model: nn.Module, dataset: ImageDataset, batch_size: int = 25
     means, labels = [], []
     kl_sum = 0.0
     for x, y in batch_loader(dataset, batch_size=batch_size):
-        posterior = model.encode(to_model_range(x.to(device)), conditioning(model, y.to(device)))
+        posterior = model.encode(to_model_range(x.to(device)), model.labels_for(y.to(device)))
         means.append(posterior.mean.flatten(1).cpu())
         labels.append(y)
         kl_sum = kl_sum + posterior.kl_elementwise().flatten(1).sum(0).double().cpu()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vaekit.explore.latents import conditioning
 
 
 @torch.no_grad()
@@ -19,5 +18,5 @@ def traverse(model: nn.Module, base: torch.Tensor, dims: list[int], steps: int =
         codes = base.repeat(steps, 1)
         codes[:, dim] = values
         labels = None if label is None else label.repeat(steps)
-        rows.append(model.decode(codes, conditioning(model, labels)))
+        rows.append(model.decode(codes, model.labels_for(labels)))
     return torch.stack(rows)

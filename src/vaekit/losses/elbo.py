@@ -27,6 +27,7 @@ class ELBOLoss(nn.Module):
     """
 
     has_discriminator = False
+    discriminator = None
 
     def __init__(self, beta: float = 1.0):
         super().__init__()

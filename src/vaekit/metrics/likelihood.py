@@ -36,10 +36,6 @@ def _chunk_rows(model: nn.Module, data_dim: int, device: torch.device) -> int:
     return max(1, budget // (4 * widest))
 
 
-def _labels_for(model: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
-    return labels if getattr(model, "conditional", False) else None
-
-
 @torch.no_grad()
 def iwae_log_likelihood(
     model: nn.Module,
@@ -89,14 +85,14 @@ def evaluate_likelihood(
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     loader = batch_loader(dataset, batch_size=batch_size)
-    deterministic = getattr(model, "deterministic", False)
+    deterministic = model.deterministic
     totals = {"reconstruction": 0.0, "kl": 0.0, "squared_error": 0.0, "iwae": 0.0}
     binary = True
     kl_per_dim = torch.zeros(model.latent_dim, dtype=torch.float64)
     means = []
     count = 0
     for x, labels in loader:
-        x, labels = x.to(device), _labels_for(model, labels.to(device))
+        x, labels = x.to(device), model.labels_for(labels.to(device))
         binary = binary and bool(((x == 0) | (x == 1)).all())
         posterior = model.encode(x, labels)
         z = posterior.sample(generator)

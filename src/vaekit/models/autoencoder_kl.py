@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vaekit.errors import VaekitError
+from vaekit.errors import ConfigError, VaekitError
+from vaekit.models.base import Autoencoder
 from vaekit.models.distributions import DiagonalGaussian
 from vaekit.models.fastconv import Conv2d, to_channels_last
 from vaekit.models.tiling import GroupNorm
@@ -227,16 +228,27 @@ class AutoencoderKLOutput(NamedTuple):
 
 
 @MODELS.register("autoencoder-kl", AutoencoderKLConfig)
-class AutoencoderKL(nn.Module):
+class AutoencoderKL(Autoencoder):
     """Encoder → diagonal Gaussian over ``(c, H/f, W/f)`` → decoder. Images in [-1, 1]."""
 
     value_range = (-1.0, 1.0)
     loss_name = "lpips-gan"
     adam_betas = (0.5, 0.9)
-    deterministic = False
-    conditional = False
-    has_likelihood = False
-    """Scored by image metrics (PSNR, SSIM, LPIPS, rFID): its decoder gives an image, not a distribution."""
+    latent_layout = "spatial"
+    has_likelihood = False  # scored by image metrics (PSNR, SSIM, LPIPS, rFID)
+    scales_latents = True
+
+    @classmethod
+    def config_for_data(cls, params, image_shape, num_classes, data_name):
+        if params.in_channels != image_shape[0]:
+            raise ConfigError(
+                f"model {cls.registry_name} takes {params.in_channels}-channel images and {data_name} has "
+                f"{image_shape[0]} channel(s); set model.in_channels and model.out_channels to {image_shape[0]}, "
+                "or data.grayscale=false for a folder")
+        return {}
+
+    def encoder_modules(self) -> list[nn.Module]:
+        return [self.encoder] + ([self.quant_conv] if self.quant_conv is not None else [])
 
     def __init__(self, config: AutoencoderKLConfig):
         super().__init__()

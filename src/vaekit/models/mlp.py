@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-from vaekit.errors import VaekitError
+from vaekit.errors import ConfigError, VaekitError
+from vaekit.models.base import Autoencoder
 from vaekit.models.distributions import Bernoulli, ContinuousBernoulli, DiagonalGaussian
 from vaekit.registry import MODELS
 
@@ -72,16 +73,24 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 @MODELS.register("mlp-vae", MLPVAEConfig)
-class MLPVAE(nn.Module):
+class MLPVAE(Autoencoder):
     """Gaussian encoder q(z|x) = N(μ(x), diag σ²(x)), prior N(0, I), factorised decoder p(x|z)."""
 
     value_range = (0.0, 1.0)
     loss_name = "elbo"
     adam_betas = (0.9, 0.999)
-    deterministic = False
-    conditional = False
+    latent_layout = "vector"
     has_likelihood = True
-    """p(x|z) is a distribution (``decode_distribution``): scored by likelihood, not by image metrics."""
+
+    @classmethod
+    def config_for_data(cls, params, image_shape, num_classes, data_name):
+        updates = {}
+        if params.input_shape is None:
+            updates["input_shape"] = image_shape
+        elif tuple(params.input_shape) != image_shape:
+            raise ConfigError(f"model.input_shape is {list(params.input_shape)} but {data_name} has images of shape "
+                              f"{list(image_shape)}; remove model.input_shape to take it from the data")
+        return updates
 
     def __init__(self, config: MLPAutoencoderConfig):
         super().__init__()
@@ -168,6 +177,17 @@ class ConditionalVAE(MLPVAE):
     """VAE with a one-hot label concatenated to the encoder's input and the decoder's input."""
 
     conditional = True
+
+    @classmethod
+    def config_for_data(cls, params, image_shape, num_classes, data_name):
+        updates = super().config_for_data(params, image_shape, num_classes, data_name)
+        if num_classes is None:
+            raise ConfigError(f"model {cls.registry_name} needs labels, and {data_name} has none")
+        if params.num_classes is None:
+            updates["num_classes"] = num_classes
+        elif params.num_classes != num_classes:
+            raise ConfigError(f"model.num_classes is {params.num_classes} but {data_name} has {num_classes} classes")
+        return updates
 
     def __init__(self, config: ConditionalVAEConfig):
         if config.num_classes is None or config.num_classes < 2:

@@ -24,10 +24,11 @@ from vaekit.config import RunConfig, build_run_config, load_config, merge, parse
 from vaekit.data import TrainingBatches, build_dataset
 from vaekit.data.ranges import range_map
 from vaekit.errors import ConfigError, VaekitError
-from vaekit.models.io import create_model
+from vaekit.models import create_model
 from vaekit.registry import LOSSES, MODELS
 from vaekit.runs import CONFIG_FILE, create_run_dir, read_run_config, truncate_log
-from vaekit.training.checkpoint import latest_checkpoint, load_checkpoint, remove_unfinished, save_checkpoint
+from vaekit.io.checkpoints import load_checkpoint, save_checkpoint
+from vaekit.io.layout import latest_checkpoint, remove_unfinished
 from vaekit.training.distributed import GlobalBatchNoise, launched_on_cpu, process_state, sync_batch_norm
 from vaekit.training.ema import EMA
 from vaekit.training.validation import Validator, check_best_metric, restore_best
@@ -88,6 +89,8 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     validator: Validator | None = None
     snapshot: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    pending_best: tuple[dict, nn.Module] | None = None
+    """The best weights validated since the last checkpoint, and their record: written with the next one."""
 
     @property
     def cfg(self):
@@ -185,32 +188,10 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
 
 def resolve_for_data(config: RunConfig, dataset) -> RunConfig:
     """Fill the model fields that follow from the data (input shape, number of classes) and check them."""
-    params = config.model.params
-    updates: dict[str, Any] = {}
-    if hasattr(params, "input_shape"):
-        if params.input_shape is None:
-            updates["input_shape"] = dataset.image_shape
-        elif tuple(params.input_shape) != dataset.image_shape:
-            raise ConfigError(
-                f"model.input_shape is {list(params.input_shape)} but {dataset.name} has images of shape "
-                f"{list(dataset.image_shape)}; remove model.input_shape to take it from the data"
-            )
-    if hasattr(params, "num_classes"):
-        if not dataset.has_labels:
-            raise ConfigError(f"model {config.model.name} needs labels, and {dataset.name} has none")
-        if params.num_classes is None:
-            updates["num_classes"] = dataset.num_classes
-        elif params.num_classes != dataset.num_classes:
-            raise ConfigError(
-                f"model.num_classes is {params.num_classes} but {dataset.name} has {dataset.num_classes} classes"
-            )
-    if hasattr(params, "in_channels") and params.in_channels != dataset.image_shape[0]:
-        raise ConfigError(
-            f"model {config.model.name} takes {params.in_channels}-channel images and {dataset.name} has "
-            f"{dataset.image_shape[0]} channel(s); set model.in_channels and model.out_channels to "
-            f"{dataset.image_shape[0]}, or data.grayscale=false for a folder"
-        )
-    model = dataclasses.replace(config.model, params=dataclasses.replace(params, **updates))
+    model_class = MODELS.get(config.model.name).obj
+    updates = model_class.config_for_data(config.model.params, tuple(dataset.image_shape),
+                                          dataset.num_classes if dataset.has_labels else None, dataset.name)
+    model = dataclasses.replace(config.model, params=dataclasses.replace(config.model.params, **updates))
     return dataclasses.replace(config, model=model)
 
 
@@ -242,9 +223,8 @@ def _model(config: RunConfig, source: nn.Module | None) -> nn.Module:
     if source is not None:
         model.load_state_dict(source.state_dict())
     if config.train.decoder_only:
-        for frozen in (model.encoder, getattr(model, "quant_conv", None)):
-            if frozen is not None:
-                frozen.requires_grad_(False)
+        for frozen in model.encoder_modules():
+            frozen.requires_grad_(False)
     return model
 
 
@@ -256,7 +236,7 @@ def _optimizers(config: RunConfig, raw_model: nn.Module, loss_fn: nn.Module) -> 
     betas = cfg.adam_betas or raw_model.adam_betas
     trainable = [p for p in raw_model.parameters() if p.requires_grad] + loss_fn.generator_parameters()
     optimizers = {"model": make_optimizer(trainable, cfg.lr, betas, cfg.weight_decay)}
-    if getattr(loss_fn, "discriminator", None) is not None:
+    if loss_fn.discriminator is not None:
         optimizers["discriminator"] = make_optimizer(list(loss_fn.discriminator.parameters()),
                                                      loss_fn.config.disc_lr or cfg.lr, betas, cfg.weight_decay)
     return optimizers
@@ -284,7 +264,7 @@ def _resolve(config: RunConfig | dict | str | Path | None, resume: str | Path | 
              overrides: list[str] | tuple[str, ...]) -> tuple[RunConfig, Path | None, Path | None, nn.Module | None]:
     """(config, run directory, checkpoint, pretrained source): a resumed run's saved config (extended by
     ``overrides``) and latest checkpoint, or a new run's config with its ``init_from`` source loaded."""
-    from vaekit.models.pretrained import resolve_init_from
+    from vaekit.training.pretrained import resolve_init_from
 
     if resume is not None:
         if config is not None:
@@ -340,7 +320,7 @@ def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path |
     device = accelerator.device
     model = _model(config, source)
     loss_fn = LOSSES.get(config.loss.name).obj.for_model(config.loss.params, model).to(device)
-    if accelerator.num_processes > 1 and getattr(loss_fn, "discriminator", None) is not None:
+    if accelerator.num_processes > 1 and loss_fn.discriminator is not None:
         sync_batch_norm(loss_fn.discriminator, device)
     prepared = accelerator.prepare(model)
     raw_model = accelerator.unwrap_model(prepared)

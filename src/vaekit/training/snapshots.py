@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from vaekit.fileio import save_tensors
+from vaekit.io.atomic import save_tensors
 
 FOLDER = "snapshots"
 

@@ -6,6 +6,7 @@ generator-then-discriminator step among them; ``logbook`` reports; this module r
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import signal
@@ -20,9 +21,9 @@ import torch
 from vaekit.config import RunConfig
 from vaekit.errors import TrainingDiverged, VaekitError
 from vaekit.evaluation import evaluate
-from vaekit.models.io import save_model
+from vaekit.io.models import save_model
 from vaekit.runs import update_metrics
-from vaekit.training.checkpoint import latest_checkpoint
+from vaekit.io.layout import latest_checkpoint
 from vaekit.training.distributed import any_process
 from vaekit.training.logbook import Logbook
 from vaekit.training.setup import Run, build_run
@@ -120,18 +121,22 @@ def validate(run: Run, logbook: Logbook, epoch: int, clock: float) -> float:
         value = metrics[run.validator.metric]
         if better(run.validator.metric, value, run.state.best_value):
             run.state.best_value, run.state.best_step = value, run.state.step
-            save_best(run.run_dir, run.saved_model(), {"step": run.state.step, "metric": run.validator.metric,
-                                                       "value": value, "validation": metrics})
+            # Written with the next checkpoint, so best/ on disk always goes with the checkpoint's best_value.
+            run.pending_best = ({"step": run.state.step, "metric": run.validator.metric, "value": value,
+                                 "validation": metrics}, copy.deepcopy(run.saved_model()).cpu())
     run.state.last_validation_step = run.state.step
     run.accelerator.wait_for_everyone()
     return time.perf_counter()
 
 
 def save_checkpoint(run: Run, clock: float) -> float:
-    """Checkpoint with the training time so far; the write itself counts as training time (the clock
-    returned starts before it)."""
+    """Checkpoint with the training time so far, and the best weights found since the last one; the writes
+    count as training time (the clock returned starts before them)."""
     now = time.perf_counter()
     run.state.train_time_s += now - clock
+    if run.pending_best is not None:
+        save_best(run.run_dir, run.pending_best[1], run.pending_best[0])
+        run.pending_best = None
     run.save_checkpoint()
     return now
 
@@ -176,7 +181,7 @@ def calibrate(run: Run, model: torch.nn.Module) -> dict:
     from vaekit.models.autoencoder_kl import measure_latent_scale, store_latent_scale
 
     mode = run.cfg.calibrate_latents
-    if not hasattr(model, "scale_latents") or mode == "never":
+    if not model.scales_latents or mode == "never":
         return {}
     if mode == "auto" and run.encoder_frozen:
         log.info("the encoder was frozen: keeping the source's scaling factor %g", model.config.scaling_factor)

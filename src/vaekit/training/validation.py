@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from vaekit.errors import ConfigError
-from vaekit.fileio import write_json
-from vaekit.models.io import save_model
+from vaekit.io.atomic import write_json
+from vaekit.io.models import save_model
 from vaekit.runs import BEST_DIR
 
 log = logging.getLogger("vaekit")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaekit.fileio import write_text
+from vaekit.io.atomic import write_text
 
 
 @dataclass
@@ -30,7 +30,7 @@ def render(template: str, out: str | Path, figures: list[Figure], **context: Any
     """Render ``templates/<template>`` to ``out``; figure paths are relative to ``out``'s folder."""
     import jinja2
 
-    from vaekit import __version__
+    from vaekit.version import __version__
 
     out = Path(out)
     environment = jinja2.Environment(

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from vaekit.errors import VaekitError
-from vaekit.fileio import save_tensors, write_json
+from vaekit.io.atomic import save_tensors, write_json
 from vaekit.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")

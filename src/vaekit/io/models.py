@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -10,20 +11,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from vaekit import __version__
-from vaekit.config import build_dataclass, to_dict
+from vaekit.version import __version__
+from vaekit.config import to_dict
 from vaekit.errors import VaekitError
-from vaekit.fileio import save_tensors, write_json
-from vaekit.registry import MODELS
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-
-
-def create_model(name: str, **config) -> nn.Module:
-    """Build a registered model or preset, e.g. ``create_model("mlp-vae", input_shape=(1, 16, 16))``."""
-    entry = MODELS.get(name)
-    return entry.obj(build_dataclass(entry.config_cls, {**entry.defaults, **config}, "model"))
+from vaekit.io.atomic import save_tensors, write_json
+from vaekit.io.layout import CONFIG_NAME, WEIGHTS_NAME, resolve_model_dir
+from vaekit.models import create_model
 
 
 def save_model(model: nn.Module, path: str | Path) -> Path:
@@ -46,27 +39,6 @@ def write_latent_scale(model_dir: str | Path, scaling_factor: float, shift_facto
     return path
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model folder itself, or the model inside a run directory (its final ``model/``, else its latest
-    checkpoint, so a stopped run can be inspected)."""
-    path = Path(path)
-    if not path.exists():
-        raise VaekitError(f"no such model folder or run directory: {path}")
-    if (path / CONFIG_NAME).is_file():
-        return path
-    if (path / "model" / CONFIG_NAME).is_file():
-        return path / "model"
-    from vaekit.training.checkpoint import latest_checkpoint
-
-    checkpoint = latest_checkpoint(path / "checkpoints")
-    if checkpoint is not None:
-        return checkpoint
-    raise VaekitError(
-        f"{path} is neither a saved model folder ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a vaekit run directory "
-        "(model/ or checkpoints/ inside); pass the folder that `vaekit train` printed"
-    )
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu", **config_overrides) -> nn.Module:
     """Load a model, in eval mode, from any of:
 
@@ -76,7 +48,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
       too: its ``first_stage_model`` is taken). ``config_overrides`` set what weights do not record
       (e.g. ``scaling_factor``, ``norm_num_groups``).
     """
-    from vaekit.models import convert
+    from vaekit.io import convert
 
     path = Path(path)
     if path.is_file():
@@ -127,3 +99,47 @@ def _with_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path
         raise VaekitError(f"{source} does not fit the model in its config; tensors {'; '.join(problems)}")
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------- pretrained sources (model.init_from)
+
+
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)?$")
+HUB_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "model.safetensors")
+
+
+def locate(source: str) -> Path:
+    """A local path for ``source``: as given when it exists, else from the Hugging Face hub (cache first)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if not HUB_NAME.match(source):
+        raise VaekitError(f"model.init_from {source}: no such file or folder (nor a Hugging Face hub name such as "
+                          "stabilityai/sd-vae-ft-ema)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    parts = source.split("/")
+    repo, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
+    patterns = [f"{subfolder}/{name}" if subfolder else name for name in HUB_FILES]
+    try:
+        folder = snapshot_download(repo, allow_patterns=patterns, local_files_only=True)
+    except Exception:  # not in the cache (the hub library raises several types): try the network
+        try:
+            folder = snapshot_download(repo, allow_patterns=patterns)
+        except Exception as err:
+            raise VaekitError(
+                f"model.init_from {source}: not in the Hugging Face cache ({HF_HUB_CACHE}) and it cannot be downloaded "
+                f"here ({type(err).__name__}). On a machine with internet run `huggingface-cli download {repo} "
+                f"{' '.join(patterns[:2])}` and copy the cache over (or set HF_HOME), or pass the downloaded "
+                "folder's path") from err
+    found = Path(folder) / subfolder if subfolder else Path(folder)
+    if not (found / "config.json").is_file():
+        raise VaekitError(f"model.init_from {source}: the hub repository has no config.json"
+                          + (f" in {subfolder}/" if subfolder else " (is the model in a subfolder? owner/name/vae)"))
+    return found
+
+
+def load_source(source: str) -> nn.Module:
+    """The pretrained model ``source`` names, on the CPU, with every tensor checked."""
+    return load_model(locate(source))

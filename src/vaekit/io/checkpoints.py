@@ -24,34 +24,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vaekit.errors import VaekitError
-from vaekit.fileio import save_tensors, write_json
-from vaekit.models.io import save_model
-
-PREFIX = "step-"
-
-
-def checkpoint_name(step: int) -> str:
-    return f"{PREFIX}{step:08d}"
-
-
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
-
-
-def remove_unfinished(directory: str | Path) -> None:
-    """Delete the temporary folders of checkpoints whose writing was killed."""
-    for unfinished in Path(directory).glob(".tmp-" + PREFIX + "*"):
-        shutil.rmtree(unfinished, ignore_errors=True)
-
-
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    checkpoints = list_checkpoints(directory)
-    return checkpoints[-1] if checkpoints else None
-
+from vaekit.io.atomic import save_tensors, write_json
+from vaekit.io.layout import checkpoint_name, list_checkpoints
+from vaekit.io.models import save_model
 
 def _optimizer_to_files(optimizer: torch.optim.Optimizer, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()

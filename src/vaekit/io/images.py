@@ -8,7 +8,7 @@ guard, here configurable: ``max_pixels``).
 
 from __future__ import annotations
 
-import warnings
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,10 +16,23 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from vaekit.data.transforms import to_mode
 from vaekit.errors import VaekitError
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own default limit (about 13,000 × 13,000)
+EXOTIC_MODES = ("I", "I;16", "I;16B", "I;16L", "F")
+
+
+def to_mode(image: Image.Image, grayscale: bool) -> Image.Image:
+    """Convert any PIL mode to 8-bit L or RGB; transparency is composited onto white."""
+    if image.mode in EXOTIC_MODES:
+        values = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    wanted = "L" if grayscale else "RGB"
+    return image if image.mode == wanted else image.convert(wanted)
 
 
 def open_rgb(path: str | Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
@@ -29,27 +42,42 @@ def open_rgb(path: str | Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS, 
         path = Path(path)
     name = name or str(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own limit applies instead
-            try:
-                with Image.open(path) as image:
-                    width, height = image.size
-                    if width == 0 or height == 0:
-                        raise VaekitError(f"{name} is an empty image ({width}×{height})")
-                    if width * height > max_pixels:
-                        raise VaekitError(
-                            f"{name} has {width}×{height} = {width * height:,} pixels, above the limit of "
-                            f"{max_pixels:,} (a guard against decompression bombs); raise it with --max-pixels "
-                            "if the file is trusted")
-                    image.load()
-                    return to_mode(ImageOps.exif_transpose(image), grayscale=False)
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous
+        with _open_within(path, max_pixels) as image:
+            width, height = image.size
+            if width == 0 or height == 0:
+                raise VaekitError(f"{name} is an empty image ({width}×{height})")
+            if width * height > max_pixels:
+                raise VaekitError(
+                    f"{name} has {width}×{height} = {width * height:,} pixels, above the limit of "
+                    f"{max_pixels:,} (a guard against decompression bombs); raise it with --max-pixels "
+                    "if the file is trusted")
+            image.load()
+            return to_mode(ImageOps.exif_transpose(image), grayscale=False)
     except FileNotFoundError:
         raise VaekitError(f"no such image file: {name}") from None
+    except Image.DecompressionBombError as err:
+        raise VaekitError(f"{name} is above Pillow's decompression-bomb limit ({err}); raise --max-pixels "
+                          "if the file is trusted") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise VaekitError(f"cannot read {name} as an image ({err})") from None
+
+
+_RAISED_LIMIT = threading.Lock()
+
+
+def _open_within(path, max_pixels: int) -> Image.Image:
+    """``Image.open`` (the header only). Pillow refuses images above twice its process-wide
+    ``MAX_IMAGE_PIXELS`` as it opens them; only when ``max_pixels`` allows more is that limit lifted, for
+    the header read alone, under a lock, and restored: normally no global state is touched."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or max_pixels <= 2 * limit:
+        return Image.open(path)
+    with _RAISED_LIMIT:
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 def to_tensor(image: Image.Image, resolution: int | None = None) -> torch.Tensor:

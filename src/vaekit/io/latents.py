@@ -1,0 +1,72 @@
+"""Latent files. ``vaekit encode`` writes one safetensors file of latents with the source names and image
+sizes; ``vaekit export-latents`` writes a directory of shards (see ``vaekit.latents``):
+
+    export.json                 what is being exported (model, source, settings, item count); written first
+    shard-00000.safetensors     ``mean.<index>`` (and ``logvar.<index>``) for items [0, S), metadata: the
+                                items (index, source, image size), the skipped ones, the model's fingerprint
+    manifest.json               written last, after every input was checked to be in exactly one shard
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from vaekit.errors import VaekitError
+from vaekit.io.atomic import save_tensors
+
+
+def save_latents(path: str | Path, latents: list[torch.Tensor], names: list[str], sizes: list[tuple[int, int]],
+                 scaling_factor: float, shift_factor: float | None) -> Path:
+    """Latents of any sizes, ``(c, h, w)`` each, keyed ``latent.<i>``; names, image sizes and the scaling
+    applied are in the metadata (JSON)."""
+    metadata = {"names": json.dumps(names), "sizes": json.dumps([list(s) for s in sizes]),
+                "scaling_factor": repr(scaling_factor), "shift_factor": repr(shift_factor or 0.0)}
+    save_tensors(path, {f"latent.{i}": z.contiguous() for i, z in enumerate(latents)}, metadata=metadata)
+    return Path(path)
+
+
+def load_latents(path: str | Path) -> tuple[list[torch.Tensor], list[str], list[tuple[int, int]], float, float]:
+    path = Path(path)
+    try:
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata() or {}
+            names, sizes = json.loads(metadata["names"]), json.loads(metadata["sizes"])
+            latents = [f.get_tensor(f"latent.{i}") for i in range(len(names))]
+            return latents, names, [tuple(s) for s in sizes], float(metadata["scaling_factor"]), float(metadata["shift_factor"])
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as err:
+        raise VaekitError(f"{path} is not a latents file written by `vaekit encode` ({err})") from None
+
+
+FORMAT = "vaekit-latents/1"
+SPEC_FILE, MANIFEST_FILE = "export.json", "manifest.json"
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.safetensors"
+
+
+def write_shard(path: Path, k: int, tensors: dict[str, torch.Tensor], items: list[dict], skipped: list[dict],
+                fingerprint: str) -> None:
+    """Shard ``k``, atomically (a kill leaves no half-written shard under its name)."""
+    metadata = {"format": FORMAT, "shard": str(k), "items": json.dumps(items), "skipped": json.dumps(skipped),
+                "model_fingerprint": fingerprint}
+    save_tensors(path, tensors, metadata=metadata)
+
+
+def open_shard(path: Path):
+    """A memory-mapped handle whose ``get_tensor(name)`` reads one tensor."""
+    return safe_open(path, "pt")
+
+
+def read_shard_metadata(path: Path) -> dict:
+    try:
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata() or {}
+        return {"items": json.loads(metadata["items"]), "skipped": json.loads(metadata["skipped"]),
+                "model_fingerprint": metadata.get("model_fingerprint")}
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as err:
+        raise VaekitError(f"{path} is not a shard written by vaekit export-latents ({err})") from None

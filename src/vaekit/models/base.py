@@ -1,0 +1,50 @@
+"""What every vaekit model declares about itself, so the trainer, evaluation and exploration read
+capabilities instead of probing for attributes.
+
+The contract (see also ``encode``/``decode``): ``encode(x, labels=None)`` gives the posterior
+(``DiagonalGaussian``), ``decode(z, labels=None)`` an image batch, ``forward`` computes no loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+
+class Autoencoder(nn.Module):
+    registry_name: ClassVar[str]
+    """The name the model is registered (and saved, and loaded back) by; set by the registry."""
+    value_range: ClassVar[tuple[float, float]]
+    """The range of the images it takes and gives; data is mapped onto it, never guessed."""
+    loss_name: ClassVar[str]
+    """The registered loss it trains with unless the config names another."""
+    adam_betas: ClassVar[tuple[float, float]]
+    latent_layout: ClassVar[Literal["vector", "spatial"]]
+    """``(B, d)`` codes (the small models) or ``(B, c, h, w)`` latents (image autoencoders)."""
+    has_likelihood: ClassVar[bool]
+    """``decode_distribution(z)`` is p(x|z): scored by likelihood; else by image metrics."""
+    deterministic: ClassVar[bool] = False
+    """The posterior is a point mass (a plain autoencoder): no KL, no sampling."""
+    conditional: ClassVar[bool] = False
+    """encode and decode take class labels."""
+    scales_latents: ClassVar[bool] = False
+    """Has a ``scaling_factor`` (and ``shift_factor``) for the latents a diffusion model trains on."""
+
+    config: Any
+
+    def labels_for(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The labels ``encode``/``decode`` take: the labels for a conditional model, else None."""
+        return labels if self.conditional else None
+
+    def encoder_modules(self) -> list[nn.Module]:
+        """What ``train.decoder_only`` freezes: everything that maps an image to its posterior."""
+        return [self.encoder]
+
+    @classmethod
+    def config_for_data(cls, params: Any, image_shape: tuple[int, int, int], num_classes: int | None,
+                        data_name: str) -> dict[str, Any]:
+        """The config fields that follow from the data (filled in where unset), or a ConfigError where a
+        set one disagrees with it. ``num_classes`` is None for unlabelled data."""
+        return {}

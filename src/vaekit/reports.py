@@ -1,0 +1,54 @@
+"""The HTML reports of runs and sweeps, from what is on disk: figures, metrics, config, sweep table."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+from vaekit.config import to_dict
+from vaekit.runs import read_metrics, read_run_config
+from vaekit.viz.report import Figure, render
+
+REPORT_FILE = "report.html"
+SWEEP_TABLE = "sweep.csv"
+MANIFEST = "figures/figures.json"
+"""What ``vaekit explore`` drew: figures, skipped figures with the reason, notes, the model card."""
+
+
+def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, list):
+            value = ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value)
+        rows.append((key, str(value)))
+    return rows
+
+
+def render_run_report(run_dir: str | Path) -> Path:
+    """(Re)write ``run_dir/report.html`` from the figures ``explore_run`` drew, the metrics, the config
+    and, for a run inside a sweep, the sweep's table."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    metrics = read_metrics(run_dir)
+    sweep_csv = run_dir.parent / SWEEP_TABLE
+    return render(
+        "report.html", run_dir / REPORT_FILE, [Figure(**f) for f in manifest["figures"]],
+        title=f"{run_dir.name}: {config.model.name} on {config.data.name}",
+        notes=manifest["notes"], card=manifest["card"],
+        metrics=_metric_rows({**metrics.get("test", {}), **metrics.get("latent", {})}),
+        sweep=read_table(sweep_csv) if sweep_csv.is_file() else None,
+        skipped=manifest["skipped"],
+        config_yaml=yaml.safe_dump(to_dict(config), sort_keys=False),
+    )
+
+
+def read_table(path: Path) -> dict:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return {"columns": rows[0], "rows": rows[1:]}
