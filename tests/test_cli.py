@@ -127,3 +127,88 @@ def test_options_and_overrides_come_in_any_order():
     assert args.quiet and args.command == "train"
     args = parse_arguments(["sweep", "c.yaml", "--output-dir", "out", "model.beta=1,2"])
     assert args.items == ["c.yaml", "model.beta=1,2"] and args.output_dir == "out"
+
+
+def test_list_names_everything_registered_and_each_config_with_its_defaults(capsys):
+    import yaml
+
+    from vaekit.config import load_config, to_dict
+    from vaekit.registry import DATASETS, LOSSES, MODELS
+
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
+    assert listed == set(MODELS.names()) | set(DATASETS.names()) | set(LOSSES.names())
+    assert "kl-f8 " in out and "autoencoder-kl with block_out_channels=(128, 256, 512, 512), latent_channels=4" in out
+    # What `list NAME` prints (read from the config dataclasses) is what a config naming it resolves to.
+    for name, section, extra in [("kl-f8", "model", []), ("beta-vae", "model", []), ("shapes", "data", []),
+                                 ("folder-crops", "data", ["data.path=x"]), ("lpips-gan", "loss", ["model.name=kl-f8"])]:
+        code, out, _ = run_cli(capsys, "list", name)
+        printed = yaml.safe_load(out)[section]
+        resolved = to_dict(getattr(load_config(None, [f"{section}.name={name}", *extra]), section))
+        if extra == ["data.path=x"]:
+            assert printed.pop("path") == "" and resolved.pop("path") == "x" and "path: ''  # required" in out
+        assert code == 0 and printed == resolved, name
+    code, _, err = run_cli(capsys, "list", "transformer")
+    assert code == 1 and "nothing is registered as 'transformer'; registered: autoencoder-kl" in err
+
+
+def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path, capsys):
+    import yaml
+
+    from vaekit.config import build_run_config, load_config
+
+    overrides = ["model.latent_dim=3", f"output_dir={tmp_path / 'runs'}"]
+    code, out, _ = run_cli(capsys, "train", "configs/digits-vae.yaml", "--print-config", *overrides)
+    assert code == 0 and not (tmp_path / "runs").exists()
+    printed = yaml.safe_load(out)
+    assert printed["model"]["latent_dim"] == 3 and printed["train"]["adam_betas"] is None  # every default filled in
+    assert build_run_config(printed) == load_config("configs/digits-vae.yaml", overrides)
+    code, _, err = run_cli(capsys, "train", "--print-config", "--resume", str(tmp_path))
+    assert code == 1 and "its config.yaml" in err
+
+
+def test_one_device_option_with_one_default(tmp_path, capsys):
+    import torch
+
+    from vaekit.cli import build_parser
+    from vaekit.progress import resolve_device
+
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(None) == resolve_device("auto") and resolve_device("cpu") == torch.device("cpu")
+    commands = build_parser().command_parsers
+    for command in ("eval", "explore", "reconstruct", "encode", "decode", "export-latents", "calibrate"):
+        device = next(a for a in commands[command]._actions if a.dest == "device")
+        assert device.default == "auto", command
+    (tmp_path / "run").mkdir()
+    for device, message in [("banana", "unknown device 'banana'"),
+                            (f"cuda:{torch.cuda.device_count()}", "cuda:")]:
+        code, _, err = run_cli(capsys, "reconstruct", "x.png", "-o", str(tmp_path), "--model", str(tmp_path / "run"),
+                               "--device", device)
+        assert code == 1 and message in err.strip().splitlines()[-1]
+
+
+def test_progress_bars_show_on_a_terminal_and_not_with_quiet(monkeypatch):
+    import io
+    import logging
+
+    from vaekit.progress import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    logger = logging.getLogger("vaekit")
+    before = logger.level
+    try:
+        for level, shown in [(logging.INFO, True), (logging.WARNING, False)]:  # `vaekit -q` sets WARNING
+            monkeypatch.setattr(sys, "stderr", Terminal())
+            logger.setLevel(level)
+            assert list(progress(range(3), desc="encode", unit="image")) == [0, 1, 2]
+            assert ("encode:" in sys.stderr.getvalue() and "/3" in sys.stderr.getvalue()) == shown
+        monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: no bar even at INFO
+        logger.setLevel(logging.INFO)
+        list(progress(range(3), desc="encode"))
+        assert sys.stderr.getvalue() == ""
+    finally:
+        logger.setLevel(before)

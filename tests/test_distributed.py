@@ -21,7 +21,6 @@ from vaekit.io.latents import shard_name
 from vaekit.latents import LatentDataset, export_latents
 from vaekit.training import train
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 MLP = ["data.name=digits", "model.hidden_dims=[64]", "model.latent_dim=4", "train.epochs=2", "train.batch_size=32",
        "train.checkpoint_every=30", "train.log_every=10", "train.snapshot_examples=0", "train.progress_bar=false",
@@ -96,7 +95,8 @@ def test_a_resume_on_another_process_count_says_what_changes(two_process_run, tm
 def test_gan_training_with_synchronised_batch_norm_follows_one_process(tmp_path):
     """kl-f8-tiny with the PatchGAN from step 0: the discriminator's BatchNorm over the global batch, its
     gradients and the adaptive weight averaged. GAN training amplifies rounding (Adam's first steps
-    turn tiny gradient differences into ±lr), so the curves agree to a stated 2 %, not bitwise."""
+    turn tiny gradient differences into ±lr): the first step agrees to float32 rounding, and all four
+    to 1 % (measured: 5e-7 at the first step, 7e-3 at most, in the adaptive weight of the last)."""
     args = ["model.name=kl-f8-tiny", "data.name=photos", "data.crop_size=32", "data.num_train=32",
             "loss.name=lpips-gan", "loss.perceptual_weight=0", "loss.disc_start=0", "train.epochs=1",
             "train.batch_size=8", "train.log_every=1", "train.snapshot_examples=0", "train.progress_bar=false",
@@ -104,8 +104,11 @@ def test_gan_training_with_synchronised_batch_norm_follows_one_process(tmp_path)
     vaekit_cli("train", *args, "run_name=two", "--no-explore", "--no-eval", processes=2)
     one = train(load_config(None, args + ["run_name=one"]), evaluate_at_end=False, explore=False)
     records = [[r for r in read_log(run) if "loss" in r] for run in (tmp_path / "two", one)]
+    assert len(records[0]) == len(records[1]) == 4
     for key in ("loss", "d_loss", "d_weight"):
-        np.testing.assert_allclose([r[key] for r in records[0]][:2], [r[key] for r in records[1]][:2], rtol=2e-2)
+        two, single = [r[key] for r in records[0]], [r[key] for r in records[1]]
+        np.testing.assert_allclose(two[0], single[0], rtol=1e-5)
+        np.testing.assert_allclose(two, single, rtol=1e-2)
 
 
 NONFINITE_ON_ONE_PROCESS = textwrap.dedent("""

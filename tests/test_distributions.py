@@ -128,3 +128,24 @@ def test_a_continuous_bernoulli_vae_is_scored_as_a_bound_and_a_bernoulli_one_on_
         iwae = iwae_log_likelihood(model, soft[:5], None, 20_000, generator)
         elbo = torch.stack([iwae_log_likelihood(model, soft[:5], None, 1, generator) for _ in range(2000)]).mean(0)
     assert (elbo < log_px).all() and (log_px - iwae).abs().max() < 0.01
+
+
+def test_running_moments_over_batches_equal_torch_s_over_everything():
+    """Moments (latent scale, eval's latent statistics, tiling's GroupNorm statistics) against
+    torch.var_mean over the concatenated batches, including values far from zero (cancellation)."""
+    from vaekit.moments import Moments
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [1e3 + torch.randn(3, n, generator=generator) for n in (5, 17, 1)]
+    moments = Moments()
+    for batch in batches:
+        moments.add(batch)
+    everything = torch.cat(batches, dim=-1).double()
+    for correction in (0, 1):
+        var, mean = torch.var_mean(everything, dim=-1, correction=correction)
+        torch.testing.assert_close(moments.variance(correction), var, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(moments.mean(), mean, rtol=1e-12, atol=0)
+    assert moments.count == 23
+    constant = Moments()
+    constant.add(torch.full((4,), 0.1))
+    assert constant.variance().item() == 0.0  # rounding never gives a negative variance

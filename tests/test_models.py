@@ -124,3 +124,30 @@ def test_load_model_errors_say_what_is_wrong(tmp_path):
     (folder / "config.json").write_text("{not json")
     with pytest.raises(VaekitError, match="not valid JSON"):
         vaekit.load_model(folder)
+
+
+def test_tensors_are_saved_exactly_and_copied_only_when_safetensors_needs_it(tmp_path, monkeypatch):
+    """Tied weights, views into one buffer and non-contiguous layouts are saveable; plain tensors go to
+    safetensors as they are (no copy: a checkpoint must not need twice its memory)."""
+    from safetensors.torch import load_file
+
+    from vaekit.io import atomic
+
+    buffer = torch.arange(24.0)
+    plain = torch.randn(4, 5)
+    tensors = {"plain": plain, "tied": plain, "first_half": buffer[:12], "second_half": buffer[12:],
+               "transposed": torch.randn(3, 4).t(), "channels_last": torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)}
+    handed = {}
+    save_file = atomic.save_file
+
+    def spy(written, path, metadata=None):
+        handed.update(written)
+        return save_file(written, path, metadata=metadata)
+
+    monkeypatch.setattr(atomic, "save_file", spy)
+    atomic.save_tensors(tmp_path / "t.safetensors", tensors)
+    loaded = load_file(tmp_path / "t.safetensors")
+    assert loaded.keys() == tensors.keys()
+    assert all(torch.equal(loaded[key], value) for key, value in tensors.items())
+    assert handed["plain"].data_ptr() == plain.data_ptr() and handed["first_half"].data_ptr() == buffer.data_ptr()
+    assert handed["tied"].data_ptr() != plain.data_ptr() and handed["second_half"].data_ptr() != buffer[12:].data_ptr()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vaekit.version import __version__
 from vaekit.errors import VaekitError
+from vaekit.progress import DEVICE_HELP
 
 EXAMPLES_TRAIN = """\
 examples:
@@ -55,6 +56,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from vaekit.training import train
 
     config_path, positional = _split_config(args.items)
+    if args.print_config:
+        if args.resume:
+            raise VaekitError("--print-config shows the config a new run would use; a run's own is its config.yaml")
+        print(resolved_config_yaml(config_path, positional), end="")
+        return 0
     if args.resume:
         if config_path:
             raise VaekitError("--resume continues a run with its saved config; give no config file with it "
@@ -73,6 +79,78 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not args.no_explore:
         print(f"report: {run_dir / 'report.html'}")
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def resolved_config_yaml(config_path: str | None, overrides: list[str]) -> str:
+    """The config a run of ``vaekit train CONFIG OVERRIDES`` would use, every default filled in."""
+    import yaml
+
+    from vaekit.config import load_config, to_dict
+
+    bad = [item for item in overrides if "=" not in item]
+    if bad:
+        raise VaekitError(f"expected one config file then key=value overrides, got {bad[0]!r} after them")
+    return yaml.safe_dump(to_dict(load_config(config_path, overrides)), sort_keys=False)
+
+
+def registered() -> dict[str, list[tuple[str, str]]]:
+    """Every registered model (presets included), dataset and loss with a one-line description."""
+    import vaekit  # noqa: F401  (registers everything)
+    from vaekit.registry import DATASETS, LOSSES, MODELS
+
+    out: dict[str, list[tuple[str, str]]] = {}
+    for kind, registry in (("models", MODELS), ("datasets", DATASETS), ("losses", LOSSES)):
+        rows = []
+        for name in registry.names():
+            entry = registry.get(name)
+            doc = (entry.obj.__doc__ or "").strip().splitlines()
+            summary = doc[0].rstrip(".") if doc else ""
+            if entry.obj.registry_name != name:
+                summary = f"{entry.obj.registry_name} with " + ", ".join(f"{k}={v}" for k, v in entry.defaults.items())
+            rows.append((name, summary))
+        out[kind] = rows
+    return out
+
+
+REQUIRED = {"folder": ("path",), "folder-crops": ("path",), "hf": ("path",)}
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import yaml
+
+    from vaekit.registry import DATASETS, LOSSES, MODELS
+
+    table = registered()
+    if args.name is None:
+        for kind, rows in table.items():
+            print(f"{kind}:")
+            width = max(len(name) for name, _ in rows)
+            print("\n".join(f"  {name:<{width}}  {summary}" for name, summary in rows))
+        print("\n`vaekit list NAME` prints the config keys of one, with their defaults.")
+        return 0
+    section = next((s for s, r in (("model", MODELS), ("data", DATASETS), ("loss", LOSSES)) if args.name in r), None)
+    if section is None:
+        known = [name for rows in table.values() for name, _ in rows]
+        raise VaekitError(f"nothing is registered as {args.name!r}; registered: {', '.join(known)}")
+    entry = {"model": MODELS, "data": DATASETS, "loss": LOSSES}[section].get(args.name)
+    print(f"# {section}.name={args.name}: every key of the {section} section, with its default")
+    print(f"{section}:\n  name: {args.name}")
+    for field in dataclasses.fields(entry.config_cls):
+        if field.name in entry.defaults:
+            value = entry.defaults[field.name]
+        elif field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            value = None
+        value = list(value) if isinstance(value, tuple) else value
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        required = "  # required" if value in ("", None) and field.name in REQUIRED.get(args.name, ()) else ""
+        print(f"  {field.name}: {text}{required}")
     return 0
 
 
@@ -140,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on N processes of this machine (one per GPU; gloo on CPU) with the same config: "
                        "train.batch_size is the global batch")
     train.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation at the end")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (every default filled in) as YAML and stop, training nothing")
     train.add_argument("--no-explore", action="store_true",
                        help="skip the figures and report.html at the end (`vaekit explore RUN_DIR` draws them later)")
     train.set_defaults(func=_cmd_train)
@@ -155,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `vaekit train`")
     evaluate.add_argument("--iwae-samples", type=int, metavar="K",
                           help="samples of the importance-weighted bound (default: the run's eval.iwae_samples; 0 skips)")
-    evaluate.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.set_defaults(func=_cmd_eval)
 
     explore = commands.add_parser(
@@ -169,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "explore section (e.g. explore.arithmetic_source, explore.arithmetic_target).",
     )
     explore.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `vaekit train`")
-    explore.add_argument("--device", default="cpu", help="torch device for encoding the test set (default: cpu)")
+    explore.add_argument("--device", default="auto", help=DEVICE_HELP)
     explore.set_defaults(func=_cmd_explore)
 
     sweep = commands.add_parser(
@@ -191,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a YAML config (optional), then keys with the values to sweep")
     sweep.add_argument("--output-dir", help="where the sweep directory goes (default: the config's output_dir)")
     sweep.set_defaults(func=_cmd_sweep)
+
+    listing = commands.add_parser(
+        "list", help="the registered models, presets, datasets and losses",
+        description="With no argument: every name a config can use (model.name, data.name, loss.name), with "
+        "what it is. With a NAME: every key of that component's config section, with its default.")
+    listing.add_argument("name", nargs="?", metavar="NAME", help="a model, preset, dataset or loss")
+    listing.set_defaults(func=_cmd_list)
 
     from vaekit.image_cli import add_commands
 
@@ -257,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     except VaekitError as err:
         print(f"vaekit: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `vaekit list | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+
 
 from vaekit.data import build_dataset
 from vaekit.metrics.image import evaluate_reconstruction
 from vaekit.metrics.likelihood import evaluate_likelihood
 from vaekit.io.models import load_model
+from vaekit.progress import resolve_device
 from vaekit.runs import read_run_config, update_metrics
 from vaekit.data.ranges import range_map
 
 
-def evaluate(run_dir: str | Path, iwae_samples: int | None = None, device: str | None = None) -> dict:
+def evaluate(run_dir: str | Path, iwae_samples: int | None = None, device: str | None = "auto") -> dict:
     """Evaluate the run's model on its test split; returns (and stores under "test") the metrics.
 
     ``iwae_samples`` overrides the run's ``eval.iwae_samples`` (0 skips the IWAE bound).
     """
     config = read_run_config(run_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     model = load_model(run_dir, device=device)
     test_data = build_dataset(config.data, "test")
     if not model.has_likelihood:  # an image autoencoder: scored by image metrics

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from vaekit.io.images import DEFAULT_MAX_PIXELS
 from vaekit.errors import VaekitError
 from vaekit.metrics.image import psnr
+from vaekit.progress import DEVICE_HELP, progress, resolve_device
 
 log = logging.getLogger("vaekit")
 
@@ -23,6 +25,7 @@ def _image_model(args: argparse.Namespace):
     from vaekit.models.autoencoder_kl import AutoencoderKL
     from vaekit.io.models import load_model
 
+    args.device = resolve_device(args.device)
     model = load_model(args.model, device=args.device)
     if not isinstance(model, AutoencoderKL):
         raise VaekitError(f"{args.model} holds a {model.registry_name}; these commands need an image autoencoder "
@@ -52,9 +55,10 @@ def image_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return psnr((a.clamp(-1, 1) - b.clamp(-1, 1)).double().pow(2).mean().item())
 
 
-def _each_image(paths: list[str], max_pixels: int):
+def _each_image(paths: list[str], max_pixels: int, desc: str):
     """(path, image) for every readable file, read ahead in a background thread so that decoding the
-    next files overlaps encoding this one; unreadable ones are logged and counted."""
+    next files overlaps encoding this one; unreadable ones are logged and counted. A progress bar
+    (``desc``) counts the files."""
     from vaekit.io.images import read_image
     from vaekit.data.prefetch import prefetch
 
@@ -65,7 +69,7 @@ def _each_image(paths: list[str], max_pixels: int):
             return Path(path), err
 
     skipped = []
-    for path, image in prefetch(map(read, paths), depth=4):
+    for path, image in progress(prefetch(map(read, paths), depth=4), total=len(paths), desc=desc, unit="image"):
         if isinstance(image, VaekitError):
             log.warning("skipped: %s", image)
             skipped.append(path)
@@ -82,7 +86,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     model = _image_model(args)
     out = Path(args.output)
     done = 0
-    for path, x in _each_image(args.images, args.max_pixels):
+    for path, x in _each_image(args.images, args.max_pixels, "reconstruct"):
         x = x.to(args.device)
         posterior = _encode(model, x, args)
         z = posterior.sample() if args.sample else posterior.mode()
@@ -99,7 +103,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     model = _image_model(args)
     latents, names, sizes = [], [], []
-    for path, x in _each_image(args.images, args.max_pixels):
+    for path, x in _each_image(args.images, args.max_pixels, "encode"):
         posterior = _encode(model, x.to(args.device), args)
         z = posterior.sample() if args.sample else posterior.mode()
         latents.append(model.scale_latents(z)[0].cpu())
@@ -122,7 +126,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if (scaling, shift) != (model.config.scaling_factor, model.config.shift_factor or 0.0):
         log.warning("%s was scaled by %g (shift %g); undoing that, not the model's %g", args.latents, scaling, shift,
                     model.config.scaling_factor)
-    for latent, name, size in zip(latents, names, sizes):
+    for latent, name, size in progress(zip(latents, names, sizes), total=len(names), desc="decode", unit="image"):
         z = latent[None].to(args.device) / scaling + shift  # the file's own scaling, which may not be the model's
         image = _decode(model, z, size, args)
         print(f"{name} -> {write_image(Path(args.output) / f'{Path(name).stem}.png', image)}")
@@ -135,7 +139,7 @@ def cmd_export_latents(args: argparse.Namespace) -> int:
     from vaekit.training.distributed import process_state
 
     state = process_state()
-    device = args.device or state.device
+    device = state.device if args.device == "auto" else resolve_device(args.device)
     model = load_model(args.model, device=device)
     if model.latent_layout != "spatial":
         raise VaekitError(f"{args.model} holds a {model.registry_name}; export-latents needs an image autoencoder")
@@ -199,7 +203,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     model = _image_model(args)
     before = (model.config.scaling_factor, model.config.shift_factor)
     generator = torch.Generator(device=args.device).manual_seed(0)
-    scale = measure_latent_scale(model, _calibration_batches(model, args), generator,
+    batches = progress(_calibration_batches(model, args), total=math.ceil(args.images / args.batch_size),
+                       desc="calibrate", unit="batch")
+    scale = measure_latent_scale(model, batches, generator,
                                  with_shift=args.shift or model.config.shift_factor is not None,
                                  max_images=args.images)
     if args.output:
@@ -240,7 +246,7 @@ def add_commands(commands) -> None:
     def model_options(parser: argparse.ArgumentParser, tiles: bool = True) -> None:
         parser.add_argument("--model", required=True, metavar="M",
                             help="a vaekit model folder or run, a diffusers AutoencoderKL folder, or an LDM .ckpt/.safetensors")
-        parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        parser.add_argument("--device", default="auto", help=DEVICE_HELP)
         if tiles:
             parser.add_argument("--tile", type=int, default=0, metavar="PIXELS",
                                 help="tile images larger than this many pixels a side (a multiple of f; 0 = never)")
@@ -302,7 +308,8 @@ def add_commands(commands) -> None:
                         help="run N processes on this machine (one per GPU when there are GPUs)")
     export.add_argument("--model", required=True, metavar="M",
                         help="a vaekit model folder or run, a diffusers AutoencoderKL folder, or an LDM .ckpt/.safetensors")
-    export.add_argument("--device", help="torch device (default: this process's accelerator device)")
+    export.add_argument("--device", default="auto",
+                        help=DEVICE_HELP + "; with --num-processes, auto is each process's own GPU")
     export.add_argument("--tile", type=int, default=0, metavar="PIXELS",
                         help="tile images larger than this many pixels a side (0 = never)")
     export.set_defaults(func=cmd_export_latents)
@@ -330,7 +337,7 @@ def add_commands(commands) -> None:
     calibrate.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (bomb guard)")
     calibrate.add_argument("-o", "--output", metavar="OUT",
                            help="write the model with the measured factor here instead of updating it in place")
-    calibrate.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    calibrate.add_argument("--device", default="auto", help=DEVICE_HELP)
     calibrate.set_defaults(func=cmd_calibrate)
 
     convert = commands.add_parser(

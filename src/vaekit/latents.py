@@ -37,6 +37,7 @@ from vaekit.errors import VaekitError
 from vaekit.io.atomic import write_json
 from vaekit.io.latents import (FORMAT, MANIFEST_FILE, SPEC_FILE, open_shard, read_shard_metadata, shard_name,
                                write_shard)
+from vaekit.progress import progress
 
 log = logging.getLogger("vaekit")
 
@@ -198,7 +199,8 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
         log.info("process %d: %d of its %d shards already done, resuming", state.process_index,
                  len(mine) - len(todo), len(mine))
     indices = [i for k in todo for i in range(k * shard_size, min(count, (k + 1) * shard_size))]
-    items = prefetch(_read_items(source, indices, resolution, max_pixels), prefetch_depth)
+    items = iter(progress(prefetch(_read_items(source, indices, resolution, max_pixels), prefetch_depth),
+                          total=len(indices), desc="export", unit="image"))
     started, encoded = time.perf_counter(), 0
     for k in todo:
         last = min(count, (k + 1) * shard_size)

@@ -18,7 +18,21 @@ from torch.utils.data import DataLoader, Dataset
 UNLABELLED = -1
 
 
-class ImageData(Dataset):
+class Labelled:
+    """Labels by name: ``class_names`` (empty for an unlabelled source) says whether there are labels."""
+
+    class_names: list[str]
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class ImageData(Labelled, Dataset):
     """What every data source provides; subclasses implement ``image_shape``, ``__len__`` and
     ``_gather`` (a batch of indices -> uint8 or float32 images)."""
 
@@ -39,14 +53,6 @@ class ImageData(Dataset):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         raise NotImplementedError
-
-    @property
-    def has_labels(self) -> bool:
-        return bool(self.class_names)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose augmentation ``__getitems__`` draws (a no-op for sources without any)."""

@@ -19,6 +19,7 @@ class DigitsConfig:
 
 @DATASETS.register("digits", DigitsConfig)
 def digits(config: DigitsConfig, split: str) -> ImageDataset:
+    """scikit-learn's 1,797 bundled 8×8 handwritten digits, 10 labels, a fixed split 1,500 / 297."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

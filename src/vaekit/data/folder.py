@@ -61,6 +61,7 @@ def folder_labels(files: list[str]) -> tuple[np.ndarray | None, list[str] | None
 
 @DATASETS.register("folder", FolderConfig)
 def folder(config: FolderConfig, split: str) -> LazyImages:
+    """Any folder of images (recursive), centre-cropped and resized; labels from sub-folders."""
     root, files = list_image_folder(config.path)
     labels, class_names = folder_labels(files)
     items = split_items(len(files), config.test_fraction, config.seed, split)
@@ -96,6 +97,7 @@ class FolderCropsConfig:
 
 @DATASETS.register("folder-crops", FolderCropsConfig)
 def folder_crops(config: FolderCropsConfig, split: str) -> LazyImages:
+    """A folder of photographs (recursive), random crops with flips for image autoencoders."""
     root, files = list_image_folder(config.path)
     items = split_items(len(files), config.test_fraction, config.seed, split)
     training = split == "train"

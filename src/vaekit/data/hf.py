@@ -22,6 +22,7 @@ from vaekit.registry import DATASETS
 
 @DATASETS.register("hf", HFConfig)
 def hf(config: HFConfig, split: str):
+    """A Hugging Face dataset (hub name or saved folder), random crops for training; streamed with streaming=true."""
     if config.streaming:
         return StreamingImages(config) if split == "train" else held_out_stream(config)
     splits = splits_of(config, open_dataset(config.path))

@@ -65,6 +65,7 @@ def _fitted(pictures: list[np.ndarray], names: list[str], spec: CropSpec) -> tup
 
 @DATASETS.register("photos", PhotosConfig)
 def photos(config: PhotosConfig, split: str) -> ImageDataset | LazyImages:
+    """Random crops of scikit-image's colour photographs; held out: grid crops of scikit-learn's two."""
     if split == "train":
         from skimage import data
 

@@ -59,6 +59,7 @@ def make_shapes(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray
 
 @DATASETS.register("shapes", ShapesConfig)
 def shapes(config: ShapesConfig, split: str) -> ImageDataset:
+    """16×16 anti-aliased lines of four labelled kinds (diagonal, horizontal, vertical, cross)."""
     n = config.num_train if split == "train" else config.num_test
     rng = np.random.default_rng([config.seed, 0 if split == "train" else 1])
     images, labels = make_shapes(n, config.image_size, rng)

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from vaekit.data.base import ImageDataset
+from vaekit.data.base import ImageDataset, Labelled
 from vaekit.data.hf_tables import HFConfig, class_names, is_saved_dataset, open_dataset, splits_of, undecoded
 from vaekit.data.lazy import READ_ERRORS, picture_from_cell
 from vaekit.data.prefetch import prefetch
@@ -46,7 +46,7 @@ def _label(row: dict, config: HFConfig) -> int:
     return int(row[config.label_column]) if config.label_column else -1
 
 
-class StreamingImages:
+class StreamingImages(Labelled):
     """The training split of a streamed dataset. Has the attributes of ``ImageData`` that training
     uses (shape, labels, length, value range, skipped) but no random access: read it with ``batches``."""
 
@@ -79,14 +79,6 @@ class StreamingImages:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.spec.channels, self.spec.size, self.spec.size
-
-    @property
-    def has_labels(self) -> bool:
-        return bool(self.class_names)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def __len__(self) -> int:
         return self.length

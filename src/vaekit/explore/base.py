@@ -13,6 +13,7 @@ import torch
 from vaekit.config import RunConfig
 from vaekit.data import ImageData
 from vaekit.explore.latents import LatentStats
+from vaekit.progress import progress
 from vaekit.runs import read_log
 from vaekit.training.snapshots import read_snapshot, snapshot_epochs
 from vaekit.viz import plots
@@ -92,7 +93,7 @@ class Explorer:
 
     def all(self) -> None:
         few = len(self.test) < 2
-        for draw in self.figures_to_draw():
+        for draw in progress(self.figures_to_draw(), desc="explore", unit="figure"):
             if few and draw.__name__ in ("interpolations", "neighbours", "latent_maps"):
                 self.skipped.append((draw.__name__.replace("_", " "), "it needs at least two test images"))
                 continue

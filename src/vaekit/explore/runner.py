@@ -16,6 +16,7 @@ from vaekit.explore.vectors import VectorExplorer
 from vaekit.io.atomic import write_json
 from vaekit.io.layout import resolve_model_dir
 from vaekit.io.models import load_model
+from vaekit.progress import resolve_device
 from vaekit.reports import MANIFEST, render_run_report
 from vaekit.runs import read_metrics, read_run_config, update_metrics
 
@@ -43,7 +44,7 @@ def model_card(model, test: ImageData, metrics: dict) -> dict:
     }
 
 
-def explore_run(run_dir: str | Path, device: str = "cpu") -> Path:
+def explore_run(run_dir: str | Path, device: str | None = "auto") -> Path:
     """Write every figure of ``run_dir`` into ``run_dir/figures`` and the report ``run_dir/report.html``."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -53,6 +54,7 @@ def explore_run(run_dir: str | Path, device: str = "cpu") -> Path:
         notes.append(f"This run has no final model yet (still training, or stopped before the end): the figures "
                      f"show its latest checkpoint, {model_dir.name}. Finish it with `vaekit train --resume {run_dir}`.")
         log.warning("%s has no final model yet; exploring checkpoint %s", run_dir, model_dir.name)
+    device = resolve_device(device)
     model = load_model(run_dir, device=device)
     test = build_dataset(config.data, "test")
     to_model_range = range_map(test.value_range, model.value_range)

@@ -43,6 +43,17 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """safetensors refuses views and tensors sharing storage; cloning makes any state dict saveable."""
-    plain = {key: t.detach().contiguous().clone() for key, t in tensors.items()}
+    """Write ``tensors`` as one safetensors file, atomically. safetensors refuses non-contiguous tensors
+    and tensors that share storage (tied weights, views of one buffer): those, and only those, are
+    copied, so saving a state dict does not double its memory."""
+    plain, storages = {}, set()
+    for key, t in tensors.items():
+        t = t.detach()
+        storage = t.untyped_storage().data_ptr()
+        if storage in storages:
+            t = t.clone(memory_format=torch.contiguous_format)
+        elif not t.is_contiguous():
+            t = t.contiguous()
+        storages.add(storage)
+        plain[key] = t
     _atomic(Path(path), lambda tmp: save_file(plain, tmp, metadata=metadata))

@@ -14,6 +14,8 @@ from torch import nn
 
 from vaekit.data.base import batch_loader
 from vaekit.losses.perceptual import WeightsUnavailable, hub_checkpoint, make_lpips
+from vaekit.moments import Moments
+from vaekit.progress import progress
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -96,10 +98,10 @@ def evaluate_reconstruction(model: nn.Module, dataset, batch_size: int = 32, see
             unavailable["rfid"] = str(err)
     squared = absolute = kl = ssim_sum = lpips_sum = hf_original = hf_reconstruction = psnr_sum = 0.0
     channels = model.config.latent_channels
-    z_sum = torch.zeros(channels, dtype=torch.float64)
-    z_squares = torch.zeros(channels, dtype=torch.float64)
-    pixels = latents_per_channel = count = 0
-    for x, _ in batch_loader(dataset, batch_size=batch_size):
+    per_channel, overall = Moments(), Moments()
+    pixels = count = 0
+    for x, _ in progress(batch_loader(dataset, batch_size=batch_size), total=math.ceil(len(dataset) / batch_size),
+                         desc="eval", unit="batch"):
         x = to_model_range(x.to(device))
         posterior = model.encode(x)
         reconstruction = model.decode(posterior.mode(), size=x.shape[2:]).clamp(-1, 1)
@@ -115,21 +117,18 @@ def evaluate_reconstruction(model: nn.Module, dataset, batch_size: int = 32, see
         if fid is not None:
             fid.update((x + 1) / 2, real=True)
             fid.update((reconstruction + 1) / 2, real=False)
-        z = posterior.sample(generator).double().transpose(0, 1).reshape(channels, -1).cpu()
-        z_sum += z.sum(1)
-        z_squares += z.pow(2).sum(1)
-        latents_per_channel += z.shape[1]
+        z = posterior.sample(generator).transpose(0, 1).reshape(channels, -1).cpu()
+        per_channel.add(z)
+        overall.add(z.reshape(-1))
         pixels += x.numel()
         count += len(x)
     mse = squared / pixels
-    channel_mean = z_sum / latents_per_channel
-    channel_std = (z_squares / latents_per_channel - channel_mean.pow(2)).clamp_min(0).sqrt()
-    overall_mean = z_sum.sum().item() / (latents_per_channel * channels)
-    overall_std = math.sqrt(max(z_squares.sum().item() / (latents_per_channel * channels) - overall_mean**2, 0.0))
+    channel_mean, channel_std = per_channel.mean(), per_channel.variance().sqrt()
+    overall_mean, overall_std = overall.mean().item(), overall.variance().sqrt().item()
     metrics = {"num_examples": count, "mse": mse, "psnr": psnr_sum / count, "psnr_of_mean_mse": psnr(mse),
                "ssim": ssim_sum / count,
                "l1": absolute / pixels, "kl": kl / count,
-               "compression_ratio": pixels / (latents_per_channel * channels)}
+               "compression_ratio": pixels / overall.count}
     metrics["hf_energy_ratio"] = hf_reconstruction / hf_original if hf_original else math.nan
     metrics["lpips"] = lpips_sum / count if lpips_net is not None else None
     metrics["rfid"] = float(fid.compute()) if fid is not None and count > 1 else None

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from vaekit.data.base import batch_loader
 from vaekit.models.distributions import LOG_2PI
+from vaekit.progress import progress
 
 CPU_ACTIVATION_BYTES = 3 << 19
 """Bytes of the decoder's widest activation per IWAE chunk on CPU. Chunks that stay inside the L2 caches
@@ -91,7 +92,9 @@ def evaluate_likelihood(
     kl_per_dim = torch.zeros(model.latent_dim, dtype=torch.float64)
     means = []
     count = 0
-    for x, labels in loader:
+    batches = math.ceil(len(dataset) / batch_size)
+    desc = f"eval (IWAE k={iwae_samples})" if iwae_samples > 0 and not deterministic else "eval"
+    for x, labels in progress(loader, total=batches, desc=desc, unit="batch"):
         x, labels = x.to(device), model.labels_for(labels.to(device))
         binary = binary and bool(((x == 0) | (x == 1)).all())
         posterior = model.encode(x, labels)

@@ -26,6 +26,7 @@ from vaekit.models.base import Autoencoder
 from vaekit.models.distributions import DiagonalGaussian
 from vaekit.models.fastconv import Conv2d, to_channels_last
 from vaekit.models.tiling import GroupNorm
+from vaekit.moments import Moments
 from vaekit.registry import MODELS
 
 NORM_EPS = 1e-6
@@ -360,7 +361,7 @@ def measure_latent_scale(model: AutoencoderKL, batches, generator: torch.Generat
     (z − shift) · scale has zero mean (when shifted) and unit variance. ``batches`` yields images
     ``(B, C, H, W)`` in [-1, 1] (or ``(images, labels)`` pairs); at most ``max_images`` are used.
     Moments accumulate in float64. Nothing is stored: see ``store_latent_scale``."""
-    total = squares = count = 0.0
+    moments = Moments()
     images = 0
     parameter = next(model.parameters())
     for batch in batches:
@@ -369,15 +370,13 @@ def measure_latent_scale(model: AutoencoderKL, batches, generator: torch.Generat
             x = x[:max_images - images]
         if len(x) == 0:
             break
-        z = model.encode(x.to(parameter.device, parameter.dtype)).sample(generator).double()
-        total, squares, count = total + z.sum().item(), squares + z.pow(2).sum().item(), count + z.numel()
+        moments.add(model.encode(x.to(parameter.device, parameter.dtype)).sample(generator).reshape(-1))
         images += len(x)
         if max_images is not None and images >= max_images:
             break
-    if count < 2:
+    if moments.count < 2:
         raise VaekitError("measuring the latent scale needs at least one image")
-    mean = total / count
-    variance = (squares - total * mean) / (count - 1)
+    mean, variance = moments.mean().item(), moments.variance(correction=1).item()
     if not variance > 0:
         raise VaekitError(f"the latents have no spread (variance {variance:g}): no scaling factor can normalise them")
     return LatentScale(1.0 / math.sqrt(variance), mean if with_shift else None, images)

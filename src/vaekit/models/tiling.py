@@ -35,6 +35,7 @@ from torch import nn
 
 from vaekit.errors import VaekitError
 from vaekit.models.fastconv import to_channels_last
+from vaekit.moments import Moments
 
 
 def tile_layout(size: int, tile: int, overlap: int, multiple: int = 1) -> tuple[list[int], int]:
@@ -86,25 +87,14 @@ def _tiles(height: int, width: int, tile: int, overlap: int, multiple: int) -> l
     return [_Tile(r, c, th, tw, (*rs, *cs)) for r, rs in zip(rows, row_shares) for c, cs in zip(cols, col_shares)]
 
 
-@dataclass
-class _GroupStats:
-    """Per (batch element, group) sums over the image of one GroupNorm's input, in float64."""
+class _GroupStats(Moments):
+    """Per (batch element, group) sums over the image of one GroupNorm's input."""
 
-    total: torch.Tensor | None = None
-    squares: torch.Tensor | None = None
-    count: float = 0.0
-
-    def add(self, x: torch.Tensor, groups: int) -> None:
-        b = x.shape[0]
-        flat = x.double().reshape(b, groups, -1)
-        total, squares = flat.sum(-1), flat.pow(2).sum(-1)
-        self.total = total if self.total is None else self.total + total
-        self.squares = squares if self.squares is None else self.squares + squares
-        self.count += flat.shape[-1]
+    def add_groups(self, x: torch.Tensor, groups: int) -> None:
+        self.add(x.reshape(x.shape[0], groups, -1))
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.total / self.count
-        return mean, (self.squares / self.count - mean.pow(2)).clamp_min(0)
+        return self.mean(), self.variance()
 
 
 def _group_moments(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +123,7 @@ class _SharedNorm:
                 top, bottom, left, right = self.tile.core
                 h, w = x.shape[2:]
                 share = x[:, :, round(top * h):round(bottom * h), round(left * w):round(right * w)]
-                self.collecting.setdefault(module, _GroupStats()).add(share, module.num_groups)
+                self.collecting.setdefault(module, _GroupStats()).add_groups(share, module.num_groups)
         if module not in self.using:
             return F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
         # Fixed statistics: one per-channel scale and shift (keeps x's memory layout).
