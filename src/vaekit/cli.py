@@ -113,7 +113,7 @@ def registered() -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-REQUIRED = {"folder": ("path",), "folder-crops": ("path",), "hf": ("path",)}
+REQUIRED = {"folder": ("path",), "folder-crops": ("path",), "hf": ("path",), "latents": ("path",)}
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -279,9 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("name", nargs="?", metavar="NAME", help="a model, preset, dataset or loss")
     listing.set_defaults(func=_cmd_list)
 
+    from vaekit.diffusion.cli import add_commands as add_diffusion_commands
     from vaekit.image_cli import add_commands
 
     add_commands(commands)
+    add_diffusion_commands(commands)
     parser.command_parsers = commands.choices
     return parser
 

@@ -147,7 +147,8 @@ def cmd_export_latents(args: argparse.Namespace) -> int:
         model = model.to(getattr(torch, args.dtype))
     manifest = export_latents(model.eval(), args.data, args.output, split=args.split, column=args.column,
                               resolution=args.resolution, shard_size=args.shard_size, batch_size=args.batch_size,
-                              logvar=args.logvar, tile=args.tile or None, max_pixels=args.max_pixels, state=state)
+                              logvar=args.logvar, tile=args.tile or None, max_pixels=args.max_pixels, state=state,
+                              model_source=args.model)
     if state.is_main_process:
         print(f"{manifest['encoded']} of {manifest['count']} images -> {len(manifest['shards'])} shards in "
               f"{args.output} (scaling factor {manifest['scaling_factor']:g} applied; "

@@ -119,7 +119,7 @@ def open_source(data: str, split: str = "train", column: str = "image") -> _Sour
 # ---------------------------------------------------------------------------------------------- export
 
 
-def _fingerprint(model) -> str:
+def fingerprint(model) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -153,13 +153,14 @@ def _encode_batch(model, images: list[torch.Tensor], logvar: bool, tile: int | N
 def export_latents(model, data: str, output: str | Path, *, split: str = "train", column: str = "image",
                    resolution: int | None = None, shard_size: int = 256, batch_size: int = 8,
                    logvar: bool = False, tile: int | None = None, max_pixels: int | None = None,
-                   prefetch_depth: int = 16, state=None) -> dict:
+                   prefetch_depth: int = 16, state=None, model_source: str | Path | None = None) -> dict:
     """Encode every image of ``data`` (folder or Hugging Face dataset) into shards under ``output``.
 
     Runs in every process of an Accelerate/torchrun launch (``state``: an accelerate ``PartialState``,
     created when not given): process p writes shards p, p + N, ...; the main process then checks that
     every input appears exactly once and writes the manifest, which it returns. Shards already on disk
-    (from an interrupted run with the same settings) are kept, not re-encoded.
+    (from an interrupted run with the same settings) are kept, not re-encoded. ``model_source``: where
+    ``model`` was loaded from, recorded in the manifest for ``vaekit diffusion sample``.
     """
     from vaekit.io.images import DEFAULT_MAX_PIXELS
     from vaekit.data.prefetch import prefetch
@@ -177,7 +178,7 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
     shards = math.ceil(count / shard_size)
     spec = {"format": FORMAT, "source": source.description, "count": count, "shard_size": shard_size,
             "resolution": resolution, "logvar": logvar, "tile": tile, "model": model.registry_name,
-            "model_fingerprint": _fingerprint(model), "scaling_factor": model.config.scaling_factor,
+            "model_fingerprint": fingerprint(model), "scaling_factor": model.config.scaling_factor,
             "shift_factor": model.config.shift_factor or 0.0, "latent_channels": model.config.latent_channels,
             "downsampling_factor": model.downsampling_factor, "names_digest": hashlib.sha256(
                 "\n".join(source.names).encode()).hexdigest()[:16]}
@@ -235,12 +236,15 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
         log.info("process %d: %d images in %d shards, %.1f images/s", state.process_index, encoded, len(todo),
                  encoded / max(elapsed, 1e-9))
     state.wait_for_everyone()
-    manifest = _check_and_write_manifest(output, spec, shards, state.num_processes) if state.is_main_process else None
+    source_of_model = None if model_source is None else (
+        str(Path(model_source).resolve()) if Path(model_source).exists() else str(model_source))
+    manifest = (_check_and_write_manifest(output, spec, shards, state.num_processes, source_of_model)
+                if state.is_main_process else None)
     state.wait_for_everyone()
     return manifest if manifest is not None else json.loads((output / MANIFEST_FILE).read_text())
 
 
-def _check_and_write_manifest(output: Path, spec: dict, shards: int, processes: int) -> dict:
+def _check_and_write_manifest(output: Path, spec: dict, shards: int, processes: int, model_source: str | None) -> dict:
     seen: dict[int, str] = {}
     duplicates, entries, skipped = [], [], []
     for k in range(shards):
@@ -261,7 +265,10 @@ def _check_and_write_manifest(output: Path, spec: dict, shards: int, processes: 
         raise VaekitError(f"the export is inconsistent: {len(missing)} input(s) missing (first: {missing[:5]}), "
                           f"{len(duplicates)} duplicated (first: {duplicates[:5]})")
     manifest = {**spec, "encoded": spec["count"] - len(skipped), "skipped": skipped, "shards": entries,
-                "processes": processes}
+                "processes": processes,
+                # where the VAE came from (a folder, made absolute, or a hub name): what decodes the samples of a
+                # diffusion model trained on these latents
+                "model_source": model_source}
     write_json(output / MANIFEST_FILE, manifest)
     if skipped:
         log.warning("skipped %d of %d images (listed in %s)", len(skipped), spec["count"], output / MANIFEST_FILE)

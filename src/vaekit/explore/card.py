@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -10,9 +11,10 @@ from torch import nn
 
 
 @torch.no_grad()
-def layer_table(model: nn.Module, example: torch.Tensor, label: torch.Tensor | None = None) -> list[dict]:
+def layer_table(model: nn.Module, example: torch.Tensor, label: torch.Tensor | None = None,
+                call: Callable[[], object] | None = None) -> list[dict]:
     """Rows ``{name, type, output_shape, parameters}`` for every leaf layer, in call order, from
-    encoding ``example`` ``(1, C, H, W)`` and decoding its mean."""
+    encoding ``example`` ``(1, C, H, W)`` and decoding its mean (or from ``call()``, for other models)."""
     rows: list[dict] = []
     hooks = []
     for name, module in model.named_modules():
@@ -23,8 +25,11 @@ def layer_table(model: nn.Module, example: torch.Tensor, label: torch.Tensor | N
                              "parameters": sum(p.numel() for p in mod.parameters(recurse=False))})
             hooks.append(module.register_forward_hook(record))
     try:
-        label = model.labels_for(label)
-        model.decode(model.encode(example, label).mean, label)
+        if call is not None:
+            call()
+        else:
+            label = model.labels_for(label)
+            model.decode(model.encode(example, label).mean, label)
     finally:
         for hook in hooks:
             hook.remove()

@@ -57,17 +57,23 @@ def explore_run(run_dir: str | Path, device: str | None = "auto") -> Path:
     device = resolve_device(device)
     model = load_model(run_dir, device=device)
     test = build_dataset(config.data, "test")
-    to_model_range = range_map(test.value_range, model.value_range)
-    stats = encode_dataset(model, test, config.eval.batch_size, device, to_model_range)
-    explorer = EXPLORERS[model.latent_layout](run_dir, config, model.cpu(), test, stats, to_model_range)
-    explorer.all()
-    if explorer.extra_metrics:
-        update_metrics(run_dir, "latent", explorer.extra_metrics)
-    if not test.has_labels:
-        notes.append("The data has no labels: the latent map is uncoloured, interpolation pairs are random, and the "
-                     "figures that need classes are left out (listed at the end).")
+    if model.kind == "denoiser":
+        from vaekit.diffusion.explore import explore_denoiser
+
+        explorer, more_notes, card = explore_denoiser(run_dir, config, model, test, read_metrics(run_dir))
+        notes += more_notes
+    else:
+        to_model_range = range_map(test.value_range, model.value_range)
+        stats = encode_dataset(model, test, config.eval.batch_size, device, to_model_range)
+        explorer = EXPLORERS[model.latent_layout](run_dir, config, model.cpu(), test, stats, to_model_range)
+        explorer.all()
+        if explorer.extra_metrics:
+            update_metrics(run_dir, "latent", explorer.extra_metrics)
+        if not test.has_labels:
+            notes.append("The data has no labels: the latent map is uncoloured, interpolation pairs are random, and "
+                         "the figures that need classes are left out (listed at the end).")
+        card = model_card(model, test, read_metrics(run_dir))
     write_json(run_dir / MANIFEST, {
-        "figures": [vars(f) for f in explorer.figures], "skipped": explorer.skipped, "notes": notes,
-        "card": model_card(model, test, read_metrics(run_dir)),
+        "figures": [vars(f) for f in explorer.figures], "skipped": explorer.skipped, "notes": notes, "card": card,
     })
     return render_run_report(run_dir)

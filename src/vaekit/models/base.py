@@ -14,6 +14,9 @@ from torch import nn
 
 
 class Autoencoder(nn.Module):
+    kind: ClassVar[str] = "autoencoder"
+    """What the model is for ("autoencoder"; Stage B's denoiser is "denoiser"): how it is validated,
+    evaluated and explored."""
     registry_name: ClassVar[str]
     """The name the model is registered (and saved, and loaded back) by; set by the registry."""
     value_range: ClassVar[tuple[float, float]]
@@ -37,6 +40,11 @@ class Autoencoder(nn.Module):
     def labels_for(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         """The labels ``encode``/``decode`` take: the labels for a conditional model, else None."""
         return labels if self.conditional else None
+
+    def snapshot(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """What the training-progression figure shows of ``x`` after an epoch: its reconstruction from the
+        posterior mean."""
+        return self.decode(self.encode(x, labels).mean, labels)
 
     def encoder_modules(self) -> list[nn.Module]:
         """What ``train.decoder_only`` freezes: everything that maps an image to its posterior."""

@@ -161,3 +161,13 @@ class GlobalBatchNoise:
         if rows.shape[0] != shape[0]:
             raise RuntimeError(f"noise for {shape[0]} examples asked, {rows.shape[0]} in this process's share")
         return rows
+
+    def randint(self, high: int, count: int, device: torch.device) -> torch.Tensor:
+        """Integers uniform on [0, high) for this process's ``count`` examples (e.g. diffusion timesteps)."""
+        if self.num_processes == 1:
+            return torch.randint(0, high, (count,), generator=self.generator, device=device)
+        full = torch.randint(0, high, (self.global_batch,), generator=self.generator, device=device)
+        rows = full[self.process_index::self.num_processes]
+        if rows.shape[0] != count:
+            raise RuntimeError(f"draws for {count} examples asked, {rows.shape[0]} in this process's share")
+        return rows

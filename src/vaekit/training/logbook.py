@@ -62,7 +62,9 @@ class Logbook:
             record = {"step": run.state.step, "epoch": epoch + 1, **means,
                       "lr": run.optimizers["model"].param_groups[0]["lr"]}
             self._write(record)
-            self.postfix.update(loss=f"{record['loss']:.3f}", kl=f"{record['kl']:.2f}")
+            self.postfix["loss"] = f"{record['loss']:.3f}"
+            if "kl" in record:  # the denoiser's loss has no KL term
+                self.postfix["kl"] = f"{record['kl']:.2f}"
             self.progress.set_postfix(self.postfix)
             if run.cfg.tensorboard:
                 run.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=run.state.step)
@@ -77,6 +79,7 @@ class Logbook:
         self.progress.set_postfix(self.postfix)
         if run.cfg.tensorboard:
             run.accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=run.state.step)
+        if run.cfg.tensorboard and images is not None:
             low, high = run.raw_model.value_range
             grid = ((images.flatten(0, 1) - low) / (high - low)).clamp(0, 1)
             tracker = run.accelerator.get_tracker("tensorboard", unwrap=True)

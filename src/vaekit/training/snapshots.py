@@ -1,4 +1,5 @@
-"""Reconstructions of fixed test images saved at the end of each epoch (the training-progression figure).
+"""Reconstructions of fixed test images saved at the end of each epoch (the training-progression figure);
+for the Stage B denoiser, samples from fixed noise (``model.snapshot``).
 
 ``RUN_DIR/snapshots/originals.safetensors`` holds the images, ``epoch-0001.safetensors`` ... their
 reconstructions from the posterior mean after that epoch; one small file per epoch, so nothing is
@@ -29,9 +30,9 @@ def save_snapshot(run_dir: Path, epoch: int, model: nn.Module, x: torch.Tensor, 
         save_tensors(_path(run_dir, None), {"images": x.cpu()})
     was_training = model.training
     model.eval()
-    reconstruction = model.decode(model.encode(x, labels).mean, labels)
+    shown = model.snapshot(x, labels)
     model.train(was_training)
-    save_tensors(_path(run_dir, epoch), {"images": reconstruction.float().cpu()})
+    save_tensors(_path(run_dir, epoch), {"images": shown.float().cpu()})
 
 
 def snapshot_epochs(run_dir: Path) -> list[int]:

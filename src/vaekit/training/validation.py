@@ -29,10 +29,12 @@ from vaekit.runs import BEST_DIR
 
 log = logging.getLogger("vaekit")
 
-LOWER_IS_BETTER = frozenset({"negative_elbo", "reconstruction", "kl", "mse", "l1", "lpips"})
+LOWER_IS_BETTER = frozenset({"negative_elbo", "reconstruction", "kl", "mse", "l1", "lpips", "eps_mse"})
 
 
 def metric_names(model: nn.Module) -> tuple[str, ...]:
+    if model.kind == "denoiser":
+        return ("eps_mse",)
     if not model.has_likelihood:
         return ("psnr", "ssim", "l1", "mse", "lpips")
     if model.deterministic:
@@ -67,12 +69,14 @@ class Validator:
     def __init__(self, model: nn.Module, test_data, count: int, best_metric: str | None, seed: int,
                  batch_size: int, device: torch.device, to_model_range):
         self.metric = check_best_metric(model, best_metric)
-        x, labels = test_data.__getitems__(test_data.spread_indices(count, seed))
+        self.test_data = test_data
+        self.indices = test_data.spread_indices(count, seed)
+        x, labels = test_data.__getitems__(self.indices)
         self.images, self.labels = to_model_range(x), labels
         self.conditional = model.conditional
         self.seed, self.batch_size, self.device = seed, batch_size, device
         self.lpips = None
-        if not model.has_likelihood:
+        if model.kind == "autoencoder" and not model.has_likelihood:
             from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
 
             try:
@@ -84,7 +88,17 @@ class Validator:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> tuple[dict[str, float], torch.Tensor]:
-        """The metrics, and up to 8 images above their reconstructions ``(2, n, C, H, W)`` for a figure."""
+        """The metrics, and up to 8 images above their reconstructions ``(2, n, C, H, W)`` for a figure
+        (None for the denoiser: its held-out ε-MSE on fixed draws, ``vaekit.diffusion.evaluation``)."""
+        if model.kind == "denoiser":
+            from torch.utils.data import Subset
+
+            from vaekit.diffusion.evaluation import held_out_eps_mse
+
+            subset = Subset(self.test_data, self.indices)
+            metrics = held_out_eps_mse(model, subset, draws=4, seed=self.seed, batch_size=self.batch_size,
+                                       device=self.device)
+            return {"eps_mse": metrics["eps_mse"]}, None
         was_training = model.training
         model.eval()
         generator = torch.Generator(device=self.device).manual_seed(self.seed)

@@ -73,20 +73,41 @@ def collapse_view(path: str | Path, kl_per_dim: Sequence[float], activity: Seque
 
 
 def loss_curves(path: str | Path, records: list[dict]) -> Path:
-    """Total loss, reconstruction and KL against the optimizer step."""
+    """Total loss and reconstruction against the optimizer step, and the KL beside them when the loss has
+    one (a VAE's; not the denoiser's)."""
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(FIGSIZE[0] * 1.6, FIGSIZE[1]))
+    with_kl = "kl" in records[0]
+    fig, axes = plt.subplots(1, 2 if with_kl else 1, figsize=(FIGSIZE[0] * (1.6 if with_kl else 1.0), FIGSIZE[1]),
+                             squeeze=False)
+    left = axes[0][0]
     steps = [r["step"] for r in records]
     for key in ("loss", "reconstruction"):
-        left.plot(steps, [r[key] for r in records], label=key)
+        if key in records[0]:
+            left.plot(steps, [r[key] for r in records], label=key)
     left.set_xlabel("step")
-    left.set_ylabel("nats per example")
+    left.set_ylabel("nats per example" if with_kl else "loss")
     left.legend(frameon=False)
-    right.plot(steps, [r["kl"] for r in records], color="tab:green", label="KL")
-    right.set_xlabel("step")
-    right.set_ylabel("KL (nats per example)")
-    right.legend(frameon=False)
+    if with_kl:
+        right = axes[0][1]
+        right.plot(steps, [r["kl"] for r in records], color="tab:green", label="KL")
+        right.set_xlabel("step")
+        right.set_ylabel("KL (nats per example)")
+        right.legend(frameon=False)
     fig.suptitle("training losses")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def bars(path: str | Path, names: Sequence[str], values: Sequence[float], xlabel: str, ylabel: str,
+         title: str) -> Path:
+    """One bar per named value."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(FIGSIZE[0], 0.5 * len(names)), FIGSIZE[1]))
+    ax.bar(range(len(names)), [float("nan") if v is None else v for v in values], color="tab:blue")
+    ax.set_xticks(range(len(names)), names, fontsize=7, rotation=30)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,0 +1,148 @@
+"""``vaekit diffusion train`` and ``vaekit diffusion sample``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vaekit.errors import ConfigError, VaekitError
+from vaekit.progress import DEVICE_HELP
+
+DEFAULTS = ["model.name=unet-tiny", "train.epochs=40", "train.batch_size=32", "train.lr=3e-4",
+            "train.lr_warmup_steps=100", "train.ema_decay=0.999", "train.grad_clip=1.0", "train.checkpoint_every=500",
+            "train.validate_every=250", "train.snapshot_examples=16", "train.calibrate_latents=never",
+            "explore.num_examples=16"]
+"""What ``vaekit diffusion train`` starts from, before the config file and the overrides: the tiny U-Net
+(minutes on a CPU), AdamW at 3e-4 after a warm-up, EMA 0.999, gradients clipped at 1 (the usual
+latent-diffusion settings), 16 sample snapshots per epoch."""
+
+
+def diffusion_config(latents: str, config_path: str | None, overrides: list[str]):
+    """The run config of ``vaekit diffusion train LATENTS [CONFIG] [OVERRIDES]``: ``DEFAULTS``, then the
+    file, then the overrides, with the data set to the export at ``latents``."""
+    from vaekit.config import build_run_config, merge, parse_overrides, read_yaml
+    from vaekit.registry import MODELS
+
+    bad = [item for item in overrides if "=" not in item]
+    if bad:
+        raise VaekitError(f"expected LATENTS_DIR, an optional config file, then key=value overrides; got {bad[0]!r}")
+    raw = merge(parse_overrides(DEFAULTS), read_yaml(config_path) if config_path else {})
+    raw = merge(raw, parse_overrides([*overrides, "data.name=latents", f"data.path={latents}"]))
+    config = build_run_config(raw)
+    if MODELS.get(config.model.name).obj.kind != "denoiser":
+        raise ConfigError(f"vaekit diffusion train trains a denoiser, not {config.model.name}: model.name must be "
+                          "latent-unet or a preset of it (unet-tiny, unet-small, unet-sd)")
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from vaekit.cli import format_metrics
+    from vaekit.config import to_dict
+    from vaekit.runs import read_metrics
+    from vaekit.training import train
+
+    if args.resume:
+        run_dir = train(resume=args.resume, overrides=args.items, evaluate_at_end=not args.no_eval,
+                        explore=not args.no_explore)
+    else:
+        if not args.items:
+            raise VaekitError("give the directory of exported latents (vaekit export-latents writes one)")
+        latents, rest = args.items[0], args.items[1:]
+        config_path = rest.pop(0) if rest and "=" not in rest[0] else None
+        config = diffusion_config(latents, config_path, rest)
+        if args.print_config:
+            print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+            return 0
+        run_dir = train(config, evaluate_at_end=not args.no_eval, explore=not args.no_explore)
+    print(format_metrics(read_metrics(run_dir)))
+    if not args.no_explore:
+        print(f"report: {run_dir / 'report.html'}")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def square_grid(images):
+    """``(n, C, H, W)`` → ``(rows, cols, C, H, W)`` for ``save_grid``, as square as n allows (the last row
+    padded with blank tiles)."""
+    import math
+
+    import torch
+
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    blank = torch.ones((rows * cols - len(images), *images.shape[1:]), dtype=images.dtype)
+    return torch.cat([images, blank]).reshape(rows, cols, *images.shape[1:])
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from vaekit.diffusion.sampling import decode_latents, load_vae_for, sample_latents
+    from vaekit.io.atomic import save_tensors
+    from vaekit.io.images import write_image
+    from vaekit.io.models import load_model
+    from vaekit.progress import resolve_device
+    from vaekit.runs import read_run_config
+    from vaekit.viz.grids import save_grid
+
+    if args.n < 1 or args.steps < 1:
+        raise VaekitError("-n and --steps must be at least 1")
+    device = resolve_device(args.device)
+    model = load_model(args.run, device=device)
+    if model.kind != "denoiser":
+        raise VaekitError(f"{args.run} holds a {model.registry_name}, not a denoiser trained by vaekit diffusion train")
+    config = read_run_config(args.run)
+    from vaekit.diffusion.data import open_latents
+
+    manifest = open_latents(config.data.params.path).manifest
+    vae = load_vae_for(manifest, args.vae, device)
+    latents, labels = sample_latents(model.eval(), args.n, args.steps, args.scheduler, args.class_, args.seed,
+                                     device=device)
+    images = decode_latents(vae, latents, manifest)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        write_image(out / f"sample-{i:04d}.png", image[None])
+    save_grid(out / "grid.png", square_grid(images), value_range=(-1.0, 1.0))
+    tensors = {"latents": latents, **({"labels": labels} if labels is not None else {})}
+    save_tensors(out / "samples.safetensors", tensors)
+    print(f"{args.n} samples ({args.steps} {args.scheduler.upper()} steps, seed {args.seed}) decoded by "
+          f"{manifest.get('model_source') if args.vae is None else args.vae} -> {out} (grid.png, sample-*.png, "
+          "samples.safetensors)")
+    return 0
+
+
+def add_commands(commands) -> None:
+    diffusion = commands.add_parser(
+        "diffusion", help="Stage B: train a diffusion model on exported latents, sample it",
+        description="Latent diffusion's second stage on latents written by `vaekit export-latents`: "
+        "`vaekit diffusion train LATENTS_DIR [CONFIG.yaml] [key=value ...]`, then "
+        "`vaekit diffusion sample RUN_DIR -n 64`.")
+    sub = diffusion.add_subparsers(dest="diffusion_command", metavar="COMMAND", required=True)
+    train = sub.add_parser(
+        "train", help="train a denoiser (diffusers UNet2DModel + DDPMScheduler) on exported latents",
+        description="Train a denoiser on the latents in LATENTS_DIR and write a run directory like `vaekit train`. "
+        "Starts from: " + " ".join(DEFAULTS) + "; a config file and key=value overrides change any of it "
+        "(model.name=unet-small, model.prediction_type=v_prediction, model.class_conditional=true, ...).")
+    train.add_argument("items", nargs="*", metavar="LATENTS_DIR [CONFIG.yaml] [KEY=VALUE ...]")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (overrides may extend it)")
+    train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    train.add_argument("--no-explore", action="store_true", help="skip the figures and report.html at the end")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and stop")
+    train.set_defaults(func=cmd_train)
+    sample = sub.add_parser(
+        "sample", help="sample a trained denoiser and decode through the latents' VAE",
+        description="Sample RUN_DIR's denoiser and decode the latents through the VAE recorded in the export's "
+        "manifest: PNGs, grid.png and samples.safetensors (the latents) in the output folder.")
+    sample.add_argument("run", metavar="RUN_DIR")
+    sample.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    sample.add_argument("--scheduler", choices=["ddim", "ddpm"], default="ddim",
+                        help="diffusers' DDIM (deterministic, default) or DDPM (ancestral) sampler")
+    sample.add_argument("--class", dest="class_", type=int, metavar="K",
+                        help="the class to sample (class-conditional models; default: all classes in turn)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--vae", metavar="PATH", help="the VAE to decode with (default: the one the manifest records)")
+    sample.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    sample.add_argument("--device", default="auto", help=DEVICE_HELP)
+    sample.set_defaults(func=cmd_sample)

@@ -1,0 +1,198 @@
+"""The Stage B denoiser: diffusers' ``UNet2DModel`` trained on a VAE's latents with the noise schedule of
+diffusers' ``DDPMScheduler`` (latent diffusion's second stage).
+
+A clean latent c₀ is noised to c_t = √ᾱ_t · c₀ + √(1 − ᾱ_t) · ε at a uniformly drawn t, and the network
+predicts ε (or, with ``prediction_type: v_prediction``, v = √ᾱ_t · ε − √(1 − ᾱ_t) · c₀) from c_t and t.
+The schedule defaults to Stable Diffusion's (``scaled_linear``, β from 0.00085 to 0.012, 1,000 steps).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from vaekit.errors import ConfigError
+from vaekit.registry import MODELS
+
+
+@dataclass
+class DenoiserConfig:
+    sample_size: int | None = None
+    """Latent side (h = w), from the data."""
+    in_channels: int | None = None
+    """Latent channels, from the data."""
+    block_out_channels: tuple[int, ...] = (64, 128)
+    """Channels per U-Net level; each level but the last halves the resolution."""
+    layers_per_block: int = 2
+    attention_levels: tuple[int, ...] = (1,)
+    """The levels (0 = the first) whose blocks have self-attention."""
+    norm_num_groups: int = 32
+    attention_head_dim: int = 8
+    class_conditional: bool = False
+    """Condition on the data's class labels (a learned embedding added to the time embedding)."""
+    num_classes: int | None = None
+    """From the data when ``class_conditional``."""
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+
+
+class DenoiserOutput(NamedTuple):
+    prediction: torch.Tensor
+    target: torch.Tensor
+    timesteps: torch.Tensor
+
+
+def _unet(config: DenoiserConfig) -> nn.Module:
+    from diffusers import UNet2DModel
+
+    levels = len(config.block_out_channels)
+    attention = set(config.attention_levels)
+    down = tuple("AttnDownBlock2D" if i in attention else "DownBlock2D" for i in range(levels))
+    up = tuple("AttnUpBlock2D" if i in attention else "UpBlock2D" for i in reversed(range(levels)))
+    return UNet2DModel(sample_size=config.sample_size, in_channels=config.in_channels,
+                       out_channels=config.in_channels, block_out_channels=tuple(config.block_out_channels),
+                       layers_per_block=config.layers_per_block, down_block_types=down, up_block_types=up,
+                       norm_num_groups=config.norm_num_groups, attention_head_dim=config.attention_head_dim,
+                       num_class_embeds=config.num_classes if config.class_conditional else None)
+
+
+@MODELS.register("latent-unet", DenoiserConfig)
+class LatentDenoiser(nn.Module):
+    """A denoiser ε_θ(c_t, t[, y]) on VAE latents: diffusers' UNet2DModel + DDPMScheduler's noise schedule."""
+
+    kind = "denoiser"
+    value_range = (-math.inf, math.inf)
+    """Latents are taken as exported (already scaled); never mapped."""
+    loss_name = "diffusion"
+    adam_betas = (0.9, 0.999)
+    has_likelihood = False
+    scales_latents = False
+
+    def __init__(self, config: DenoiserConfig):
+        super().__init__()
+        if config.in_channels is None or config.sample_size is None:
+            raise ConfigError("model.in_channels and model.sample_size come from the latents (data.name=latents)")
+        if config.class_conditional and not config.num_classes:
+            raise ConfigError("model.class_conditional=true needs labelled latents (model.num_classes)")
+        levels = len(config.block_out_channels)
+        bad = [level for level in config.attention_levels if not 0 <= level < levels]
+        if bad:
+            raise ConfigError(f"model.attention_levels {list(config.attention_levels)}: level {bad[0]} does not exist "
+                              f"(the U-Net has {levels} levels, 0 to {levels - 1})")
+        if config.sample_size % 2 ** (levels - 1):
+            raise ConfigError(f"latents of side {config.sample_size} cannot be halved {levels - 1} times: use fewer "
+                              "model.block_out_channels levels")
+        self.config = config
+        self.unet = _unet(config)
+        self.scheduler = self.noise_scheduler()
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.class_conditional
+
+    def labels_for(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        return labels if self.conditional else None
+
+    def noise_scheduler(self, kind: Literal["ddpm", "ddim"] = "ddpm"):
+        """A fresh diffusers scheduler with this model's training schedule: DDPM (training, ancestral
+        sampling) or DDIM (deterministic sampling in fewer steps)."""
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        c = self.config
+        settings = dict(num_train_timesteps=c.num_train_timesteps, beta_schedule=c.beta_schedule,
+                        beta_start=c.beta_start, beta_end=c.beta_end, prediction_type=c.prediction_type,
+                        clip_sample=False)
+        if kind == "ddim":
+            return DDIMScheduler(**settings, set_alpha_to_one=False, steps_offset=1)
+        return DDPMScheduler(**settings)
+
+    @classmethod
+    def config_for_data(cls, params: DenoiserConfig, image_shape: tuple[int, int, int], num_classes: int | None,
+                        data_name: str) -> dict[str, Any]:
+        channels, height, width = image_shape
+        if height != width:
+            raise ConfigError(f"{data_name} holds {height}×{width} latents; the denoiser takes square ones")
+        updates: dict[str, Any] = {}
+        for key, value in (("in_channels", channels), ("sample_size", height)):
+            current = getattr(params, key)
+            if current is None:
+                updates[key] = value
+            elif current != value:
+                raise ConfigError(f"model.{key} is {current} but {data_name} has latents of shape {list(image_shape)}")
+        if params.class_conditional:
+            if num_classes is None:
+                raise ConfigError(f"model.class_conditional=true, but {data_name} has no labels (labels come from "
+                                  "the sub-folders of the exported images)")
+            if params.num_classes is None:
+                updates["num_classes"] = num_classes
+        return updates
+
+    def encoder_modules(self) -> list[nn.Module]:
+        raise ConfigError("train.decoder_only applies to autoencoders, not to the denoiser")
+
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor | None = None, generator=None) -> DenoiserOutput:
+        """One training example per latent: t ~ U{0, ..., T−1}, ε ~ N(0, I) (from ``generator``: a
+        ``torch.Generator`` or the trainer's per-global-batch noise), the prediction and its target."""
+        b = latents.shape[0]
+        if generator is None or isinstance(generator, torch.Generator):
+            t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=generator, device=latents.device)
+            noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        else:
+            t = generator.randint(self.config.num_train_timesteps, b, latents.device)
+            noise = generator.randn(latents.shape, latents.device, latents.dtype)
+        prediction = self.predict(self.add_noise(latents, noise, t), t, labels)
+        return DenoiserOutput(prediction, self.target(latents, noise, t), t)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """c_t = √ᾱ_t · c₀ + √(1 − ᾱ_t) · ε: diffusers' ``DDPMScheduler.add_noise``."""
+        return self.scheduler.add_noise(latents, noise, t)
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε, or v = √ᾱ_t · ε − √(1 − ᾱ_t) · c₀ (diffusers' ``get_velocity``)."""
+        if self.config.prediction_type == "epsilon":
+            return noise
+        return self.scheduler.get_velocity(latents, noise, t)
+
+    def predict(self, noisy: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.unet(noisy, t, class_labels=labels if self.conditional else None).sample
+
+    @torch.no_grad()
+    def sample(self, noise: torch.Tensor, steps: int = 50, scheduler: Literal["ddpm", "ddim"] = "ddim",
+               labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents from ``noise`` ``(n, c, h, w)`` by ``steps`` steps of diffusers' DDIM (deterministic) or
+        DDPM (ancestral, noise from ``generator``) sampler."""
+        if self.conditional and labels is None:
+            raise ConfigError("this denoiser is class-conditional: give the classes to sample")
+        sampler = self.noise_scheduler(scheduler)
+        sampler.set_timesteps(steps, device=noise.device)
+        x = noise * sampler.init_noise_sigma
+        for t in sampler.timesteps:
+            prediction = self.predict(sampler.scale_model_input(x, t), t.expand(len(x)), labels)
+            extra = {"generator": generator} if scheduler == "ddpm" else {}
+            x = sampler.step(prediction, t, x, **extra).prev_sample
+        return x
+
+    def snapshot(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Samples from fixed noise (shaped like the held-out latents ``x``, seed 0) in 20 DDIM steps: the same
+        noise every epoch, so the snapshots show how the samples change as the model trains."""
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device, x.dtype)
+        return self.sample(noise, steps=20, scheduler="ddim", labels=labels)
+
+
+def _preset(name: str, **values) -> None:
+    MODELS.register_preset(name, "latent-unet", **values)
+
+
+# Sizes: tiny trains on 2 CPU cores in minutes; small is a laptop-GPU model; sd is Stable Diffusion's U-Net
+# widths and depth (320 → 1280, attention on the three highest-resolution levels) without text cross-attention.
+_preset("unet-tiny", block_out_channels=(32, 64), layers_per_block=1, attention_levels=(1,), norm_num_groups=8)
+_preset("unet-small", block_out_channels=(64, 128, 256), layers_per_block=2, attention_levels=(1, 2))
+_preset("unet-sd", block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_levels=(0, 1, 2),
+        attention_head_dim=64)

@@ -1,0 +1,217 @@
+"""Stage B: the denoiser on exported latents, its schedule, objective, training, sampling and bad input."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vaekit
+from vaekit.cli import main
+from vaekit.config import load_config
+from vaekit.diffusion.cli import diffusion_config
+from vaekit.diffusion.evaluation import held_out_eps_mse
+from vaekit.diffusion.loss import DiffusionLoss
+from vaekit.diffusion.model import DenoiserConfig, LatentDenoiser
+from vaekit.errors import VaekitError
+from vaekit.latents import export_latents
+from vaekit.training import train
+
+TINY_UNET = ["model.block_out_channels=[16,32]", "model.norm_num_groups=8", "model.attention_levels=[]",
+             "train.progress_bar=false", "train.snapshot_examples=4", "explore.num_examples=4"]
+
+
+def denoiser(**extra) -> LatentDenoiser:
+    torch.manual_seed(0)
+    values = dict(sample_size=4, in_channels=3, block_out_channels=(16, 32), norm_num_groups=8, attention_levels=(),
+                  layers_per_block=1)
+    return LatentDenoiser(DenoiserConfig(**{**values, **extra}))
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """A calibrated kl-f8-tiny-shaped VAE (random weights, 3 latent channels) and its export of 48 labelled
+    32×32 images (two classes: the image's sub-folder), latents 3×4×4 with unit standard deviation."""
+    root = tmp_path_factory.mktemp("export")
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    for k, (name, photo) in enumerate([("cat", data.chelsea()), ("coffee", data.coffee())]):
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(24):
+            top, left = rng.integers(0, photo.shape[0] - 96), rng.integers(0, photo.shape[1] - 96)
+            Image.fromarray(photo[top:top + 96:3, left:left + 96:3]).save(root / "images" / name / f"{i}.png")
+    torch.manual_seed(0)
+    vae = vaekit.create_model("autoencoder-kl", block_out_channels=(16, 16, 16, 16), layers_per_block=1,
+                              norm_num_groups=8, latent_channels=3).eval()
+    images = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1)
+                          for p in sorted((root / "images").rglob("*.png"))]).float() / 127.5 - 1
+    with torch.no_grad():  # the means are exported: scale them (a random VAE's posterior noise would dominate samples)
+        vae.config.scaling_factor = 1 / vae.encode(images).mean.std().item()
+    vaekit.save_model(vae, root / "vae")
+    export_latents(vae, str(root / "images"), root / "latents", shard_size=16, model_source=root / "vae")
+    return root
+
+
+def test_forward_noising_follows_the_closed_form():
+    """c_t = √ᾱ_t c₀ + √(1 − ᾱ_t) ε with SD's scaled-linear schedule, ᾱ_t = Π_{s≤t} (1 − β_s) and
+    β = linspace(√0.00085, √0.012, 1000)²: the mean and variance of c_t over many draws."""
+    model = denoiser()
+    betas = np.linspace(math.sqrt(0.00085), math.sqrt(0.012), 1000, dtype=np.float64) ** 2
+    alpha_bar = np.cumprod(1 - betas)
+    np.testing.assert_allclose(model.scheduler.alphas_cumprod.numpy(), alpha_bar, rtol=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.full((20000, 3, 4, 4), 0.7)
+    for t_value in (0, 250, 999):
+        t = torch.full((len(clean),), t_value)
+        noisy = model.add_noise(clean, torch.randn(clean.shape, generator=generator), t)
+        assert noisy.mean().item() == pytest.approx(math.sqrt(alpha_bar[t_value]) * 0.7, abs=3e-3)
+        assert noisy.var().item() == pytest.approx(1 - alpha_bar[t_value], rel=1e-2, abs=1e-4)
+
+
+def test_the_schedulers_are_diffusers():
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    model = denoiser(prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2")
+    assert type(model.scheduler) is DDPMScheduler and type(model.noise_scheduler("ddim")) is DDIMScheduler
+    for scheduler in (model.scheduler, model.noise_scheduler("ddim")):
+        assert scheduler.config.prediction_type == "v_prediction"
+        assert scheduler.config.beta_schedule == "squaredcos_cap_v2"
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_the_objective_is_zero_at_its_known_optimum(prediction_type):
+    """With every latent equal to one known c₀, the optimal predictor is known in closed form: ε* =
+    (c_t − √ᾱ_t c₀) / √(1 − ᾱ_t), v* = √ᾱ_t ε* − √(1 − ᾱ_t) c₀. It scores 0; predicting 0 scores E[ε²] = 1 (ε)
+    or E[v²] = ᾱ + (1 − ᾱ) c₀² averaged over t (v)."""
+    model = denoiser(prediction_type=prediction_type)
+    c0 = torch.full((512, 3, 4, 4), 0.5)
+    alpha_bar = model.scheduler.alphas_cumprod
+
+    def oracle(noisy, t, labels=None):
+        a = alpha_bar[t].view(-1, 1, 1, 1)
+        eps = (noisy - a.sqrt() * c0) / (1 - a).sqrt()
+        return eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * c0
+
+    model.predict = oracle
+    loss, _ = DiffusionLoss()(c0, model(c0, generator=torch.Generator().manual_seed(0)))
+    assert loss.item() < 1e-6
+    model.predict = lambda noisy, t, labels=None: torch.zeros_like(noisy)
+    output = model(c0, generator=torch.Generator().manual_seed(1))
+    loss, _ = DiffusionLoss()(c0, output)
+    a = alpha_bar[output.timesteps]
+    expected = 1.0 if prediction_type == "epsilon" else (a + (1 - a) * 0.25).mean().item()
+    assert loss.item() == pytest.approx(expected, rel=0.03)
+
+
+def test_latents_data_labels_split_and_scale(export, caplog):
+    config = diffusion_config(str(export / "latents"), None, TINY_UNET)
+    assert config.model.name == "unet-tiny" and config.data.name == "latents"
+    from vaekit.data import build_dataset
+
+    train_data, test_data = build_dataset(config.data, "train"), build_dataset(config.data, "test")
+    assert len(train_data) + len(test_data) == 48 and train_data.class_names == ["cat", "coffee"]
+    assert train_data.image_shape == (3, 4, 4)
+    latents, labels = train_data.__getitems__([0, 1, 2])
+    assert latents.shape == (3, 3, 4, 4) and labels.tolist() == [0, 0, 0]
+    assert "standard deviation" not in caplog.text  # calibrated: no warning
+
+
+def test_training_lowers_held_out_error_then_samples_decode_through_the_recorded_vae(export, tmp_path, capsys):
+    overrides = [*TINY_UNET, "train.epochs=12", "train.batch_size=16", "train.lr=2e-3", "train.lr_warmup_steps=0",
+                 "train.validate_every=12", "model.class_conditional=true", f"output_dir={tmp_path}", "run_name=sb"]
+    config = diffusion_config(str(export / "latents"), None, overrides)
+    from vaekit.data import build_dataset
+    from vaekit.models import create_model
+    from vaekit.training.setup import resolve_for_data
+
+    test_data = build_dataset(config.data, "test")
+    torch.manual_seed(config.seed)
+    untrained = create_model(config.model.name, **vars(resolve_for_data(config, test_data).model.params))
+    before = held_out_eps_mse(untrained, test_data, draws=8)["eps_mse"]
+    run = train(config)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["eps_mse"] < 0.8 * before, (metrics["test"]["eps_mse"], before)
+    assert len(metrics["test"]["eps_mse_by_timestep"]) == 10
+    figures = {f["name"] for f in json.loads((run / "figures" / "figures.json").read_text())["figures"]}
+    assert {"samples", "progression", "losses", "validation", "eps_mse_by_timestep"} <= figures
+
+    assert main(["diffusion", "sample", str(run), "-n", "3", "--steps", "4", "--class", "1", "-o",
+                 str(tmp_path / "samples")]) == 0
+    pngs = sorted((tmp_path / "samples").glob("sample-*.png"))
+    assert len(pngs) == 3 and Image.open(pngs[0]).size == (32, 32)
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "samples" / "samples.safetensors")
+    assert saved["latents"].shape == (3, 3, 4, 4) and saved["labels"].tolist() == [1, 1, 1]
+    vae = vaekit.load_model(export / "vae")
+    manifest = json.loads((export / "latents" / "manifest.json").read_text())
+    with torch.no_grad():
+        by_hand = vae.decode(saved["latents"][:1] / manifest["scaling_factor"] + manifest["shift_factor"])
+    written = torch.from_numpy(np.array(Image.open(pngs[0]))).permute(2, 0, 1).float() / 127.5 - 1
+    assert (written - by_hand[0].clamp(-1, 1)).abs().max() <= 1 / 127.5 + 1e-6  # one 8-bit step
+
+    code = main(["diffusion", "sample", str(run), "-n", "2", "--class", "2", "-o", str(tmp_path / "s2")])
+    assert code == 1 and "the model knows classes 0 to 1" in capsys.readouterr().err
+
+
+def test_resume_is_exact(export, tmp_path):
+    overrides = [*TINY_UNET, "train.epochs=3", "train.batch_size=16", "train.validate_every=100", f"output_dir={tmp_path}"]
+    whole = train(diffusion_config(str(export / "latents"), None, overrides + ["run_name=whole"]),
+                  evaluate_at_end=False, explore=False)
+    part = train(diffusion_config(str(export / "latents"), None, overrides + ["run_name=part", "train.max_steps=4",
+                                                                            "train.checkpoint_every=4"]),
+                 evaluate_at_end=False, explore=False)
+    train(resume=part, overrides=["train.max_steps=null"], evaluate_at_end=False, explore=False)
+    a, b = vaekit.load_model(whole), vaekit.load_model(part)
+    assert all(torch.equal(a.state_dict()[key], value) for key, value in b.state_dict().items())
+
+
+def test_bad_input_is_a_one_line_error(export, tmp_path, capsys):
+    def error(*argv):
+        code = main(list(argv))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1
+        return err[-1]
+
+    (tmp_path / "empty").mkdir()
+    assert "has no manifest.json" in error("diffusion", "train", str(tmp_path / "empty"))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for size in (32, 64):  # exported at their own sizes: two latent shapes
+        Image.fromarray(np.full((size, size, 3), 128, np.uint8)).save(mixed / f"{size}.png")
+    export_latents(vaekit.load_model(export / "vae"), str(mixed), tmp_path / "mixed-latents")
+    mixed = tmp_path / "mixed-latents"
+    assert "mixes latents of 2 shapes" in error("diffusion", "train", str(mixed))
+    assert "must be latent-unet or a preset" in error("diffusion", "train", str(export / "latents"), "model.name=kl-f8")
+
+    run = train(diffusion_config(str(export / "latents"), None, [*TINY_UNET, "train.max_steps=1", f"output_dir={tmp_path}"]),
+                evaluate_at_end=False, explore=False)
+    shutil.move(export / "vae", tmp_path / "vae-moved")
+    try:
+        message = error("diffusion", "sample", str(run), "-n", "1", "-o", str(tmp_path / "out"))
+        assert "cannot load the VAE that encoded the latents" in message and "--vae PATH" in message
+        assert "not the image autoencoder" in error("diffusion", "sample", str(run), "-n", "1", "--vae", str(run),
+                                                     "-o", str(tmp_path / "out"))
+    finally:
+        shutil.move(tmp_path / "vae-moved", export / "vae")
+
+
+def test_far_from_unit_latents_get_a_warning_naming_the_factor(export, tmp_path, caplog):
+    vae = vaekit.load_model(export / "vae")
+    vae.config.scaling_factor *= 4
+    export_latents(vae, str(export / "images"), tmp_path / "loud", model_source=export / "vae")
+    config = load_config(None, ["model.name=unet-tiny", "data.name=latents", f"data.path={tmp_path / 'loud'}"])
+    from vaekit.data import build_dataset
+
+    with caplog.at_level("WARNING", logger="vaekit"):
+        build_dataset(config.data, "train")
+    import re
+
+    std, suggested = re.search(r"standard deviation ([0-9.]+) .* A scaling factor of ([0-9.]+) would give 1",
+                               caplog.text).groups()
+    assert float(std) == pytest.approx(4, rel=0.02)  # the calibrated export, scaled 4× too much
+    assert float(suggested) == pytest.approx(vae.config.scaling_factor / 4, rel=0.02)
