@@ -215,3 +215,64 @@ def test_far_from_unit_latents_get_a_warning_naming_the_factor(export, tmp_path,
                                caplog.text).groups()
     assert float(std) == pytest.approx(4, rel=0.02)  # the calibrated export, scaled 4× too much
     assert float(suggested) == pytest.approx(vae.config.scaling_factor / 4, rel=0.02)
+
+
+def test_the_spectrum_of_a_sinusoid_peaks_at_its_frequency_and_white_noise_is_flat():
+    from vaekit.metrics.latent import high_frequency_fraction, radial_power_spectrum
+
+    n = torch.arange(32, dtype=torch.float64)
+    for frequency in (0.125, 0.375):
+        wave = torch.sin(2 * math.pi * frequency * n).expand(2, 3, 32, 32)  # varies along the width only
+        bins, power = radial_power_spectrum(wave)
+        peak = bins[power.argmax()].item()
+        assert abs(peak - frequency) <= 0.5 / 16 / 2 + 1e-9, (frequency, peak)
+        assert high_frequency_fraction(wave) == pytest.approx(1.0 if frequency > 0.25 else 0.0, abs=1e-9)
+    _, power = radial_power_spectrum(torch.randn(512, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert power[0] == 0  # the first bin holds only the mean, which is removed
+    assert power[1:].max() / power[1:].min() < 1.1  # white: the same power at every frequency
+
+
+def test_equivariance_errors_are_zero_for_an_equivariant_autoencoder_and_not_otherwise():
+    from vaekit.metrics.latent import equivariance_errors
+
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    identity = equivariance_errors(lambda x: x, lambda z: z, images)
+    assert all(value == 0.0 for value in identity.values()) and len(identity) == 3
+    pattern = torch.linspace(-0.5, 0.5, 16).expand(16, 16)  # a gradient along the width: not rotation-invariant
+    # Exact reconstruction, but the code is tied to the pixel grid: rotating it does not rotate the image.
+    shifted = equivariance_errors(lambda x: x + pattern, lambda z: (z - pattern[..., :z.shape[-2], :z.shape[-1]]),
+                                  images)
+    assert shifted["reconstruction_mse"] < 1e-12 and shifted["equivariance_mse_rotate_90"] > 0.01
+
+
+def test_the_diffusability_report_compares_autoencoders_under_one_budget(tmp_path, capsys):
+    from vaekit.diffusion.diffusability import JSON_FILE, PAGE, TABLE
+
+    for seed, name in ((0, "first"), (1, "second")):
+        torch.manual_seed(seed)
+        vaekit.save_model(vaekit.create_model("autoencoder-kl", block_out_channels=(16, 16), layers_per_block=1,
+                                              norm_num_groups=8, latent_channels=3), tmp_path / name)
+    code = main(["diffusability", str(tmp_path / "first"), str(tmp_path / "second"), "--images", "40",
+                 "--resolution", "16", "--steps", "3", "--batch-size", "8", "--seeds", "0,1", "-o", str(tmp_path / "out")])
+    assert code == 0
+    out = tmp_path / "out"
+    rows = json.loads((out / JSON_FILE).read_text())["rows"]
+    assert [row["vae"] for row in rows] == ["first", "second"]
+    for row in rows:
+        assert len(row["eps_mse_seeds"]) == 2 and row["eps_mse_spread"] == pytest.approx(
+            max(row["eps_mse_seeds"]) - min(row["eps_mse_seeds"]))
+        assert row["compression_ratio"] == 3 * 2 * 2 / 3 and row["latent_shape"] == [3, 8, 8]
+        assert row["sample_fid"] is None and "Inception" in row["sample_fid_unavailable"]
+        assert 0 < row["equivariance_mse_rotate_90"] and 0 < row["psnr"]
+        # Scaled to unit standard deviation over all channels (measured on the first 256 images; these are
+        # the held-out ones): the total variance is the channels' own plus the spread of their means.
+        means, stds = torch.tensor(row["latent_channel_mean"]), torch.tensor(row["latent_channel_std"])
+        total = math.sqrt(stds.pow(2).mean().item() + means.var(unbiased=False).item())
+        assert total == pytest.approx(1.0, rel=0.15)
+    assert (out / PAGE).is_file() and (out / TABLE).read_text().count("\n") == 3
+    assert rows[0]["eps_mse"] != rows[1]["eps_mse"]
+    torch.manual_seed(0)
+    vaekit.save_model(vaekit.create_model("mlp-vae", input_shape=(1, 8, 8)), tmp_path / "mlp")
+    code = main(["diffusability", str(tmp_path / "mlp"), "-o", str(tmp_path / "bad")])
+    assert code == 1 and "compares image autoencoders" in capsys.readouterr().err
+

@@ -67,8 +67,11 @@ def parse_sweep_args(items: list[str]) -> tuple[dict[str, list[Any]], list[str]]
 def read_sweep_config(path: str | Path | None) -> tuple[dict[str, Any], dict[str, list[Any]] | list[dict[str, Any]]]:
     """A YAML config and its optional ``sweep:`` section, validated as a run config without it. The
     section is a grid (``{key: [v1, v2]}``, every combination) or a list of combinations
-    (``[{key1: a, key2: b}, ...]``, for values that go together)."""
+    (``[{key1: a, key2: b}, ...]``, for values that go together). A ``diffusability:`` section (the
+    budget ``vaekit diffusability`` compares the swept autoencoders with) is not part of a run's config and
+    is left out."""
     raw = read_yaml(path) if path is not None else {}
+    raw.pop("diffusability", None)
     grid = raw.pop("sweep", None) or {}
     grid_ok = isinstance(grid, dict) and all(isinstance(v, list) and v for v in grid.values())
     list_ok = isinstance(grid, list) and grid and all(isinstance(c, dict) and c for c in grid)

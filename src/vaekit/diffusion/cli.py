@@ -63,19 +63,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def square_grid(images):
-    """``(n, C, H, W)`` → ``(rows, cols, C, H, W)`` for ``save_grid``, as square as n allows (the last row
-    padded with blank tiles)."""
-    import math
-
-    import torch
-
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    blank = torch.ones((rows * cols - len(images), *images.shape[1:]), dtype=images.dtype)
-    return torch.cat([images, blank]).reshape(rows, cols, *images.shape[1:])
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     from vaekit.diffusion.sampling import decode_latents, load_vae_for, sample_latents
     from vaekit.io.atomic import save_tensors
@@ -83,7 +70,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from vaekit.io.models import load_model
     from vaekit.progress import resolve_device
     from vaekit.runs import read_run_config
-    from vaekit.viz.grids import save_grid
+    from vaekit.viz.grids import save_grid, square_grid
 
     if args.n < 1 or args.steps < 1:
         raise VaekitError("-n and --steps must be at least 1")
@@ -109,6 +96,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print(f"{args.n} samples ({args.steps} {args.scheduler.upper()} steps, seed {args.seed}) decoded by "
           f"{manifest.get('model_source') if args.vae is None else args.vae} -> {out} (grid.png, sample-*.png, "
           "samples.safetensors)")
+    return 0
+
+
+def cmd_diffusability(args: argparse.Namespace) -> int:
+    from vaekit.diffusion.diffusability import TABLE, budget_from_args, compare, sweep_then_compare
+
+    if len(args.vaes) == 1 and args.vaes[0].endswith((".yaml", ".yml")):
+        page = sweep_then_compare(args.vaes[0], args.output)
+    else:
+        if args.output is None:
+            raise VaekitError("give -o OUT, the folder for the comparison")
+        page = compare(args.vaes, budget_from_args(args), args.output)
+    print((page.parent / TABLE).read_text().rstrip())
+    print(f"diffusability report: {page}")
     return 0
 
 
@@ -146,3 +147,24 @@ def add_commands(commands) -> None:
     sample.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     sample.add_argument("--device", default="auto", help=DEVICE_HELP)
     sample.set_defaults(func=cmd_sample)
+
+    from vaekit.diffusion.diffusability import Budget
+
+    defaults = Budget()
+    report = commands.add_parser(
+        "diffusability", help="compare image autoencoders by how well a diffusion model learns their latents",
+        description="Put autoencoders side by side under one budget (same images, denoiser, steps, seeds): "
+        "reconstruction, latent statistics and power spectrum, equivariance errors, and the held-out ε-MSE of "
+        "the same denoiser trained on each one's latents. Give model folders or runs, or one sweep config with "
+        "a diffusability: section (configs/study-diffusability.yaml) to train the autoencoders first.")
+    report.add_argument("vaes", nargs="+", metavar="VAE", help="autoencoders (folders, runs), or one sweep config")
+    report.add_argument("--data", default=defaults.data,
+                        help="a folder of images, or photos: crops of the built-in photographs (default)")
+    report.add_argument("--resolution", type=int, default=defaults.resolution, help="image side (default 32)")
+    report.add_argument("--images", type=int, default=defaults.images, help="crops with --data photos (default 1024)")
+    report.add_argument("--steps", type=int, default=defaults.steps, help="denoiser steps per seed (default 600)")
+    report.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    report.add_argument("--seeds", default=",".join(map(str, defaults.seeds)), help="comma-separated (default 0,1)")
+    report.add_argument("--unet", default=defaults.unet, help="the denoiser preset (default unet-tiny)")
+    report.add_argument("-o", "--output", metavar="OUT", help="output folder")
+    report.set_defaults(func=cmd_diffusability)

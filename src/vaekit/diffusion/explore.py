@@ -15,7 +15,7 @@ from vaekit.explore.base import Explorer
 from vaekit.explore.card import layer_table, parameter_count
 from vaekit.training.snapshots import read_snapshot, snapshot_epochs
 from vaekit.viz import plots
-from vaekit.viz.grids import save_grid
+from vaekit.viz.grids import save_grid, square_grid
 
 log = logging.getLogger("vaekit")
 
@@ -33,7 +33,6 @@ class DenoiserExplorer(Explorer):
         return decode_latents(self.vae, latents, self.manifest)
 
     def samples(self) -> None:
-        from vaekit.diffusion.cli import square_grid
         from vaekit.diffusion.sampling import sample_latents
 
         if self.vae is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +52,12 @@ def save_grid(path: str | Path, images, scale: int | None = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, scale, value_range).save(path)
     return path
+
+
+def square_grid(images):
+    """``(n, C, H, W)`` → ``(rows, cols, C, H, W)`` for ``save_grid``, as square as n allows (the last row
+    padded with blank tiles)."""
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    blank = torch.ones((rows * cols - len(images), *images.shape[1:]), dtype=images.dtype)
+    return torch.cat([images, blank]).reshape(rows, cols, *images.shape[1:])

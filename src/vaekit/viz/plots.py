@@ -98,6 +98,46 @@ def loss_curves(path: str | Path, records: list[dict]) -> Path:
     return _save(fig, path)
 
 
+def spectra(path: str | Path, latents: dict[str, tuple], images: dict[str, tuple]) -> Path:
+    """Radially averaged power spectra (frequencies, power), each normalised to unit total power, log scale:
+    one solid line per latent space, dashed for the images at the same resolution."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    def share(power):  # of the total; bins without power (the mean-removed DC) left out of the log plot
+        share = np.asarray(power / power.sum(), dtype=float)
+        return np.where(share > 0, share, np.nan)
+
+    for i, (name, (frequency, power)) in enumerate(latents.items()):
+        color = f"C{i}"
+        ax.plot(frequency, share(power), color=color, marker="o", markersize=3, label=f"{name} latents")
+        image_frequency, image_power = images[name]
+        ax.plot(image_frequency, share(image_power), color=color, linestyle="--", alpha=0.6,
+                label="images at its resolution")
+    ax.set_yscale("log")
+    ax.set_xlabel("frequency (cycles per pixel)")
+    ax.set_ylabel("share of power")
+    ax.legend(frameon=False, fontsize=7)
+    ax.set_title("power spectra")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def lines(path: str | Path, x: Sequence[str], series: dict[str, Sequence[float]], xlabel: str, ylabel: str,
+          title: str) -> Path:
+    """One line per named series over categorical ``x``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    for name, values in series.items():
+        ax.plot(range(len(x)), values, marker="o", markersize=3, label=name)
+    ax.set_xticks(range(len(x)), x, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def bars(path: str | Path, names: Sequence[str], values: Sequence[float], xlabel: str, ylabel: str,
          title: str) -> Path:
     """One bar per named value."""

@@ -1,0 +1,300 @@
+"""The diffusability report: several image autoencoders side by side under one identical budget.
+
+For each autoencoder, on the same images: its latents are scaled to unit standard deviation (1 / std of
+the posterior means it exports, the same rule for every VAE) and exported; reconstruction (PSNR, SSIM,
+LPIPS where its weights are present) and equivariance errors are measured on the held-out images; the
+latents' statistics and power spectrum are compared with the images'; and the same denoiser is trained
+on its latents for the same steps with each seed, scored by held-out ε-MSE (overall and per timestep
+bucket). Samples are decoded for the page; FID/KID of the samples need the Inception weights and are
+reported as unavailable, naming the file, when they are not on the machine.
+
+    vaekit diffusability VAE_A VAE_B ... --data IMAGES -o OUT
+    vaekit diffusability configs/study-diffusability.yaml      # train the VAEs of a sweep, then compare
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vaekit.errors import ConfigError, VaekitError
+
+log = logging.getLogger("vaekit")
+
+TABLE, JSON_FILE, PAGE = "diffusability.csv", "diffusability.json", "diffusability.html"
+
+
+@dataclass
+class Budget:
+    """What every autoencoder gets: the same images, denoiser, steps and seeds."""
+
+    data: str = "photos"
+    """A folder of images, or ``photos`` (random crops of the built-in photographs)."""
+    resolution: int = 32
+    images: int = 1024
+    """How many images (crops) to use when ``data`` is ``photos``."""
+    test_fraction: float = 0.2
+    steps: int = 600
+    batch_size: int = 32
+    seeds: tuple[int, ...] = (0, 1)
+    unet: str = "unet-tiny"
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if len(self.seeds) < 1 or self.steps < 1 or self.resolution < 8:
+            raise ConfigError("the budget needs at least one seed, one step and a resolution of at least 8")
+
+
+def _image_folder(budget: Budget, out: Path) -> Path:
+    if budget.data != "photos":
+        folder = Path(budget.data)
+        if not folder.is_dir():
+            raise VaekitError(f"--data {budget.data}: no such folder (or give photos for the built-in photographs)")
+        return folder
+    from PIL import Image
+
+    from vaekit.config import load_config
+    from vaekit.data import build_dataset
+
+    folder = out / "images"
+    if not folder.is_dir():
+        config = load_config(None, ["data.name=photos", f"data.crop_size={budget.resolution}",
+                                    f"data.num_train={budget.images}"])
+        images, _ = build_dataset(config.data, "train").__getitems__(list(range(budget.images)))
+        folder.mkdir(parents=True)
+        for i, image in enumerate(images):
+            array = (image.permute(1, 2, 0) * 255).round().byte().numpy()
+            Image.fromarray(array).save(folder / f"{i:05d}.png")
+    return folder
+
+
+def _name(path: str, taken: set[str]) -> str:
+    p = Path(path)
+    name = p.parent.name if p.name in ("model", "best") else p.name
+    base, k = name, 2
+    while name in taken:
+        name, k = f"{base}-{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def _unit_scaled_copy(vae, images: torch.Tensor, target: Path):
+    """The VAE with its scaling factor set to 1 / std of the posterior means of ``images`` (no shift), saved."""
+    from vaekit.io.models import save_model
+
+    with torch.no_grad():
+        means = torch.cat([vae.encode(images[i:i + 32]).mean for i in range(0, len(images), 32)])
+    vae.config.scaling_factor = 1.0 / means.double().std().item()
+    vae.config.shift_factor = None
+    save_model(vae, target)
+    return vae
+
+
+def _held_out_images(latents_dir: Path, folder: Path, budget: Budget) -> torch.Tensor:
+    from vaekit.config import load_config
+    from vaekit.data import build_dataset
+    from vaekit.io.images import read_image
+
+    config = load_config(None, ["model.name=unet-tiny", "data.name=latents", f"data.path={latents_dir}",
+                                f"data.test_fraction={budget.test_fraction}"])
+    test = build_dataset(config.data, "test")
+    sources = [test.latents.items[i][1]["source"] for i in test.items]
+    return torch.cat([read_image(folder / s, resolution=budget.resolution) for s in sources])
+
+
+def _reconstruction(vae, images: torch.Tensor) -> dict:
+    from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
+    from vaekit.metrics.image import per_image_psnr, ssim
+
+    with torch.no_grad():
+        out = torch.cat([vae.decode(vae.encode(images[i:i + 32]).mode()).clamp(-1, 1) for i in range(0, len(images), 32)])
+        metrics = {"psnr": per_image_psnr(out, images).mean().item(), "ssim": ssim(out, images).mean().item()}
+        try:
+            lpips = make_lpips(pretrained_backbone=True)
+            metrics["lpips"] = torch.cat([lpips(out[i:i + 32], images[i:i + 32]).flatten()
+                                          for i in range(0, len(images), 32)]).mean().item()
+        except WeightsUnavailable as err:
+            metrics["lpips"], metrics["lpips_unavailable"] = None, str(err)
+    return metrics
+
+
+def _latent_statistics(vae, images: torch.Tensor) -> tuple[dict, tuple]:
+    from vaekit.metrics.latent import high_frequency_fraction, radial_power_spectrum
+
+    with torch.no_grad():
+        latents = torch.cat([vae.scale_latents(vae.encode(images[i:i + 32]).mode()) for i in range(0, len(images), 32)])
+    f = images.shape[-1] // latents.shape[-1]
+    small = torch.nn.functional.avg_pool2d(images, f)  # the images at the latents' resolution
+    stats = {"scaling_factor": vae.config.scaling_factor,
+             "latent_channel_mean": latents.mean(dim=(0, 2, 3)).tolist(),
+             "latent_channel_std": latents.std(dim=(0, 2, 3)).tolist(),
+             "latent_hf_fraction": high_frequency_fraction(latents),
+             "image_hf_fraction": high_frequency_fraction(small),
+             "compression_ratio": images[0].numel() / latents[0].numel(),
+             "latent_shape": list(latents.shape[1:])}
+    return stats, (radial_power_spectrum(latents), radial_power_spectrum(small))
+
+
+def _denoiser(latents_dir: Path, budget: Budget, seed: int, runs: Path, name: str) -> dict:
+    from vaekit.diffusion.cli import diffusion_config
+    from vaekit.evaluation import evaluate
+    from vaekit.training import train
+
+    config = diffusion_config(str(latents_dir), None, [
+        f"model.name={budget.unet}", f"train.max_steps={budget.steps}", "train.epochs=100000",
+        f"train.batch_size={budget.batch_size}", f"train.lr={budget.lr}", "train.validate_every=100000",
+        "train.snapshot_examples=0", f"train.checkpoint_every={max(budget.steps // 2, 1)}", "train.progress_bar=false",
+        f"data.test_fraction={budget.test_fraction}", f"seed={seed}", f"output_dir={runs}", f"run_name={name}-seed{seed}"])
+    run = train(config, evaluate_at_end=False, explore=False)
+    return {"run": run, **evaluate(run)}
+
+
+def _samples(run: Path, vae, manifest: dict, count: int = 16) -> torch.Tensor:
+    from vaekit.diffusion.sampling import decode_latents, sample_latents
+    from vaekit.io.models import load_model
+
+    latents, _ = sample_latents(load_model(run).eval(), count, steps=50, seed=0)
+    return decode_latents(vae, latents, manifest)
+
+
+def _sample_fid(samples_of: dict[str, torch.Tensor], held_out: torch.Tensor) -> tuple[dict, str | None]:
+    from vaekit.losses.perceptual import WeightsUnavailable
+    from vaekit.metrics.image import inception_for_fid
+
+    try:
+        inception_for_fid()
+    except WeightsUnavailable as err:
+        return {name: None for name in samples_of}, str(err)
+    out = {}
+    for name, samples in samples_of.items():
+        fid = inception_for_fid()
+        fid.update((held_out + 1) / 2, real=True)
+        fid.update((samples + 1) / 2, real=False)
+        out[name] = float(fid.compute())
+    return out, None
+
+
+def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
+    """Run the comparison; returns the HTML page (``diffusability.csv`` and ``.json`` beside it)."""
+    from vaekit.io.images import read_image
+    from vaekit.io.models import load_model
+    from vaekit.latents import LatentDataset, export_latents, open_source
+    from vaekit.metrics.latent import equivariance_errors
+    from vaekit.viz.grids import save_grid, square_grid
+
+    if len(vaes) < 1:
+        raise VaekitError("give at least one autoencoder to measure (two or more to compare)")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = _image_folder(budget, out)
+    source = open_source(str(folder))
+    calibration = torch.cat([read_image(folder / name, resolution=budget.resolution) for name in source.names[:256]])
+    rows, spectra, samples_of, taken = [], {}, {}, set()
+    for path in vaes:
+        name = _name(path, taken)
+        vae = load_model(path).eval()
+        if vae.kind != "autoencoder" or vae.latent_layout != "spatial":
+            raise VaekitError(f"{path} holds a {vae.registry_name}; the diffusability report compares image autoencoders")
+        log.info("diffusability: %s", name)
+        vae = _unit_scaled_copy(vae, calibration, out / "vaes" / name)
+        latents_dir = out / "latents" / name
+        export_latents(vae, str(folder), latents_dir, resolution=budget.resolution, batch_size=32,
+                       model_source=out / "vaes" / name)
+        held_out = _held_out_images(latents_dir, folder, budget)
+        row = {"vae": name, "source": str(path), **_reconstruction(vae, held_out)}
+        stats, spectra[name] = _latent_statistics(vae, held_out)
+        row.update(stats)
+        row.update(equivariance_errors(lambda x: vae.encode(x).mode(), vae.decode, held_out))
+        results = [_denoiser(latents_dir, budget, seed, out / "runs", name) for seed in budget.seeds]
+        eps = [r["eps_mse"] for r in results]
+        row.update(eps_mse=statistics.fmean(eps), eps_mse_seeds=eps, eps_mse_spread=max(eps) - min(eps),
+                   eps_mse_by_timestep=[statistics.fmean(b) for b in zip(*(r["eps_mse_by_timestep"] for r in results))],
+                   timestep_buckets=results[0]["timestep_buckets"])
+        samples_of[name] = _samples(results[0]["run"], vae, LatentDataset(latents_dir).manifest)
+        save_grid(out / f"samples-{name}.png", square_grid(samples_of[name]), value_range=(-1.0, 1.0))
+        rows.append(row)
+    fids, reason = _sample_fid(samples_of, held_out)
+    for row in rows:
+        row["sample_fid"] = fids[row["vae"]]
+        if reason:
+            row["sample_fid_unavailable"] = reason
+    return _write(out, rows, spectra, budget)
+
+
+COLUMNS = ("vae", "compression_ratio", "psnr", "ssim", "lpips", "scaling_factor", "latent_hf_fraction",
+           "image_hf_fraction", "reconstruction_mse", "equivariance_mse_scale_0.5", "equivariance_mse_rotate_90",
+           "eps_mse", "eps_mse_spread", "sample_fid")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
+    from vaekit.io.atomic import write_json
+    from vaekit.viz import plots
+    from vaekit.viz.report import Figure, render
+
+    write_json(out / JSON_FILE, {"budget": {**vars(budget), "seeds": list(budget.seeds)}, "rows": rows})
+    with open(out / TABLE, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        writer.writerows([[_cell(row.get(c)) for c in COLUMNS] for row in rows])
+    plots.spectra(out / "spectra.png", {name: latent for name, (latent, _) in spectra.items()},
+                  {name: image for name, (_, image) in spectra.items()})
+    plots.lines(out / "eps_by_timestep.png", [f"{lo}" for lo, _ in rows[0]["timestep_buckets"]],
+                {row["vae"]: row["eps_mse_by_timestep"] for row in rows}, xlabel="timestep bucket (start)",
+                ylabel="held-out ε-MSE", title="denoising error by timestep")
+    figures = [Figure("spectra", "spectra.png", "Power spectra",
+                      "Radially averaged power spectrum of each autoencoder's scaled latents (solid) and of the "
+                      "held-out images averaged down to the latents' resolution (dashed), each normalised to unit "
+                      "total power: latents with relatively more power at high frequency are harder to diffuse."),
+               Figure("eps", "eps_by_timestep.png", "Held-out ε-MSE per timestep",
+                      f"The same denoiser ({budget.unet}, {budget.steps} steps, batch {budget.batch_size}) on each "
+                      f"autoencoder's latents, mean over seeds {budget.seeds}.")]
+    figures += [Figure(f"samples-{row['vae']}", f"samples-{row['vae']}.png", f"Samples: {row['vae']}",
+                       "16 samples (50 DDIM steps, seed 0) of the first seed's denoiser, decoded by the autoencoder.")
+                for row in rows]
+    with open(out / TABLE, newline="") as f:
+        table = list(csv.reader(f))
+    note = rows[0].get("sample_fid_unavailable")
+    title = f"diffusability: {len(rows)} autoencoders, {budget.steps} denoiser steps × {len(budget.seeds)} seeds"
+    return render("sweep.html", out / PAGE, figures, title=title + (f" (sample FID: {note})" if note else ""),
+                  table={"columns": table[0], "rows": table[1:]}, runs=[])
+
+
+def sweep_then_compare(config_path: str | Path, output: str | Path | None = None) -> Path:
+    """Train the autoencoders of a sweep config (its ``sweep:`` grid), then compare them with the budget in
+    its ``diffusability:`` section."""
+    import yaml
+
+    from vaekit.config import build_dataclass, read_yaml
+    from vaekit.sweep import sweep
+
+    raw = read_yaml(config_path)
+    budget = build_dataclass(Budget, raw.pop("diffusability", {}) or {}, "diffusability")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(raw, f)
+    sweep_dir = sweep(f.name, [], output_dir=None if output is None else str(Path(output) / "vaes-trained")).parent
+    Path(f.name).unlink()
+    trained = sorted(str(p.parent) for p in sweep_dir.glob("*/model/config.json"))
+    if not trained:
+        raise VaekitError(f"no run of the sweep in {sweep_dir} finished: nothing to compare")
+    return compare(trained, budget, output or sweep_dir / "diffusability")
+
+
+def budget_from_args(args) -> Budget:
+    return Budget(data=args.data, resolution=args.resolution, images=args.images, steps=args.steps,
+                  batch_size=args.batch_size, seeds=tuple(int(s) for s in args.seeds.split(",")), unet=args.unet)
+
+

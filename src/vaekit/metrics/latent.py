@@ -1,0 +1,77 @@
+"""What makes a latent space easy or hard to diffuse, measured without training anything: its power
+spectrum against the images' (latents with more high-frequency energy are harder to diffuse, "Improving the
+Diffusability of Autoencoders", arXiv 2502.14831) and its equivariance to scaling and rotation (EQ-VAE,
+arXiv 2502.09509): whether decoding a transformed latent gives the transformed image."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from vaekit.metrics.image import HIGH_FREQUENCY_CUTOFF
+
+
+def radial_power_spectrum(x: torch.Tensor, bins: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The power spectrum of ``x`` ``(N, C, H, W)`` averaged over examples, channels and the angle:
+    (frequencies in cycles per pixel (bin centres, 0 to 0.5), power per bin), float64. Each example and
+    channel has its mean removed first (the DC term says nothing about texture). ``bins`` defaults to
+    ``min(H, W) // 2``."""
+    height, width = x.shape[-2:]
+    bins = bins or max(1, min(height, width) // 2)
+    centred = x.double() - x.double().mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fft2(centred, norm="ortho").abs().pow(2).mean(dim=tuple(range(x.ndim - 2)))
+    radius = torch.sqrt(torch.fft.fftfreq(height, dtype=torch.float64)[:, None] ** 2
+                        + torch.fft.fftfreq(width, dtype=torch.float64)[None, :] ** 2)
+    index = torch.clamp((radius / 0.5 * bins).long(), max=bins - 1).flatten()  # corners (radius > 0.5) join the last bin
+    totals = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, power.flatten().cpu())
+    counts = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, torch.ones_like(radius).flatten())
+    frequencies = (torch.arange(bins, dtype=torch.float64) + 0.5) * 0.5 / bins
+    return frequencies, totals / counts.clamp_min(1)
+
+
+def high_frequency_fraction(x: torch.Tensor, cutoff: float = HIGH_FREQUENCY_CUTOFF) -> float:
+    """The fraction of the (mean-removed) spectral energy of ``x`` ``(N, C, H, W)`` at radial frequencies of
+    at least ``cutoff`` cycles per pixel."""
+    height, width = x.shape[-2:]
+    centred = x.double() - x.double().mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fft2(centred, norm="ortho").abs().pow(2).sum(dim=tuple(range(x.ndim - 2)))
+    radius = torch.sqrt(torch.fft.fftfreq(height, dtype=torch.float64)[:, None] ** 2
+                        + torch.fft.fftfreq(width, dtype=torch.float64)[None, :] ** 2)
+    total = power.sum().item()
+    return (power.cpu() * (radius >= cutoff)).sum().item() / total if total > 0 else 0.0
+
+
+def downscale(x: torch.Tensor) -> torch.Tensor:
+    """×0.5 by 2×2 averaging: the same operator for images and latents (sides must be even)."""
+    return F.avg_pool2d(x, 2)
+
+
+def rotate(x: torch.Tensor) -> torch.Tensor:
+    """90° counter-clockwise."""
+    return torch.rot90(x, 1, dims=(-2, -1))
+
+
+TRANSFORMS = {"scale_0.5": downscale, "rotate_90": rotate}
+
+
+@torch.no_grad()
+def equivariance_errors(encode: Callable[[torch.Tensor], torch.Tensor], decode: Callable[[torch.Tensor], torch.Tensor],
+                        images: torch.Tensor, batch_size: int = 16) -> dict[str, float]:
+    """For each transform τ of ``TRANSFORMS``: the mean squared error ‖D(τ(E(x))) − τ(x)‖² per pixel over
+    ``images`` ``(N, C, H, W)`` in [-1, 1] (decodings clipped to it), and, as a baseline, the plain
+    reconstruction error ‖D(E(x)) − x‖². An autoencoder whose latent space is equivariant to τ scores the
+    two about alike; zero for an exactly equivariant one."""
+    sums = {name: 0.0 for name in ("reconstruction", *TRANSFORMS)}
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        z = encode(x)
+        sums["reconstruction"] += (decode(z).clamp(-1, 1) - x).double().pow(2).sum().item()
+        for name, transform in TRANSFORMS.items():
+            target = transform(x)
+            error = (decode(transform(z)).clamp(-1, 1) - target).double().pow(2).sum().item()
+            sums[name] += error * x[0].numel() / target[0].numel()  # per pixel of its own (smaller) image
+    count = images.numel()
+    return {f"equivariance_mse_{name}" if name != "reconstruction" else "reconstruction_mse": value / count
+            for name, value in sums.items()}
