@@ -45,14 +45,15 @@ def model_and_data(run):
 def test_explore_writes_every_figure_and_a_report_that_references_only_existing_files(run):
     expected = {"reconstructions.png", "samples.png", "interpolation_linear.png", "interpolation_slerp.png",
                 "latent_map.png", "traversals.png", "progression.png", "latent_walk.gif", "neighbours.png",
-                "arithmetic.png", "collapse.png", "losses.png", "validation.png", "figures.json"}
+                "arithmetic.png", "collapse.png", "losses.png", "validation.png", "figures.json", "explorer.html"}
     assert {p.name for p in (run / "figures").iterdir()} == expected
     html = (run / "report.html").read_text()
     references = re.findall(r'(?:href|src)="([^"]+)"', html)
     local = [r for r in references if not r.startswith("data:")]
-    assert len(local) == len(expected) - 1
+    assert len(local) == len(expected) - 2  # every figure; the manifest and the explorer (inline) are not linked
     assert all((run / r).is_file() for r in local)
-    assert html.count('src="data:image/') == len(expected) - 1  # embedded: the file opens anywhere
+    assert html.count('src="data:image/') == len(expected) - 2  # embedded: the file opens anywhere
+    assert (run / "figures" / "explorer.html").read_text() in html  # the interactive explorer, inline
     assert "http://" not in html and "https://" not in html
     for text in ("Model card", "compression ratio", "negative_elbo", "Resolved config", "interpolation_smoothness"):
         assert text in html

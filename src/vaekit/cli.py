@@ -179,6 +179,14 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from vaekit.progress import resolve_device
+    from vaekit.serve import serve
+
+    serve(args.run_dir, args.host, args.port, str(resolve_device(args.device)))
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from vaekit.sweep import sweep
 
@@ -271,6 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a YAML config (optional), then keys with the values to sweep")
     sweep.add_argument("--output-dir", help="where the sweep directory goes (default: the config's output_dir)")
     sweep.set_defaults(func=_cmd_sweep)
+
+    serve = commands.add_parser(
+        "serve", help="explore a run's latent space in the browser",
+        description="Start a local web server with the interactive explorer of RUN_DIR's model and print its URL: "
+        "for a small VAE a map of the test codes to drag over, one slider per dimension, prior samples, "
+        "interpolation and nearest neighbours; for an image autoencoder its latent channels, to edit and decode.")
+    serve.add_argument("run_dir", metavar="RUN_DIR")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
+    serve.add_argument("--device", default="auto", help=DEVICE_HELP)
+    serve.set_defaults(func=_cmd_serve)
 
     listing = commands.add_parser(
         "list", help="the registered models, presets, datasets and losses",

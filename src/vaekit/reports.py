@@ -16,6 +16,8 @@ REPORT_FILE = "report.html"
 SWEEP_TABLE = "sweep.csv"
 MANIFEST = "figures/figures.json"
 """What ``vaekit explore`` drew: figures, skipped figures with the reason, notes, the model card."""
+EXPLORER_FILE = "explorer.html"
+"""In ``figures/``: the interactive explorer (small VAEs), an HTML fragment that decodes in the page."""
 
 
 def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
@@ -37,6 +39,7 @@ def render_run_report(run_dir: str | Path) -> Path:
     manifest = json.loads((run_dir / MANIFEST).read_text())
     metrics = read_metrics(run_dir)
     sweep_csv = run_dir.parent / SWEEP_TABLE
+    explorer = run_dir / "figures" / EXPLORER_FILE
     return render(
         "report.html", run_dir / REPORT_FILE, [Figure(**f) for f in manifest["figures"]],
         title=f"{run_dir.name}: {config.model.name} on {config.data.name}",
@@ -44,6 +47,7 @@ def render_run_report(run_dir: str | Path) -> Path:
         metrics=_metric_rows({**metrics.get("test", {}), **metrics.get("latent", {})}),
         sweep=read_table(sweep_csv) if sweep_csv.is_file() else None,
         skipped=manifest["skipped"],
+        explorer=explorer.read_text() if explorer.is_file() else None,
         config_yaml=yaml.safe_dump(to_dict(config), sort_keys=False),
     )
 

@@ -13,11 +13,11 @@ from vaekit.explore.card import compression_ratio, layer_table, parameter_count
 from vaekit.explore.images import ImageExplorer
 from vaekit.explore.latents import encode_dataset
 from vaekit.explore.vectors import VectorExplorer
-from vaekit.io.atomic import write_json
+from vaekit.io.atomic import write_json, write_text
 from vaekit.io.layout import resolve_model_dir
 from vaekit.io.models import load_model
 from vaekit.progress import resolve_device
-from vaekit.reports import MANIFEST, render_run_report
+from vaekit.reports import EXPLORER_FILE, MANIFEST, render_run_report
 from vaekit.runs import read_metrics, read_run_config, update_metrics
 
 log = logging.getLogger("vaekit")
@@ -73,6 +73,12 @@ def explore_run(run_dir: str | Path, device: str | None = "auto") -> Path:
             notes.append("The data has no labels: the latent map is uncoloured, interpolation pairs are random, and "
                          "the figures that need classes are left out (listed at the end).")
         card = model_card(model, test, read_metrics(run_dir))
+        if model.latent_layout == "vector":  # the interactive explorer, decoding in the page
+            from vaekit.serve import fragment
+            from vaekit.serve.explorer import Explorer
+
+            payload = Explorer(model, test, config.seed).info(with_decoder=True)
+            write_text(run_dir / "figures" / EXPLORER_FILE, fragment(payload))
     write_json(run_dir / MANIFEST, {
         "figures": [vars(f) for f in explorer.figures], "skipped": explorer.skipped, "notes": notes, "card": card,
     })

@@ -1,0 +1,241 @@
+"""The interactive explorer in a real browser (headless Chromium through Selenium and chromedriver) and its
+API: decoding against PyTorch, dragging, sliders, interpolation, channel edits, the offline report, and
+malformed requests."""
+
+import base64
+import io
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vaekit
+from vaekit.config import load_config
+from vaekit.serve import create_app
+from vaekit.training import train
+
+
+def _floats(values) -> str:
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A digits VAE (latent 3: the map is a PCA plane) with its report, explorer included."""
+    out = tmp_path_factory.mktemp("small")
+    config = load_config(None, ["data.name=digits", "model.hidden_dims=[64]", "model.latent_dim=3", "train.epochs=3",
+                                "train.progress_bar=false", "train.snapshot_examples=0", "eval.iwae_samples=2",
+                                f"output_dir={out}", "run_name=digits"])
+    return train(config)
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("image")
+    config = load_config(None, ["model.name=autoencoder-kl", "model.block_out_channels=[16,16]", "model.layers_per_block=1",
+                                "model.norm_num_groups=8", "model.latent_channels=3", "data.name=photos",
+                                "data.crop_size=32", "data.num_train=16", "loss.perceptual_weight=0", "loss.disc_weight=0",
+                                "train.max_steps=2", "train.batch_size=8", "train.progress_bar=false",
+                                "train.snapshot_examples=0", "train.validation_examples=4", "train.calibration_images=8",
+                                f"output_dir={out}", "run_name=image"])
+    return train(config, evaluate_at_end=False, explore=False)
+
+
+def serving(run_dir):
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def small_server(small_run):
+    server, thread, url = serving(small_run)
+    yield url
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def image_server(image_run):
+    server, thread, url = serving(image_run)
+    yield url
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert binary and driver_path, ("the browser tests need Debian's chromium and chromium-driver "
+                                    "(apt-get install chromium chromium-driver; .ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1200,1000", "--allow-file-access-from-files"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def open_explorer(driver, url):
+    driver.get(url)
+    settled(driver)
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
+    assert driver.execute_script("return window.vaekitExplorer.error") is None
+
+
+def settled(driver, timeout=30.0):
+    """Wait until the page is ready and no decode is waiting or running."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if driver.execute_script("const s = window.vaekitExplorer; return !!(s && s.ready && s.pending === 0)"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the explorer did not settle")
+
+
+def shown(driver):
+    """(the latent of the image on screen, the image as PyTorch would give it)."""
+    z, image = driver.execute_script("const s = window.vaekitExplorer; return [s.imageZ, Array.from(s.image)]")
+    return torch.tensor(z, dtype=torch.float32), torch.tensor(image, dtype=torch.float32)
+
+
+def pytorch_decode(run_dir, z, label=None):
+    model = vaekit.load_model(run_dir)
+    with torch.no_grad():
+        return model.decode(z.reshape(1, *z.shape), None if label is None else torch.tensor([label])).flatten()
+
+
+def drag_on_map(driver):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    before = driver.execute_script("return window.vaekitExplorer.decodes")
+    canvas = driver.find_element(By.CSS_SELECTOR, "canvas.vx-map")
+    ActionChains(driver).move_to_element_with_offset(canvas, -80, -60).click_and_hold().move_by_offset(30, 10) \
+        .move_by_offset(40, 50).release().perform()
+    settled(driver)
+    assert driver.execute_script("return window.vaekitExplorer.decodes") > before
+
+
+def test_served_small_vae_page_drag_slider_and_scrub(browser, small_server, small_run):
+    open_explorer(browser, small_server)
+    first_z, first_image = shown(browser)
+    drag_on_map(browser)
+    z, image = shown(browser)
+    assert not torch.allclose(z, first_z) and (image - first_image).abs().max() > 1e-3
+    torch.testing.assert_close(image, pytorch_decode(small_run, z), atol=1e-6, rtol=0)
+
+    # A slider sets its dimension, the rest stay.
+    dim = browser.execute_script("return window.vaekitExplorer.info.order[0]")
+    browser.execute_script(f"""const s = document.querySelector('input[data-dim="{dim}"]'); s.value = 1.5;
+                               s.dispatchEvent(new Event('input'));""")
+    settled(browser)
+    moved, image = shown(browser)
+    assert moved[dim].item() == pytest.approx(1.5) and torch.equal(torch.cat([moved[:dim], moved[dim + 1:]]),
+                                                                    torch.cat([z[:dim], z[dim + 1:]]))
+    torch.testing.assert_close(image, pytorch_decode(small_run, moved), atol=1e-6, rtol=0)
+
+    # The scrubber halfway between the default pair (test examples 0 and 1) is their mean code.
+    codes = browser.execute_script("""const s = window.vaekitExplorer, bin = atob(s.info.codes),
+        bytes = Uint8Array.from(bin, (ch) => ch.charCodeAt(0)); return Array.from(new Float32Array(bytes.buffer));""")
+    codes = torch.tensor(codes).reshape(-1, 3)
+    browser.execute_script("""const s = document.querySelector('input.vx-scrub'); s.value = 0.5;
+                              s.dispatchEvent(new Event('input'));""")
+    settled(browser)
+    middle, image = shown(browser)
+    torch.testing.assert_close(middle, (codes[0] + codes[1]) / 2, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(image, pytorch_decode(small_run, middle), atol=1e-6, rtol=0)
+    neighbours = browser.execute_script("return window.vaekitExplorer.neighbours")
+    assert neighbours[0] == int(torch.cdist(middle[None], codes).argmin())
+
+
+def test_the_offline_report_decodes_in_the_page_within_1e_4(browser, small_run):
+    report = small_run / "report.html"
+    open_explorer(browser, report.as_uri())
+    assert browser.execute_script("return !!window.vaekitExplorer.info.decoder")  # the weights are in the page
+    drag_on_map(browser)
+    z, image = shown(browser)
+    torch.testing.assert_close(image, pytorch_decode(small_run, z), atol=1e-4, rtol=0)
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+    assert not [name for name in fetched if name.startswith("http")]  # nothing from a network
+
+
+def test_image_autoencoder_page_channel_edits(browser, image_server, image_run):
+    open_explorer(browser, image_server)
+    channels = browser.execute_script("return document.querySelectorAll('.vx-channel canvas').length")
+    assert channels == 3
+    _, original = shown(browser)
+    browser.execute_script("""const c = document.querySelector('input[data-channel="0"][data-edit="zero"]');
+                              c.checked = true; c.dispatchEvent(new Event('change'));""")
+    settled(browser)
+    z, image = shown(browser)
+    z = z.reshape(3, 16, 16)
+    assert torch.all(z[0] == 0) and (image - original).abs().max() > 1e-4
+    model = vaekit.load_model(image_run)
+    with torch.no_grad():
+        expected = ((model.decode(z[None]).clamp(-1, 1) + 1) / 2).flatten()
+    torch.testing.assert_close(image, expected, atol=1e-5, rtol=0)
+
+
+def test_malformed_requests_get_4xx_and_the_server_goes_on(small_server, image_server, small_run):
+    import httpx
+
+    url = small_server
+    model = vaekit.load_model(small_run)
+    z = torch.tensor([0.3, -1.0, 2.0])
+    ok = httpx.post(f"{url}/api/decode", json={"z": _floats(z)})
+    assert ok.status_code == 200
+    image = np.frombuffer(base64.b64decode(ok.json()["image"]), dtype="<f4")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(image.copy()), model.decode(z[None]).flatten(), atol=1e-6, rtol=0)
+    bad = [({"z": _floats([1.0, 2.0])}, 400, "has 2 values"), ({"z": _floats([np.nan, 0, 0])}, 400, "NaN"),
+           ({"z": _floats([np.inf, 0, 0])}, 400, "infinite"), ({"z": "not base64!"}, 400, "base64"),
+           ({"z": [1, 2, 3]}, 400, "base64 string"), ({"z": _floats(z), "label": "cat"}, 400, "integer"),
+           ("a string", 400, "JSON object"), ({"index": 10 ** 9}, 400, "unknown image")]
+    for body, status, message in bad:
+        path = "/api/encode" if "index" in body else "/api/decode"
+        response = httpx.post(url + path, json=body)
+        assert response.status_code == status and message in response.json()["error"], (body, response.text)
+    response = httpx.post(f"{url}/api/decode", content=b"{" + b" " * (2 << 20) + b"}")
+    assert response.status_code == 413 and "larger than" in response.json()["error"]
+    response = httpx.post(f"{url}/api/decode", content=b"\xff\xfe not json")
+    assert response.status_code == 400
+    for path in ("/static/../../../etc/passwd", "/static/app.py", "/static/%2e%2e%2fexplorer.py", "/run/config.yaml"):
+        response = httpx.get(url + path)
+        assert response.status_code == 404 and "root:" not in response.text
+    assert httpx.post(f"{url}/api/encode", json={"upload": "aGVsbG8="}).status_code == 400  # not for small VAEs
+    # Image autoencoder: a real upload is encoded; garbage is a clear 400.
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(buffer, format="PNG")
+    upload = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    response = httpx.post(f"{image_server}/api/encode", json={"upload": upload})
+    assert response.status_code == 200 and response.json()["latent_shape"] == [3, 20, 20]
+    response = httpx.post(f"{image_server}/api/encode", json={"upload": base64.b64encode(b"GIF89a garbage").decode()})
+    assert response.status_code == 400 and "cannot read the upload" in response.json()["error"]
+    response = httpx.post(f"{image_server}/api/decode", json={"z": _floats(np.zeros(12)), "shape": [3, 2, 2]})
+    assert response.status_code == 200 and response.json()["shape"] == [3, 4, 4]
+    response = httpx.post(f"{image_server}/api/decode", json={"z": _floats(np.zeros(12)), "shape": [4, 1, 3]})
+    assert response.status_code == 400 and "c = 3" in response.json()["error"]
+    assert httpx.get(f"{url}/api/info").status_code == 200  # still serving
