@@ -239,3 +239,31 @@ def test_malformed_requests_get_4xx_and_the_server_goes_on(small_server, image_s
     response = httpx.post(f"{image_server}/api/decode", json={"z": _floats(np.zeros(12)), "shape": [4, 1, 3]})
     assert response.status_code == 400 and "c = 3" in response.json()["error"]
     assert httpx.get(f"{url}/api/info").status_code == 200  # still serving
+
+
+@pytest.fixture(scope="module")
+def cvae_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cvae")
+    config = load_config(None, ["model.name=cvae", "data.name=digits", "model.hidden_dims=[32]", "model.latent_dim=2",
+                                "train.epochs=2", "train.progress_bar=false", "train.snapshot_examples=0",
+                                "eval.iwae_samples=2", f"output_dir={out}", "run_name=cvae"])
+    return train(config, evaluate_at_end=False)
+
+
+def test_a_conditional_vae_with_its_class_selector_and_prior_samples_offline(browser, cvae_run):
+    open_explorer(browser, (cvae_run / "report.html").as_uri())
+    assert browser.execute_script("return window.vaekitExplorer.info.map.method") == "latent"  # 2-D: the map is z
+    browser.execute_script("""const s = document.querySelector('select:not([data-role])'); s.value = '7';
+                              s.dispatchEvent(new Event('change'));""")
+    settled(browser)
+    z, image = shown(browser)
+    assert browser.execute_script("return window.vaekitExplorer.imageLabel") == 7
+    torch.testing.assert_close(image, pytorch_decode(cvae_run, z, label=7), atol=1e-4, rtol=0)
+    from selenium.webdriver.common.by import By
+
+    button = next(b for b in browser.find_elements(By.TAG_NAME, "button") if "prior" in b.text)
+    button.click()
+    settled(browser)
+    sampled, image = shown(browser)
+    assert not torch.allclose(sampled, z)
+    torch.testing.assert_close(image, pytorch_decode(cvae_run, sampled, label=7), atol=1e-4, rtol=0)
