@@ -343,9 +343,10 @@ def add_commands(commands) -> None:
 
     convert = commands.add_parser(
         "convert", help="convert weights: diffusers / LDM checkpoint / vaekit",
-        description="Load a vaekit model folder, a diffusers AutoencoderKL folder or an original LDM/CompVis "
-        "checkpoint (.ckpt read with torch.load(weights_only=True), never executing code; .safetensors; a full "
-        "Stable Diffusion checkpoint's first_stage_model) and write it as a vaekit folder or a diffusers folder.")
+        description="Load a vaekit model folder, a diffusers AutoencoderKL or VQModel folder, or an original "
+        "LDM/CompVis checkpoint (.ckpt read with torch.load(weights_only=True), never executing code; .safetensors; "
+        "a full Stable Diffusion checkpoint's first_stage_model; a taming/LDM VQ checkpoint) and write it as a "
+        "vaekit folder or a diffusers folder.")
     convert.add_argument("source", metavar="SOURCE")
     convert.add_argument("-o", "--output", required=True, metavar="OUT")
     convert.add_argument("--format", choices=["vaekit", "diffusers"], default="vaekit")

@@ -29,7 +29,8 @@ from vaekit.viz.report import Figure, render
 log = logging.getLogger("vaekit")
 
 METRICS = ("negative_elbo", "negative_iwae_bound", "reconstruction", "kl", "active_units", "mse", "psnr", "ssim",
-           "lpips", "rfid", "hf_energy_ratio", "latent_std", "scaling_factor_estimate", "compression_ratio",
+           "lpips", "rfid", "codebook_usage", "perplexity", "hf_energy_ratio", "latent_std", "scaling_factor_estimate",
+           "compression_ratio",
            "interpolation_smoothness")
 """Columns of sweep.csv; those no run reports (e.g. the image metrics in a sweep of MLP VAEs) are left out."""
 

@@ -92,6 +92,38 @@ class ImageExplorer(Explorer):
                   "Per-channel histograms of the held-out latents after the scaling factor, with the N(0, 1) "
                   "density a diffusion model expects.")
 
+    def code_usage(self) -> None:
+        """VQ models: how often each code is used over the test images, and what swapping every code for its
+        nearest other code does to a decoded image (how smooth the codebook is)."""
+        if self.model.regularizer != "vq":
+            return
+        quantizer = self.model.quantize
+        x = self._images(list(range(min(len(self.test), 256))))
+        with torch.no_grad():
+            indices = torch.cat([self.model.encode_indices(x[i:i + 32]) for i in range(0, len(x), 32)])
+            counts = torch.bincount(indices.flatten(), minlength=quantizer.num_embeddings)
+            codebook = quantizer.codebook()
+            distances = torch.cdist(codebook, codebook)
+            distances.fill_diagonal_(float("inf"))
+            neighbour = distances.argmin(1)
+            shown = x[:self.options.num_examples]
+            shown_indices = indices[:len(shown)]
+            own = self.model.decode_indices(shown_indices, size=shown.shape[2:]).clamp(*self.value_range)
+            swapped = self.model.decode_indices(neighbour[shown_indices], size=shown.shape[2:]).clamp(*self.value_range)
+        used = int((counts > 0).sum())
+        ranked = counts.sort(descending=True).values.double()
+        plots.bars(self._path("code_usage.png"), [str(i) if i % max(1, len(ranked) // 8) == 0 else ""
+                                                  for i in range(len(ranked))],
+                   (ranked / ranked.sum()).tolist(), xlabel="codes, most used first", ylabel="share of positions",
+                   title=f"code usage: {used} of {len(counts)} codes")
+        self._add("code_usage", "code_usage.png", "Codebook usage",
+                  f"The share of latent positions of {len(x)} held-out images that take each code, most used first: "
+                  f"{used} of {len(counts)} codes are used.")
+        save_grid(self._path("code_neighbours.png"), torch.stack([shown, own, swapped]), value_range=self.value_range)
+        self._add("code_neighbours", "code_neighbours.png", "Codes replaced by their nearest neighbours",
+                  "Top: held-out images; middle: decoded from their codes; bottom: every code replaced by its "
+                  "nearest other code in the codebook before decoding.")
+
     def figures_to_draw(self) -> tuple:
         return (self.reconstructions, self.samples, self.interpolations, self.neighbours, self.channels,
-                self.progression, self.losses)
+                self.code_usage, self.progression, self.losses)

@@ -64,7 +64,8 @@ def ldm_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     levels = 1 + max((int(m[1]) for k in state if (m := re.match(r"decoder\.up\.(\d+)\.", k))), default=-1)
     out = {}
     for key, value in state.items():
-        if key.startswith("loss.") or not key.split(".")[0] in ("encoder", "decoder", "quant_conv", "post_quant_conv"):
+        if key.startswith("loss.") or not key.split(".")[0] in ("encoder", "decoder", "quant_conv", "post_quant_conv",
+                                                                 "quantize"):
             continue
         new = key
         if m := re.match(r"^decoder\.up\.(\d+)\.(block|upsample)\.(.*)$", key):
@@ -90,8 +91,12 @@ def normalise_diffusers_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
+DIFFUSERS_CLASSES = {"AutoencoderKL": "autoencoder-kl", "VQModel": "vq"}
+"""diffusers model classes vaekit loads, and the vaekit model each becomes."""
+
+
 def config_from_diffusers(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """vaekit AutoencoderKL config fields from a diffusers ``config.json``."""
+    """vaekit AutoencoderKL (or VQModel) config fields from a diffusers ``config.json``."""
     unsupported = [t for t in raw.get("down_block_types", []) if t != "DownEncoderBlock2D"]
     unsupported += [t for t in raw.get("up_block_types", []) if t != "UpDecoderBlock2D"]
     if unsupported or raw.get("act_fn", "silu") != "silu":
@@ -103,6 +108,13 @@ def config_from_diffusers(raw: dict[str, Any], where: str) -> dict[str, Any]:
                                            "use_quant_conv", "use_post_quant_conv", "scaling_factor", "shift_factor")
               if raw.get(name) is not None}
     fields["sample_size"] = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
+    if raw.get("_class_name") == "VQModel":
+        if raw.get("vq_embed_dim") not in (None, raw.get("latent_channels", 3)) or raw.get("norm_type", "group") != "group":
+            raise VaekitError(f"{where}: only VQModel with vq_embed_dim = latent_channels and GroupNorm is supported")
+        fields["num_embeddings"] = raw.get("num_vq_embeddings", 256)
+        fields["latent_channels"] = raw.get("latent_channels", 3)
+        for key in ("use_quant_conv", "use_post_quant_conv", "shift_factor"):
+            fields.pop(key, None)
     return fields
 
 
@@ -122,26 +134,51 @@ def config_from_ldm_weights(state: dict[str, torch.Tensor]) -> dict[str, Any]:
             "mid_block_add_attention": "encoder.mid_block.attentions.0.to_q.weight" in state,
             "use_quant_conv": "quant_conv.weight" in state,
             "use_post_quant_conv": "post_quant_conv.weight" in state,
+            **({"num_embeddings": state["quantize.embedding.weight"].shape[0]}
+               if "quantize.embedding.weight" in state else {}),
         }
     except (KeyError, ValueError) as err:
         raise VaekitError(f"these weights are not a KL autoencoder's (missing {err})") from None
 
 
-def load_single_file(path: Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config fields, diffusers-named state) of an LDM/CompVis ``.ckpt``/``.safetensors`` or a single
-    diffusers-named weights file."""
+def load_single_file(path: Path, overrides: dict[str, Any] | None = None) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """(vaekit model name, config fields, diffusers-named state) of an LDM/CompVis or taming
+    ``.ckpt``/``.safetensors`` (KL or VQ: a ``quantize.embedding`` makes it VQ) or a single diffusers-named
+    weights file."""
     state = read_state_dict(path)
     if any(k.startswith(("encoder.down.", "first_stage_model.", "decoder.up.")) for k in state):
         state = ldm_to_diffusers(state)
     state = normalise_diffusers_keys(state)
-    return {**config_from_ldm_weights(state), **(overrides or {})}, state
+    fields = config_from_ldm_weights(state)
+    name = "vq" if "num_embeddings" in fields else "autoencoder-kl"
+    if name == "vq":
+        for key in ("use_quant_conv", "use_post_quant_conv"):
+            fields.pop(key)
+    return name, {**fields, **(overrides or {})}, state
 
 
 def export_diffusers(model: AutoencoderKL, path: str | Path) -> Path:
-    """A folder ``diffusers.AutoencoderKL.from_pretrained(path)`` loads: config.json + safetensors weights."""
+    """A folder ``diffusers.AutoencoderKL.from_pretrained(path)`` (``VQModel`` for a VQ model) loads:
+    config.json + safetensors weights."""
     path = Path(path)
     config: AutoencoderKLConfig = model.config
     levels = len(config.block_out_channels)
+    if model.regularizer == "vq":
+        write_json(path / "config.json", {
+            "_class_name": "VQModel", "_diffusers_version": DIFFUSERS_VERSION,
+            "in_channels": config.in_channels, "out_channels": config.out_channels,
+            "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
+            "block_out_channels": list(config.block_out_channels), "layers_per_block": config.layers_per_block,
+            "act_fn": "silu", "latent_channels": config.latent_channels, "sample_size": config.sample_size,
+            "num_vq_embeddings": config.num_embeddings, "norm_num_groups": config.norm_num_groups,
+            "vq_embed_dim": config.latent_channels, "scaling_factor": config.scaling_factor, "norm_type": "group",
+            "mid_block_add_attention": config.mid_block_add_attention, "lookup_from_codebook": False,
+            "force_upcast": False,
+        })
+        state = {k: v for k, v in model.state_dict().items()  # the EMA and usage statistics are vaekit's own
+                 if k.split(".")[-1] not in ("ema_count", "ema_weight", "usage")}
+        save_tensors(path / DIFFUSERS_WEIGHTS[0], state, metadata={"format": "pt"})
+        return path
     write_json(path / "config.json", {
         "_class_name": "AutoencoderKL",
         "_diffusers_version": DIFFUSERS_VERSION,

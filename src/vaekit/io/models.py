@@ -52,21 +52,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
 
     path = Path(path)
     if path.is_file():
-        fields, state = convert.load_single_file(path, config_overrides)
-        return _with_weights(create_model("autoencoder-kl", **fields), state, path, device)
+        name, fields, state = convert.load_single_file(path, config_overrides)
+        return _with_weights(create_model(name, **fields), state, path, device)
     model_dir = resolve_model_dir(path)
     try:
         config = json.loads((model_dir / CONFIG_NAME).read_text())
     except json.JSONDecodeError as err:
         raise VaekitError(f"{model_dir / CONFIG_NAME} is not valid JSON ({err}); the model folder is damaged") from None
-    if config.get("_class_name") == "AutoencoderKL":
+    if config.get("_class_name") in convert.DIFFUSERS_CLASSES:
         fields = {**convert.config_from_diffusers(config, str(model_dir)), **config_overrides}
         weights = next((model_dir / name for name in convert.DIFFUSERS_WEIGHTS if (model_dir / name).is_file()), None)
         if weights is None:
-            raise VaekitError(f"{model_dir} is a diffusers AutoencoderKL folder without weights "
+            raise VaekitError(f"{model_dir} is a diffusers {config['_class_name']} folder without weights "
                               f"({' or '.join(convert.DIFFUSERS_WEIGHTS)})")
         state = convert.normalise_diffusers_keys(convert.read_state_dict(weights))
-        return _with_weights(create_model("autoencoder-kl", **fields), state, weights, device)
+        model = create_model(convert.DIFFUSERS_CLASSES[config["_class_name"]], **fields)
+        return _with_weights(model, state, weights, device)
     name = config.pop("_vaekit_model", None)
     if name is None:
         raise VaekitError(f"{model_dir / CONFIG_NAME} is neither a vaekit nor a diffusers AutoencoderKL config")

@@ -33,6 +33,9 @@ class LPIPSGANConfig:
     lpips_pretrained: bool = True
     """False: LPIPS on a random VGG (tests only)."""
     kl_weight: float = 1e-6
+    """The KL term's weight (KL autoencoders)."""
+    codebook_weight: float = 1.0
+    """The quantiser loss's weight (VQ autoencoders; taming's VQLPIPSWithDiscriminator: 1.0)."""
     learn_logvar: bool = False
     """Learn the scalar log-variance s of nll = rec / exp(s) + s (LDM's logvar), else s = 0."""
     disc_weight: float = 0.5
@@ -80,10 +83,13 @@ class LPIPSWithDiscriminator(nn.Module):
         self.discriminator = (NLayerDiscriminator(in_channels, config.disc_channels, config.disc_layers)
                               if config.disc_weight > 0 else None)
         self.d_loss = D_LOSSES[config.disc_loss]
+        self.regularizer = "kl"
 
     @classmethod
     def for_model(cls, config: LPIPSGANConfig, model: nn.Module) -> "LPIPSWithDiscriminator":
-        return cls(config, model.config.out_channels)
+        loss = cls(config, model.config.out_channels)
+        loss.regularizer = model.regularizer  # "kl": the posterior's KL; "vq": the quantiser's loss
+        return loss
 
     def last_layer(self, model: nn.Module) -> torch.Tensor:
         """The weight the adaptive weight's gradients are taken at: the decoder's output convolution."""
@@ -120,8 +126,15 @@ class LPIPSWithDiscriminator(nn.Module):
             logs["lpips"] = perceptual.mean().item()
         batch = x.shape[0]
         nll_loss = (rec / torch.exp(self.logvar) + self.logvar).sum() / batch
-        kl_loss = output.posterior.kl().sum() / batch
-        loss = nll_loss + weight * kl_loss
+        if self.regularizer == "vq":
+            quantized = output.quantized
+            loss = nll_loss + self.config.codebook_weight * quantized.loss
+            logs.update(vq_loss=quantized.loss.item(), commitment=quantized.commitment.item(),
+                        perplexity=quantized.perplexity.item())
+        else:
+            kl_loss = output.posterior.kl().sum() / batch
+            loss = nll_loss + weight * kl_loss
+            logs.update(kl=kl_loss.item(), kl_weight=float(weight))
         if self.discriminator_active(step):
             with self._frozen_discriminator():
                 g_loss = -self.discriminator(x_hat.contiguous()).mean()
@@ -131,8 +144,7 @@ class LPIPSWithDiscriminator(nn.Module):
                 d_weight = torch.tensor(self.config.disc_weight)
             loss = loss + d_weight * g_loss
             logs.update(g_loss=g_loss.item(), d_weight=float(d_weight))
-        logs.update(loss=loss.item(), reconstruction=nll_loss.item(), kl=kl_loss.item(), kl_weight=float(weight),
-                    logvar=self.logvar.item())
+        logs.update(loss=loss.item(), reconstruction=nll_loss.item(), logvar=self.logvar.item())
         return loss, logs
 
     def discriminator_step_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

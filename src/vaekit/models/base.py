@@ -32,6 +32,8 @@ class Autoencoder(nn.Module):
     """The posterior is a point mass (a plain autoencoder): no KL, no sampling."""
     conditional: ClassVar[bool] = False
     """encode and decode take class labels."""
+    regularizer: ClassVar[str] = "kl"
+    """What shapes the latent space: "kl" (a Gaussian posterior against the prior) or "vq" (a codebook)."""
     scales_latents: ClassVar[bool] = False
     """Has a ``scaling_factor`` (and ``shift_factor``) for the latents a diffusion model trains on."""
 
