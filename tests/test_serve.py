@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -46,7 +47,9 @@ def image_run(tmp_path_factory):
     return train(config, evaluate_at_end=False, explore=False)
 
 
+@contextmanager
 def serving(run_dir):
+    """``vaekit serve``'s app in a thread on a free port; yields its URL."""
     import uvicorn
 
     with socket.socket() as probe:
@@ -59,23 +62,23 @@ def serving(run_dir):
         if server.started:
             break
         time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture(scope="module")
 def small_server(small_run):
-    server, thread, url = serving(small_run)
-    yield url
-    server.should_exit = True
-    thread.join(10)
+    with serving(small_run) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def image_server(image_run):
-    server, thread, url = serving(image_run)
-    yield url
-    server.should_exit = True
-    thread.join(10)
+    with serving(image_run) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -166,5 +166,7 @@ def add_commands(commands) -> None:
     report.add_argument("--batch-size", type=int, default=defaults.batch_size)
     report.add_argument("--seeds", default=",".join(map(str, defaults.seeds)), help="comma-separated (default 0,1)")
     report.add_argument("--unet", default=defaults.unet, help="the denoiser preset (default unet-tiny)")
+    report.add_argument("--samples", type=int, default=defaults.samples,
+                        help="decoded samples per autoencoder for FID/KID and the classifier's Fréchet distance")
     report.add_argument("-o", "--output", metavar="OUT", help="output folder")
     report.set_defaults(func=cmd_diffusability)

@@ -45,6 +45,8 @@ class Budget:
     seeds: tuple[int, ...] = (0, 1)
     unet: str = "unet-tiny"
     lr: float = 1e-3
+    samples: int = 256
+    """Decoded samples per autoencoder for FID/KID and the classifier's Fréchet distance."""
 
     def __post_init__(self) -> None:
         if len(self.seeds) < 1 or self.steps < 1 or self.resolution < 8:
@@ -96,7 +98,7 @@ def _unit_scaled_copy(vae, images: torch.Tensor, target: Path):
     return vae
 
 
-def _held_out_images(latents_dir: Path, folder: Path, budget: Budget) -> torch.Tensor:
+def _held_out_images(latents_dir: Path, folder: Path, budget: Budget) -> tuple[torch.Tensor, set[str]]:
     from vaekit.config import load_config
     from vaekit.data import build_dataset
     from vaekit.io.images import read_image
@@ -105,7 +107,7 @@ def _held_out_images(latents_dir: Path, folder: Path, budget: Budget) -> torch.T
                                 f"data.test_fraction={budget.test_fraction}"])
     test = build_dataset(config.data, "test")
     sources = [test.latents.items[i][1]["source"] for i in test.items]
-    return torch.cat([read_image(folder / s, resolution=budget.resolution) for s in sources])
+    return torch.cat([read_image(folder / s, resolution=budget.resolution) for s in sources]), set(sources)
 
 
 def _reconstruction(vae, images: torch.Tensor) -> dict:
@@ -155,7 +157,7 @@ def _denoiser(latents_dir: Path, budget: Budget, seed: int, runs: Path, name: st
     return {"run": run, **evaluate(run)}
 
 
-def _samples(run: Path, vae, manifest: dict, count: int = 16) -> torch.Tensor:
+def _samples(run: Path, vae, manifest: dict, count: int) -> torch.Tensor:
     from vaekit.diffusion.sampling import decode_latents, sample_latents
     from vaekit.io.models import load_model
 
@@ -163,21 +165,42 @@ def _samples(run: Path, vae, manifest: dict, count: int = 16) -> torch.Tensor:
     return decode_latents(vae, latents, manifest)
 
 
-def _sample_fid(samples_of: dict[str, torch.Tensor], held_out: torch.Tensor) -> tuple[dict, str | None]:
+def _inception_metrics(samples_of: dict[str, torch.Tensor], held_out: torch.Tensor) -> tuple[dict, str | None]:
+    """{name: {"sample_fid", "sample_kid"}} of each VAE's decoded samples against the held-out images, or
+    None values and the reason (the Inception weights are missing)."""
     from vaekit.losses.perceptual import WeightsUnavailable
-    from vaekit.metrics.image import inception_for_fid
+    from vaekit.metrics.image import inception_for_fid, inception_for_kid
 
     try:
         inception_for_fid()
     except WeightsUnavailable as err:
-        return {name: None for name in samples_of}, str(err)
+        return {name: {"sample_fid": None, "sample_kid": None} for name in samples_of}, str(err)
     out = {}
     for name, samples in samples_of.items():
-        fid = inception_for_fid()
-        fid.update((held_out + 1) / 2, real=True)
-        fid.update((samples + 1) / 2, real=False)
-        out[name] = float(fid.compute())
+        fid, kid = inception_for_fid(), inception_for_kid(min(len(samples), len(held_out)))
+        for metric in (fid, kid):
+            metric.update((held_out + 1) / 2, real=True)
+            metric.update((samples + 1) / 2, real=False)
+        out[name] = {"sample_fid": float(fid.compute()), "sample_kid": float(kid.compute()[0])}
     return out, None
+
+
+def _classifier(folder: Path, names: list[str], held_out_names: set[str], budget: Budget):
+    """A small classifier of the data's labels (the images' sub-folders), trained on the images that are not
+    held out, for a Fréchet distance in its feature space; None for unlabelled data."""
+    from vaekit.data.folder import folder_labels
+    from vaekit.io.images import read_image
+    from vaekit.metrics.frechet import train_classifier
+
+    labels, classes = folder_labels(names)
+    if labels is None:
+        return None
+    train = [i for i, name in enumerate(names) if name not in held_out_names]
+    images = torch.cat([read_image(folder / names[i], resolution=budget.resolution) for i in train])
+    model, accuracy = train_classifier(images, torch.as_tensor(labels[train]), len(classes), seed=0)
+    log.info("diffusability: a classifier of %d classes for the Fréchet distance (training accuracy %.3f)",
+             len(classes), accuracy)
+    return model
 
 
 def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
@@ -196,6 +219,7 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
     source = open_source(str(folder))
     calibration = torch.cat([read_image(folder / name, resolution=budget.resolution) for name in source.names[:256]])
     rows, spectra, samples_of, taken = [], {}, {}, set()
+    classifier = held_out = None
     for path in vaes:
         name = _name(path, taken)
         vae = load_model(path).eval()
@@ -206,7 +230,9 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
         latents_dir = out / "latents" / name
         export_latents(vae, str(folder), latents_dir, resolution=budget.resolution, batch_size=32,
                        model_source=out / "vaes" / name)
-        held_out = _held_out_images(latents_dir, folder, budget)
+        held_out, held_out_names = _held_out_images(latents_dir, folder, budget)
+        if classifier is None and not rows:
+            classifier = _classifier(folder, source.names, held_out_names, budget)
         row = {"vae": name, "source": str(path), **_reconstruction(vae, held_out)}
         stats, spectra[name] = _latent_statistics(vae, held_out)
         row.update(stats)
@@ -216,20 +242,27 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
         row.update(eps_mse=statistics.fmean(eps), eps_mse_seeds=eps, eps_mse_spread=max(eps) - min(eps),
                    eps_mse_by_timestep=[statistics.fmean(b) for b in zip(*(r["eps_mse_by_timestep"] for r in results))],
                    timestep_buckets=results[0]["timestep_buckets"])
-        samples_of[name] = _samples(results[0]["run"], vae, LatentDataset(latents_dir).manifest)
-        save_grid(out / f"samples-{name}.png", square_grid(samples_of[name]), value_range=(-1.0, 1.0))
+        samples_of[name] = _samples(results[0]["run"], vae, LatentDataset(latents_dir).manifest, budget.samples)
+        save_grid(out / f"samples-{name}.png", square_grid(samples_of[name][:16]), value_range=(-1.0, 1.0))
+        if classifier is not None:
+            from vaekit.metrics.frechet import features_of, frechet_distance
+
+            row["sample_classifier_fd"] = frechet_distance(features_of(classifier, samples_of[name]),
+                                                           features_of(classifier, held_out))
         rows.append(row)
-    fids, reason = _sample_fid(samples_of, held_out)
+    inception, reason = _inception_metrics(samples_of, held_out)
     for row in rows:
-        row["sample_fid"] = fids[row["vae"]]
+        row.update(inception[row["vae"]])
         if reason:
             row["sample_fid_unavailable"] = reason
+        if classifier is None:
+            row["sample_classifier_fd"] = None
     return _write(out, rows, spectra, budget)
 
 
 COLUMNS = ("vae", "compression_ratio", "psnr", "ssim", "lpips", "scaling_factor", "latent_hf_fraction",
            "image_hf_fraction", "reconstruction_mse", "equivariance_mse_scale_0.5", "equivariance_mse_rotate_90",
-           "eps_mse", "eps_mse_spread", "sample_fid")
+           "eps_mse", "eps_mse_spread", "sample_fid", "sample_kid", "sample_classifier_fd")
 
 
 def _cell(value) -> str:
@@ -263,7 +296,8 @@ def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
                       f"The same denoiser ({budget.unet}, {budget.steps} steps, batch {budget.batch_size}) on each "
                       f"autoencoder's latents, mean over seeds {budget.seeds}.")]
     figures += [Figure(f"samples-{row['vae']}", f"samples-{row['vae']}.png", f"Samples: {row['vae']}",
-                       "16 samples (50 DDIM steps, seed 0) of the first seed's denoiser, decoded by the autoencoder.")
+                       "16 of the samples (50 DDIM steps, seed 0) of the first seed's denoiser, decoded by the "
+                       "autoencoder.")
                 for row in rows]
     with open(out / TABLE, newline="") as f:
         table = list(csv.reader(f))
@@ -295,6 +329,7 @@ def sweep_then_compare(config_path: str | Path, output: str | Path | None = None
 
 def budget_from_args(args) -> Budget:
     return Budget(data=args.data, resolution=args.resolution, images=args.images, steps=args.steps,
-                  batch_size=args.batch_size, seeds=tuple(int(s) for s in args.seeds.split(",")), unet=args.unet)
+                  batch_size=args.batch_size, seeds=tuple(int(s) for s in args.seeds.split(",")), unet=args.unet,
+                  samples=args.samples)
 
 

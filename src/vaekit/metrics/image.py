@@ -39,6 +39,14 @@ def inception_for_fid():
     return FrechetInceptionDistance(feature=2048, normalize=True)
 
 
+def inception_for_kid(subset_size: int):
+    """torchmetrics' KID (the same Inception-v3 features as FID) when the weights are on disk."""
+    inception_for_fid()  # the same weights file, the same error when it is missing
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    return KernelInceptionDistance(feature=2048, subset_size=subset_size, normalize=True)
+
+
 def psnr(mse: float, peak_to_peak: float = 2.0) -> float:
     """PSNR in dB from a mean squared error (peak-to-peak 2 for images in [-1, 1])."""
     return math.inf if mse == 0 else 10 * math.log10(peak_to_peak**2 / mse)
@@ -99,6 +107,7 @@ def evaluate_reconstruction(model: nn.Module, dataset, batch_size: int = 32, see
     squared = absolute = kl = ssim_sum = lpips_sum = hf_original = hf_reconstruction = psnr_sum = 0.0
     channels = model.config.latent_channels
     per_channel, overall = Moments(), Moments()
+    code_counts = torch.zeros(model.quantize.num_embeddings, dtype=torch.int64) if model.regularizer == "vq" else None
     pixels = count = 0
     for x, _ in progress(batch_loader(dataset, batch_size=batch_size), total=math.ceil(len(dataset) / batch_size),
                          desc="eval", unit="batch"):
@@ -117,6 +126,9 @@ def evaluate_reconstruction(model: nn.Module, dataset, batch_size: int = 32, see
         if fid is not None:
             fid.update((x + 1) / 2, real=True)
             fid.update((reconstruction + 1) / 2, real=False)
+        if code_counts is not None:  # which code each latent position took
+            codes = model.quantize.nearest(posterior.mean.permute(0, 2, 3, 1).reshape(-1, channels))
+            code_counts += torch.bincount(codes.cpu(), minlength=len(code_counts))
         z = posterior.sample(generator).transpose(0, 1).reshape(channels, -1).cpu()
         per_channel.add(z)
         overall.add(z.reshape(-1))
@@ -135,6 +147,11 @@ def evaluate_reconstruction(model: nn.Module, dataset, batch_size: int = 32, see
     metrics.update(latent_mean=overall_mean, latent_std=overall_std,
                    scaling_factor_estimate=1 / overall_std if overall_std else math.inf,
                    latent_channel_mean=channel_mean.tolist(), latent_channel_std=channel_std.tolist())
+    if code_counts is not None:
+        from vaekit.models.vq import perplexity_of
+
+        metrics.update(codebook_usage=(code_counts > 0).double().mean().item(),
+                       codes_used=int((code_counts > 0).sum()), perplexity=perplexity_of(code_counts).item())
     if unavailable:
         metrics["unavailable"] = unavailable
     return metrics

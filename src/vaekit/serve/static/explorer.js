@@ -238,7 +238,10 @@
       const box = map.getBoundingClientRect();
       const x = (event.clientX - box.left) * SIZE / box.width, y = (event.clientY - box.top) * SIZE / box.height;
       const hit = points.findIndex((p) => { const [px, py] = toPixel(p); return Math.hypot(px - x, py - y) < 3; });
-      if (event.shiftKey && hit >= 0) { choose(hit); return; } // shift-click: move the map's plane to that example
+      if (event.shiftKey && hit >= 0) { // shift-click: the map's plane through that example, the path's start
+        from.value = hit; choose(hit); return;
+      }
+      if (event.altKey && hit >= 0) { to.value = hit; scrubber.value = 1; scrub(); return; } // alt-click: the path's end
       dragging = true;
       map.setPointerCapture(event.pointerId);
       probe(event);
@@ -258,7 +261,7 @@
 
     // Interpolation between two test examples.
     const pick = (name, initial) => el("select", { "data-role": name, onchange: () => scrub() },
-      ...Array.from({ length: Math.min(count, 200) }, (_, i) => {
+      ...Array.from({ length: count }, (_, i) => {
         const option = el("option", { value: i }, `#${i}${info.labels[i] >= 0 && info.classes.length ? " " + info.classes[info.labels[i]] : ""}`);
         if (i === initial) option.selected = true;
         return option;
@@ -282,11 +285,12 @@
     }
 
     const title = info.map.method === "latent" ? "the map is the 2-D latent space itself" :
-      "the map is the PCA plane of the test codes through the boxed example (shift-click a point to move it there)";
+      "the map is the PCA plane of the test codes through the boxed example";
     root.append(
       el("div", { className: "vx-row" },
         el("div", { className: "vx-panel" }, el("h3", {}, "Drag over the map"), map,
-           el("label", { style: "max-width: 360px" }, "Points: test examples, coloured by label; " + title + ".")),
+           el("label", { style: "max-width: 360px" }, "Points: test examples, coloured by label; " + title +
+              ". Shift-click a point: start there (and put the map's plane through it); alt-click: interpolate to it.")),
         el("div", { className: "vx-panel" }, el("h3", {}, "Decoded"), output,
            info.conditional ? el("label", {}, "class ", classSelect) : "", prior,
            el("h3", {}, "Nearest test examples"), neighbours)),
