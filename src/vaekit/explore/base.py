@@ -51,7 +51,7 @@ class Explorer:
 
     @property
     def _is_autoencoder(self) -> bool:
-        return getattr(self.model, "deterministic", False)
+        return self.model.deterministic  # a declared capability of every autoencoder
 
     # figures every model kind has
     def progression(self) -> None:
