@@ -270,3 +270,21 @@ def test_a_conditional_vae_with_its_class_selector_and_prior_samples_offline(bro
     sampled, image = shown(browser)
     assert not torch.allclose(sampled, z)
     torch.testing.assert_close(image, pytorch_decode(cvae_run, sampled, label=7), atol=1e-4, rtol=0)
+
+
+def test_an_upload_through_the_page_is_encoded_and_its_channels_shown(browser, image_server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    open_explorer(browser, image_server)
+    Image.fromarray(np.linspace(0, 255, 48 * 40 * 3).astype(np.uint8).reshape(48, 40, 3)).save(tmp_path / "up.png")
+    before = browser.execute_script("return window.vaekitExplorer.decodes")
+    browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(tmp_path / "up.png"))
+    for _ in range(200):
+        if browser.execute_script("return window.vaekitExplorer.decodes") > before:
+            break
+        time.sleep(0.05)
+    settled(browser)
+    z, _ = shown(browser)
+    assert z.numel() == 3 * 20 * 20  # the upload's own size: 40 × 40 centre crop, f = 2
+    assert browser.execute_script("return document.querySelectorAll('.vx-channel canvas')[0].width") == 20
+    assert browser.execute_script("return window.vaekitExplorer.error") is None
