@@ -308,19 +308,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-INTERMIXED = ("train", "sweep")
+INTERMIXED = (("train",), ("sweep",), ("diffusion", "train"))
 """Commands whose positional items (config, overrides) may be interleaved with their options."""
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    """argparse's parse, except that ``train`` and ``sweep`` accept options anywhere among their items
-    (``vaekit train configs/x.yaml --no-eval train.lr=1e-3``)."""
+    """argparse's parse, except that ``train``, ``sweep`` and ``diffusion train`` accept options anywhere
+    among their items (``vaekit train configs/x.yaml --no-eval train.lr=1e-3``)."""
     parser = build_parser()
     index = next((i for i, item in enumerate(argv) if not item.startswith("-")), None)
-    if index is None or argv[index] not in INTERMIXED or any(a in ("-h", "--help") for a in argv[index + 1:]):
+    if index is None or any(a in ("-h", "--help") for a in argv[index + 1:]):
         return parser.parse_args(argv)
-    args = parser.parse_args(argv[:index + 1])
-    for key, value in vars(parser.command_parsers[argv[index]].parse_intermixed_args(argv[index + 1:])).items():
+    command = next((c for c in INTERMIXED if tuple(argv[index:index + len(c)]) == c), None)
+    if command is None:
+        return parser.parse_args(argv)
+    end = index + len(command)
+    args = parser.parse_args(argv[:end])
+    subparser = parser.command_parsers[command[0]]
+    for name in command[1:]:
+        subparser = subparser.command_parsers[name]
+    for key, value in vars(subparser.parse_intermixed_args(argv[end:])).items():
         setattr(args, key, value)
     return args
 

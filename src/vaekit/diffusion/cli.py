@@ -120,6 +120,7 @@ def add_commands(commands) -> None:
         "`vaekit diffusion train LATENTS_DIR [CONFIG.yaml] [key=value ...]`, then "
         "`vaekit diffusion sample RUN_DIR -n 64`.")
     sub = diffusion.add_subparsers(dest="diffusion_command", metavar="COMMAND", required=True)
+    diffusion.command_parsers = sub.choices
     train = sub.add_parser(
         "train", help="train a denoiser (diffusers UNet2DModel + DDPMScheduler) on exported latents",
         description="Train a denoiser on the latents in LATENTS_DIR and write a run directory like `vaekit train`. "
@@ -127,6 +128,8 @@ def add_commands(commands) -> None:
         "(model.name=unet-small, model.prediction_type=v_prediction, model.class_conditional=true, ...).")
     train.add_argument("items", nargs="*", metavar="LATENTS_DIR [CONFIG.yaml] [KEY=VALUE ...]")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (overrides may extend it)")
+    train.add_argument("--num-processes", type=int, default=1, metavar="N",
+                       help="train on N processes of this machine (one per GPU; gloo on CPU): train.batch_size is global")
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     train.add_argument("--no-explore", action="store_true", help="skip the figures and report.html at the end")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and stop")
