@@ -357,6 +357,10 @@
       decodeQueue({ z: Array.from(z), shape: current.shape });
     }
     async function load(body, role) {
+      state.pending += 1; // an encode in flight counts as pending work, like a decode
+      try { await loadNow(body, role); } finally { state.pending -= 1; }
+    }
+    async function loadNow(body, role) {
       say("encoding…");
       const result = await api("/api/encode", body);
       const item = { latent: floats(result.latent), shape: result.latent_shape, image: floats(result.image),
