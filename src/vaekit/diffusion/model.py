@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vaekit.errors import ConfigError
+from vaekit.models.distributions import batch_integers, batch_noise
 from vaekit.registry import MODELS
 
 
@@ -140,13 +141,8 @@ class LatentDenoiser(nn.Module):
     def forward(self, latents: torch.Tensor, labels: torch.Tensor | None = None, generator=None) -> DenoiserOutput:
         """One training example per latent: t ~ U{0, ..., T−1}, ε ~ N(0, I) (from ``generator``: a
         ``torch.Generator`` or the trainer's per-global-batch noise), the prediction and its target."""
-        b = latents.shape[0]
-        if generator is None or isinstance(generator, torch.Generator):
-            t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=generator, device=latents.device)
-            noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        else:
-            t = generator.randint(self.config.num_train_timesteps, b, latents.device)
-            noise = generator.randn(latents.shape, latents.device, latents.dtype)
+        t = batch_integers(generator, self.config.num_train_timesteps, latents.shape[0], latents.device)
+        noise = batch_noise(generator, latents.shape, latents.device, latents.dtype)
         prediction = self.predict(self.add_noise(latents, noise, t), t, labels)
         return DenoiserOutput(prediction, self.target(latents, noise, t), t)
 

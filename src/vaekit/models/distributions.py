@@ -14,6 +14,22 @@ import torch.nn.functional as F
 LOG_2PI = math.log(2 * math.pi)
 
 
+def batch_noise(generator, shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal noise for one batch, from ``generator``: None, a ``torch.Generator``, or the trainer's
+    per-global-batch noise source (``training.distributed.GlobalBatchNoise``: the same draws whatever the
+    number of processes)."""
+    if hasattr(generator, "randn"):
+        return generator.randn(shape, device, dtype)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def batch_integers(generator, high: int, count: int, device: torch.device) -> torch.Tensor:
+    """``count`` integers uniform on [0, high), one per example of the batch, from the same kinds of source."""
+    if hasattr(generator, "randint"):
+        return generator.randint(high, count, device)
+    return torch.randint(0, high, (count,), generator=generator, device=device)
+
+
 def sum_except_batch(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).sum(dim=1)
 
@@ -47,11 +63,7 @@ class DiagonalGaussian:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.deterministic:
             return self.mean
-        if hasattr(generator, "randn"):  # a noise source shared across processes (training/distributed.py)
-            noise = generator.randn(self.mean.shape, self.mean.device, self.mean.dtype)
-        else:
-            noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * noise
+        return self.mean + self.std * batch_noise(generator, self.mean.shape, self.mean.device, self.mean.dtype)
 
     def mode(self) -> torch.Tensor:
         return self.mean
