@@ -134,23 +134,26 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def restart_dead_codes(self, flat: torch.Tensor, counts: torch.Tensor, generator) -> None:
-        """Codes whose moving-average use per step is below the threshold move to random encoder outputs
-        of this batch (drawn from the trainer's noise; on several processes the main one's choice is sent
-        to all)."""
+        """Codes whose moving-average use per step (counted over every process) is below the threshold move
+        to random encoder outputs of this batch. The rows come from the generator every process holds in
+        the same state (the trainer's noise source wraps one), so the processes stay in step; the main
+        process's codes are then sent to all."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            counts = counts.clone()
+            torch.distributed.all_reduce(counts)  # every process finds the same dead codes
         self.usage.mul_(0.99).add_(counts.to(self.usage.dtype), alpha=0.01)
         dead = torch.nonzero(self.usage < self.dead_code_threshold).flatten()
         if len(dead) == 0:
             return
-        if generator is None or isinstance(generator, torch.Generator):
-            rows = torch.randint(0, len(flat), (len(dead),), generator=generator, device=flat.device)
-        else:
-            rows = torch.randint(0, len(flat), (len(dead),), generator=generator.generator, device=flat.device)
+        shared = generator.generator if hasattr(generator, "generator") else generator
+        rows = torch.randint(0, len(flat), (len(dead),), generator=shared, device=flat.device)
         self.embedding.weight[dead] = flat[rows].to(self.embedding.weight.dtype)
         self.usage[dead] = 1.0
         if self.ema_decay is not None:
             self.ema_count[dead] = 1.0
             self.ema_weight[dead] = self.embedding.weight[dead]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed:
             torch.distributed.broadcast(self.embedding.weight.data, 0)
 
 
