@@ -5,8 +5,10 @@ the posterior means it exports, the same rule for every VAE) and exported; recon
 LPIPS where its weights are present) and equivariance errors are measured on the held-out images; the
 latents' statistics and power spectrum are compared with the images'; and the same denoiser is trained
 on its latents for the same steps with each seed, scored by held-out ε-MSE (overall and per timestep
-bucket). Samples are decoded for the page; FID/KID of the samples need the Inception weights and are
-reported as unavailable, naming the file, when they are not on the machine.
+bucket). Decoded samples are scored against the held-out images by FID and KID (which need the Inception
+weights, and are reported as unavailable, naming the file, when they are not on the machine) and, for
+labelled data (images in sub-folders), by the Fréchet distance in the features of a small classifier
+trained on the labels.
 
     vaekit diffusability VAE_A VAE_B ... --data IMAGES -o OUT
     vaekit diffusability configs/study-diffusability.yaml      # train the VAEs of a sweep, then compare
@@ -86,12 +88,17 @@ def _name(path: str, taken: set[str]) -> str:
     return name
 
 
+@torch.no_grad()
+def _encoded(vae, images: torch.Tensor) -> torch.Tensor:
+    """The posterior means (the latents export writes, unscaled) of ``images``, 32 at a time."""
+    return torch.cat([vae.encode(images[i:i + 32]).mean for i in range(0, len(images), 32)])
+
+
 def _unit_scaled_copy(vae, images: torch.Tensor, target: Path):
     """The VAE with its scaling factor set to 1 / std of the posterior means of ``images`` (no shift), saved."""
     from vaekit.io.models import save_model
 
-    with torch.no_grad():
-        means = torch.cat([vae.encode(images[i:i + 32]).mean for i in range(0, len(images), 32)])
+    means = _encoded(vae, images)
     vae.config.scaling_factor = 1.0 / means.double().std().item()
     vae.config.shift_factor = None
     save_model(vae, target)
@@ -99,23 +106,22 @@ def _unit_scaled_copy(vae, images: torch.Tensor, target: Path):
 
 
 def _held_out_images(latents_dir: Path, folder: Path, budget: Budget) -> tuple[torch.Tensor, set[str]]:
-    from vaekit.config import load_config
-    from vaekit.data import build_dataset
+    """The images of the export's held-out split (the one the denoiser is scored on), and their names."""
+    from vaekit.diffusion.data import LatentsConfig, latents
     from vaekit.io.images import read_image
 
-    config = load_config(None, ["model.name=unet-tiny", "data.name=latents", f"data.path={latents_dir}",
-                                f"data.test_fraction={budget.test_fraction}"])
-    test = build_dataset(config.data, "test")
+    test = latents(LatentsConfig(str(latents_dir), budget.test_fraction), "test")
     sources = [test.latents.items[i][1]["source"] for i in test.items]
     return torch.cat([read_image(folder / s, resolution=budget.resolution) for s in sources]), set(sources)
 
 
-def _reconstruction(vae, images: torch.Tensor) -> dict:
+def _reconstruction(vae, images: torch.Tensor, z: torch.Tensor) -> dict:
+    """PSNR, SSIM (and LPIPS where its weights are present) of ``images`` decoded from their latents ``z``."""
     from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
     from vaekit.metrics.image import per_image_psnr, ssim
 
     with torch.no_grad():
-        out = torch.cat([vae.decode(vae.encode(images[i:i + 32]).mode()).clamp(-1, 1) for i in range(0, len(images), 32)])
+        out = torch.cat([vae.decode(z[i:i + 32]).clamp(-1, 1) for i in range(0, len(z), 32)])
         metrics = {"psnr": per_image_psnr(out, images).mean().item(), "ssim": ssim(out, images).mean().item()}
         try:
             lpips = make_lpips(pretrained_backbone=True)
@@ -126,11 +132,11 @@ def _reconstruction(vae, images: torch.Tensor) -> dict:
     return metrics
 
 
-def _latent_statistics(vae, images: torch.Tensor) -> tuple[dict, tuple]:
+def _latent_statistics(vae, images: torch.Tensor, z: torch.Tensor) -> tuple[dict, tuple]:
+    """Statistics and spectrum of the scaled latents of ``images`` (``z``: their posterior means)."""
     from vaekit.metrics.latent import high_frequency_fraction, radial_power_spectrum
 
-    with torch.no_grad():
-        latents = torch.cat([vae.scale_latents(vae.encode(images[i:i + 32]).mode()) for i in range(0, len(images), 32)])
+    latents = vae.scale_latents(z)
     f = images.shape[-1] // latents.shape[-1]
     small = torch.nn.functional.avg_pool2d(images, f)  # the images at the latents' resolution
     stats = {"scaling_factor": vae.config.scaling_factor,
@@ -231,10 +237,15 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
         export_latents(vae, str(folder), latents_dir, resolution=budget.resolution, batch_size=32,
                        model_source=out / "vaes" / name)
         held_out, held_out_names = _held_out_images(latents_dir, folder, budget)
-        if classifier is None and not rows:
+        if not rows:  # the held-out images are the same for every autoencoder: one classifier serves all
             classifier = _classifier(folder, source.names, held_out_names, budget)
-        row = {"vae": name, "source": str(path), **_reconstruction(vae, held_out)}
-        stats, spectra[name] = _latent_statistics(vae, held_out)
+            if classifier is not None:
+                from vaekit.metrics.frechet import features_of, frechet_distance
+
+                held_out_features = features_of(classifier, held_out)
+        z = _encoded(vae, held_out)
+        row = {"vae": name, "source": str(path), **_reconstruction(vae, held_out, z)}
+        stats, spectra[name] = _latent_statistics(vae, held_out, z)
         row.update(stats)
         row.update(equivariance_errors(lambda x: vae.encode(x).mode(), vae.decode, held_out))
         results = [_denoiser(latents_dir, budget, seed, out / "runs", name) for seed in budget.seeds]
@@ -245,10 +256,8 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
         samples_of[name] = _samples(results[0]["run"], vae, LatentDataset(latents_dir).manifest, budget.samples)
         save_grid(out / f"samples-{name}.png", square_grid(samples_of[name][:16]), value_range=(-1.0, 1.0))
         if classifier is not None:
-            from vaekit.metrics.frechet import features_of, frechet_distance
-
             row["sample_classifier_fd"] = frechet_distance(features_of(classifier, samples_of[name]),
-                                                           features_of(classifier, held_out))
+                                                           held_out_features)
         rows.append(row)
     inception, reason = _inception_metrics(samples_of, held_out)
     for row in rows:
@@ -279,10 +288,11 @@ def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
     from vaekit.viz.report import Figure, render
 
     write_json(out / JSON_FILE, {"budget": {**vars(budget), "seeds": list(budget.seeds)}, "rows": rows})
+    table = [[_cell(row.get(c)) for c in COLUMNS] for row in rows]
     with open(out / TABLE, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
-        writer.writerows([[_cell(row.get(c)) for c in COLUMNS] for row in rows])
+        writer.writerows(table)
     plots.spectra(out / "spectra.png", {name: latent for name, (latent, _) in spectra.items()},
                   {name: image for name, (_, image) in spectra.items()})
     plots.lines(out / "eps_by_timestep.png", [f"{lo}" for lo, _ in rows[0]["timestep_buckets"]],
@@ -299,12 +309,10 @@ def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
                        "16 of the samples (50 DDIM steps, seed 0) of the first seed's denoiser, decoded by the "
                        "autoencoder.")
                 for row in rows]
-    with open(out / TABLE, newline="") as f:
-        table = list(csv.reader(f))
     note = rows[0].get("sample_fid_unavailable")
     title = f"diffusability: {len(rows)} autoencoders, {budget.steps} denoiser steps × {len(budget.seeds)} seeds"
     return render("sweep.html", out / PAGE, figures, title=title + (f" (sample FID: {note})" if note else ""),
-                  table={"columns": table[0], "rows": table[1:]}, runs=[])
+                  table={"columns": list(COLUMNS), "rows": table}, runs=[])
 
 
 def sweep_then_compare(config_path: str | Path, output: str | Path | None = None) -> Path:
