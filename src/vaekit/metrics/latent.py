@@ -13,19 +13,26 @@ import torch.nn.functional as F
 from vaekit.metrics.image import HIGH_FREQUENCY_CUTOFF
 
 
-def radial_power_spectrum(x: torch.Tensor, bins: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The power spectrum of ``x`` ``(N, C, H, W)`` averaged over examples, channels and the angle:
-    (frequencies in cycles per pixel (bin centres, 0 to 0.5), power per bin), float64. Each example and
-    channel has its mean removed first (the DC term says nothing about texture). ``bins`` defaults to
-    ``min(H, W) // 2``."""
+def power_and_radius(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The power spectrum of ``x`` ``(N, C, H, W)``, each example and channel with its mean removed first (the
+    DC term says nothing about texture), averaged over examples and channels: ``(H, W)`` float64 on the
+    CPU, with the radial frequency (cycles per pixel) of each entry."""
     height, width = x.shape[-2:]
-    bins = bins or max(1, min(height, width) // 2)
     centred = x.double() - x.double().mean(dim=(-2, -1), keepdim=True)
-    power = torch.fft.fft2(centred, norm="ortho").abs().pow(2).mean(dim=tuple(range(x.ndim - 2)))
+    power = torch.fft.fft2(centred, norm="ortho").abs().pow(2).mean(dim=tuple(range(x.ndim - 2))).cpu()
     radius = torch.sqrt(torch.fft.fftfreq(height, dtype=torch.float64)[:, None] ** 2
                         + torch.fft.fftfreq(width, dtype=torch.float64)[None, :] ** 2)
+    return power, radius
+
+
+def radial_power_spectrum(x: torch.Tensor, bins: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The power spectrum of ``x`` ``(N, C, H, W)`` (``power_and_radius``) averaged over the angle:
+    (frequencies in cycles per pixel (bin centres, 0 to 0.5), power per bin), float64. ``bins`` defaults to
+    ``min(H, W) // 2``."""
+    bins = bins or max(1, min(x.shape[-2:]) // 2)
+    power, radius = power_and_radius(x)
     index = torch.clamp((radius / 0.5 * bins).long(), max=bins - 1).flatten()  # corners (radius > 0.5) join the last bin
-    totals = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, power.flatten().cpu())
+    totals = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, power.flatten())
     counts = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, torch.ones_like(radius).flatten())
     frequencies = (torch.arange(bins, dtype=torch.float64) + 0.5) * 0.5 / bins
     return frequencies, totals / counts.clamp_min(1)
@@ -34,13 +41,9 @@ def radial_power_spectrum(x: torch.Tensor, bins: int | None = None) -> tuple[tor
 def high_frequency_fraction(x: torch.Tensor, cutoff: float = HIGH_FREQUENCY_CUTOFF) -> float:
     """The fraction of the (mean-removed) spectral energy of ``x`` ``(N, C, H, W)`` at radial frequencies of
     at least ``cutoff`` cycles per pixel."""
-    height, width = x.shape[-2:]
-    centred = x.double() - x.double().mean(dim=(-2, -1), keepdim=True)
-    power = torch.fft.fft2(centred, norm="ortho").abs().pow(2).sum(dim=tuple(range(x.ndim - 2)))
-    radius = torch.sqrt(torch.fft.fftfreq(height, dtype=torch.float64)[:, None] ** 2
-                        + torch.fft.fftfreq(width, dtype=torch.float64)[None, :] ** 2)
+    power, radius = power_and_radius(x)
     total = power.sum().item()
-    return (power.cpu() * (radius >= cutoff)).sum().item() / total if total > 0 else 0.0
+    return (power * (radius >= cutoff)).sum().item() / total if total > 0 else 0.0
 
 
 def downscale(x: torch.Tensor) -> torch.Tensor:
