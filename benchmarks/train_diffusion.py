@@ -29,18 +29,10 @@ BATCH, IMAGES, LR = 32, 512, 3e-4
 
 def make_export(folder: Path) -> Path:
     """The latents both paths train on."""
-    from PIL import Image
-
-    from vaekit.config import load_config
-    from vaekit.data import build_dataset
+    from vaekit.diffusion.diffusability import write_photo_crops
     from vaekit.latents import export_latents
 
-    data = build_dataset(load_config(None, ["data.name=photos", "data.crop_size=64", f"data.num_train={IMAGES}"]).data,
-                         "train")
-    images, _ = data.__getitems__(list(range(IMAGES)))
-    (folder / "images").mkdir(parents=True)
-    for i, image in enumerate(images):
-        Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / "images" / f"{i:04d}.png")
+    images = write_photo_crops(folder / "images", 64, IMAGES)
     torch.manual_seed(0)
     vae = vaekit.create_model("kl-f8-tiny").eval()
     with torch.no_grad():

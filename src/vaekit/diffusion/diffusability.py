@@ -61,21 +61,26 @@ def _image_folder(budget: Budget, out: Path) -> Path:
         if not folder.is_dir():
             raise VaekitError(f"--data {budget.data}: no such folder (or give photos for the built-in photographs)")
         return folder
+    folder = out / "images"
+    if not folder.is_dir():
+        write_photo_crops(folder, budget.resolution, budget.images)
+    return folder
+
+
+def write_photo_crops(folder: Path, size: int, count: int) -> torch.Tensor:
+    """``count`` random ``size``² crops of the built-in photographs (the ``photos`` dataset's training
+    crops) written to ``folder`` as PNGs; returns them, ``(count, 3, size, size)`` in [0, 1]."""
     from PIL import Image
 
     from vaekit.config import load_config
     from vaekit.data import build_dataset
 
-    folder = out / "images"
-    if not folder.is_dir():
-        config = load_config(None, ["data.name=photos", f"data.crop_size={budget.resolution}",
-                                    f"data.num_train={budget.images}"])
-        images, _ = build_dataset(config.data, "train").__getitems__(list(range(budget.images)))
-        folder.mkdir(parents=True)
-        for i, image in enumerate(images):
-            array = (image.permute(1, 2, 0) * 255).round().byte().numpy()
-            Image.fromarray(array).save(folder / f"{i:05d}.png")
-    return folder
+    config = load_config(None, ["data.name=photos", f"data.crop_size={size}", f"data.num_train={count}"])
+    images, _ = build_dataset(config.data, "train").__getitems__(list(range(count)))
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / f"{i:05d}.png")
+    return images
 
 
 def _name(path: str, taken: set[str]) -> str:

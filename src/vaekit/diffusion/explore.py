@@ -51,8 +51,7 @@ class DenoiserExplorer(Explorer):
             self.skipped.append(("samples during training", "no snapshots were saved (train.snapshot_examples=0)"
                                  if not epochs else "the VAE could not be loaded"))
             return
-        picks = sorted({epochs[round(i)] for i in np.linspace(0, len(epochs) - 1, min(self.options.progression_rows,
-                                                                                         len(epochs)))})
+        picks = self._progression_epochs(epochs)
         rows = [self._decode(read_snapshot(self.run_dir, None))] + [self._decode(read_snapshot(self.run_dir, e))
                                                                     for e in picks]
         plots.labelled_grid(self._path("progression.png"), torch.stack(rows), ["held-out"] + [f"epoch {e}" for e in picks],

@@ -53,6 +53,11 @@ class Explorer:
     def _is_autoencoder(self) -> bool:
         return self.model.deterministic  # a declared capability of every autoencoder
 
+    def _progression_epochs(self, epochs: list[int]) -> list[int]:
+        """Up to ``explore.progression_rows`` of the snapshot ``epochs``, evenly spread, first and last included."""
+        rows = min(self.options.progression_rows, len(epochs))
+        return sorted({epochs[round(i)] for i in np.linspace(0, len(epochs) - 1, rows)})
+
     # figures every model kind has
     def progression(self) -> None:
         epochs = snapshot_epochs(self.run_dir)
@@ -60,8 +65,7 @@ class Explorer:
             self.skipped.append(("training progression",
                                  "training saved no snapshots (train.snapshot_examples=0, or no epoch finished)"))
             return
-        picks = sorted({epochs[round(i)] for i in np.linspace(0, len(epochs) - 1, min(self.options.progression_rows,
-                                                                                         len(epochs)))})
+        picks = self._progression_epochs(epochs)
         images = torch.stack([read_snapshot(self.run_dir, None)] + [read_snapshot(self.run_dir, e) for e in picks])
         plots.labelled_grid(self._path("progression.png"), images.clamp(*self.model.value_range),
                             ["original"] + [f"epoch {e}" for e in picks], "reconstructions during training",
