@@ -300,6 +300,9 @@ def test_measured_statistics_are_the_untiled_ones_layer_by_layer(monkeypatch):
 
 
 def test_tiled_matches_untiled_far_better_than_per_tile_normalisation(trained_small):
+    # The margins are about half the smallest seen over six training seeds of the fixture (preview 32.3-38.3
+    # dB, per-tile 22.3-26.7 dB, latent error 0.019-0.064 against 0.21-0.31): the trained weights depend on
+    # the CPU's float rounding, so a bound fitted to one machine's model fails on another's.
     model, x = trained_small
 
     def psnr(a, b):
@@ -308,12 +311,14 @@ def test_tiled_matches_untiled_far_better_than_per_tile_normalisation(trained_sm
     with torch.no_grad():
         z = model.encode(x).mean
         untiled = model.decode(z)
-        ours = tiled_decode(model, z, tile=64, overlap=16)
-        per_tile = tiled_decode(model, z, tile=64, overlap=16, statistics="tile")
+        preview = psnr(tiled_decode(model, z, tile=64, overlap=16), untiled)
+        measured = psnr(tiled_decode(model, z, tile=64, overlap=16, statistics="measured"), untiled)
+        per_tile = psnr(tiled_decode(model, z, tile=64, overlap=16, statistics="tile"), untiled)
         latent_error = (tiled_encode(model, x, tile=64, overlap=16).mean - z).norm() / z.norm()
         per_tile_latent_error = (tiled_encode(model, x, tile=64, overlap=16, statistics="tile").mean - z).norm() / z.norm()
-    assert psnr(ours, untiled) > 33 and psnr(ours, untiled) > psnr(per_tile, untiled) + 6
-    assert latent_error < 0.05 and latent_error < per_tile_latent_error / 4
+    assert measured > 33 and measured > per_tile + 6, (measured, per_tile)
+    assert preview > 30 and preview > per_tile + 3, (preview, per_tile)
+    assert latent_error < 0.1 and latent_error < per_tile_latent_error / 2, (latent_error, per_tile_latent_error)
 
 
 def _bad_images(folder):
