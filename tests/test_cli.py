@@ -111,6 +111,7 @@ def test_a_bad_file_in_a_folder_is_skipped_not_fatal(tmp_path, capsys, caplog):
     assert "broken.png" in out  # listed under skipped_files in the metrics
 
 
+@pytest.mark.slow
 def test_help_of_every_command_through_the_entry_point():
     for argv in ([], ["train"], ["eval"], ["explore"], ["sweep"]):
         result = subprocess.run([sys.executable, "-m", "vaekit", *argv, "--help"], capture_output=True, text=True)

@@ -245,6 +245,7 @@ def test_equivariance_errors_are_zero_for_an_equivariant_autoencoder_and_not_oth
     assert shifted["reconstruction_mse"] < 1e-12 and shifted["equivariance_mse_rotate_90"] > 0.01
 
 
+@pytest.mark.slow
 def test_the_diffusability_report_compares_autoencoders_under_one_budget(tmp_path, capsys):
     from vaekit.diffusion.diffusability import JSON_FILE, PAGE, TABLE
 

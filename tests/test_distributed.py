@@ -59,6 +59,7 @@ def two_process_run(tmp_path_factory):
     return out / "two"
 
 
+@pytest.mark.slow
 def test_two_processes_follow_one_process_with_the_same_global_batch(two_process_run, tmp_path):
     """Each process takes half of every global batch of 32, the noise per example is the same, the
     gradients are averaged: the run is the single-process run up to float rounding (stated: 1e-5)."""
@@ -70,6 +71,7 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(two_process
     assert sorted(p.name for p in two_process_run.iterdir()) == sorted(p.name for p in one.iterdir())
 
 
+@pytest.mark.slow
 def test_a_two_process_run_resumes_exactly_under_two_processes(two_process_run, tmp_path):
     run = tmp_path / "resumed"
     shutil.copytree(two_process_run, run)
@@ -82,6 +84,7 @@ def test_a_two_process_run_resumes_exactly_under_two_processes(two_process_run, 
     assert_weights_close(run, two_process_run, atol=0.0)  # the same arithmetic: bitwise
 
 
+@pytest.mark.slow
 def test_a_resume_on_another_process_count_says_what_changes(two_process_run, tmp_path, caplog):
     run = tmp_path / "on-one"
     shutil.copytree(two_process_run, run)
@@ -92,6 +95,7 @@ def test_a_resume_on_another_process_count_says_what_changes(two_process_run, tm
     assert_weights_close(run, two_process_run, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gan_training_with_synchronised_batch_norm_follows_one_process(tmp_path):
     """kl-f8-tiny with the PatchGAN from step 0: the discriminator's BatchNorm over the global batch, its
     gradients and the adaptive weight averaged. GAN training amplifies rounding (Adam's first steps
@@ -130,6 +134,7 @@ NONFINITE_ON_ONE_PROCESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_nonfinite_step_on_one_process_is_skipped_by_all(tmp_path):
     """Rank 1's loss is NaN at its third step (its gradients, averaged with rank 0's, stay finite): every
     process skips that step — the flag is agreed — and the run ends normally with one skipped step; rank 0,
@@ -178,6 +183,7 @@ GLOBAL_BN_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_global_batch_norm_on_two_processes_equals_batch_norm_on_the_whole_batch(tmp_path):
     script = tmp_path / "bn.py"
     script.write_text(GLOBAL_BN_SCRIPT)
@@ -242,6 +248,7 @@ def test_export_skips_bad_files_lists_them_and_round_trips(image_folder, small_m
     assert [item["index"] for item in loader] == [item["index"] for item in data]
 
 
+@pytest.mark.slow
 def test_two_process_export_equals_one_process_item_by_item(image_folder, small_model, tmp_path):
     common = ["export-latents", "--model", str(small_model), "--data", str(image_folder), "--shard-size", "4",
               "--resolution", "16"]
@@ -312,6 +319,7 @@ def test_export_reads_a_hugging_face_dataset(small_model, tmp_path):
     assert data[0]["latent"].shape == (3, 8, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["cvae", "mlp-ae"])
 def test_every_model_family_trains_on_two_processes_like_on_one(model, tmp_path):
     args = [a for a in MLP if not a.startswith("train.epochs")] + ["train.epochs=1", f"model.name={model}",
@@ -331,6 +339,7 @@ def test_the_process_count_option_relaunches_without_itself(capsys):
     assert "--num-processes must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_denoiser_trains_on_two_processes_as_on_one(tmp_path):
     """Stage B through the same machinery: the timesteps and noise of each global batch are drawn once and
     shared out, so two processes follow one up to float rounding."""
