@@ -31,12 +31,12 @@ def make_export(folder: Path) -> Path:
     """The latents both paths train on."""
     from vaekit.diffusion.diffusability import write_photo_crops
     from vaekit.latents import export_latents
+    from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 
     images = write_photo_crops(folder / "images", 64, IMAGES)
     torch.manual_seed(0)
     vae = vaekit.create_model("kl-f8-tiny").eval()
-    with torch.no_grad():
-        vae.config.scaling_factor = 1 / vae.encode(images[:128] * 2 - 1).mean.std().item()
+    store_latent_scale(vae, measure_latent_scale(vae, [images[:128] * 2 - 1], torch.Generator().manual_seed(0)).norm)
     vaekit.save_model(vae, folder / "vae")
     export_latents(vae, str(folder / "images"), folder / "latents", model_source=folder / "vae", batch_size=32)
     return folder / "latents"
@@ -57,7 +57,8 @@ def run_vaekit(latents: Path, steps: int) -> float:
         return json.loads((run_dir / "metrics.json").read_text())["train"]["samples_per_s"]
 
 
-def run_bare(latents: torch.Tensor, steps: int) -> float:
+def run_bare(latents: torch.Tensor, logvars: torch.Tensor, steps: int) -> float:
+    """The loop a user writes from diffusers' example, drawing a posterior sample per example as LDM does."""
     from diffusers import DDPMScheduler, UNet2DModel
     from diffusers.training_utils import EMAModel
 
@@ -73,7 +74,7 @@ def run_bare(latents: torch.Tensor, steps: int) -> float:
     start = time.perf_counter()
     for step in range(steps):
         rows = order[(step * BATCH) % len(latents):][:BATCH]
-        clean = latents[rows]
+        clean = latents[rows] + torch.exp(0.5 * logvars[rows]) * torch.randn_like(latents[rows])
         noise = torch.randn_like(clean)
         t = torch.randint(0, 1000, (len(clean),))
         loss = torch.nn.functional.mse_loss(model(scheduler.add_noise(clean, noise, t), t).sample, noise)
@@ -97,9 +98,10 @@ def main() -> None:
         latents_dir = make_export(Path(folder))
         exported = LatentDataset(latents_dir)
         latents = torch.stack([exported[i]["latent"] for i in range(len(exported))]).float()
+        logvars = torch.stack([exported[i]["logvar"] for i in range(len(exported))]).float()
         rates = {"vaekit": [], "bare": []}
         paths = {"vaekit": lambda: rates["vaekit"].append(run_vaekit(latents_dir, args.steps)),
-                 "bare": lambda: rates["bare"].append(run_bare(latents, args.steps))}
+                 "bare": lambda: rates["bare"].append(run_bare(latents, logvars, args.steps))}
         interleaved(paths, args.rounds, warmup=1)
     result = {"machine": machine(), "steps": args.steps, "batch": BATCH, "latent_shape": list(latents.shape[1:]),
               "vaekit samples/s": median(rates["vaekit"]), "bare loop samples/s": median(rates["bare"]), "all": rates}

@@ -6,6 +6,8 @@ import os
 import pickle
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -13,8 +15,9 @@ from PIL import Image
 import vaekit
 from vaekit.cli import main
 from vaekit.io.images import read_image
-from vaekit.errors import VaekitError
-from vaekit.models.autoencoder_kl import AutoencoderKL, measure_latent_scale, scaling_factor_from_latents, store_latent_scale
+from vaekit.errors import ConfigError, VaekitError
+from vaekit.models.autoencoder_kl import AutoencoderKL
+from vaekit.models.latent_scale import LatentNorm, measure_latent_scale, sample_moments, store_latent_scale
 from vaekit.io.convert import export_diffusers
 from vaekit.models.fastconv import fast_paths
 from vaekit.models.tiling import tile_layout, tiled_decode, tiled_encode
@@ -166,11 +169,34 @@ class _Exploit:
 
 def test_loading_never_runs_pickled_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with open("evil.ckpt", "wb") as f:
-        pickle.dump({"state_dict": {"x": _Exploit()}}, f)
-    with pytest.raises(VaekitError, match="never pickled code"):
-        vaekit.load_model(tmp_path / "evil.ckpt")
+    model = tiny()
+    for name, save, weights in (("evil.ckpt", pickle.dump, {}), ("evil-torch.ckpt", torch.save, model.state_dict())):
+        with open(name, "wb") as f:
+            save({"state_dict": {**weights, "x": _Exploit()}}, f)
+        with pytest.raises(VaekitError, match="calls posix.system .* refused, nothing was loaded or run"):
+            vaekit.load_model(tmp_path / name)
     assert not (tmp_path / "EXPLOITED").exists()
+
+
+class ModelCheckpoint:
+    """Stands for a Lightning callback pickled beside the weights: a plain object of a class that
+    torch.load(weights_only=True) does not allow."""
+
+    def __init__(self):
+        self.monitor, self.best_model_score, self.dirpath = "val/rec_loss", torch.tensor(0.25), Path("/ckpts")
+
+    def __setstate__(self, state):  # would run if the class itself were imported: the loader must not
+        raise AssertionError("the checkpoint's own class was imported and run")
+
+
+def test_a_lightning_checkpoint_with_callbacks_loads_its_weights(tmp_path):
+    model = tiny()
+    torch.save({"state_dict": model.state_dict(), "callbacks": {"ModelCheckpoint": ModelCheckpoint()},
+                "global_step": 10, "hparams": {"lr": 4.5e-6}}, tmp_path / "lightning.ckpt")
+    with pytest.raises(pickle.UnpicklingError):  # what the plain weights-only load says of it
+        torch.load(tmp_path / "lightning.ckpt", weights_only=True)
+    loaded = vaekit.load_model(tmp_path / "lightning.ckpt", norm_num_groups=SMALL["norm_num_groups"])
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 def test_weights_that_do_not_fit_the_config_are_a_clear_error(tmp_path):
@@ -208,9 +234,8 @@ def test_latents_round_trip_through_the_scaling():
         torch.testing.assert_close(model.from_latents(latents), model.decode(z))
 
 
-def test_scaling_factor_is_one_over_the_latent_std():
+def test_scaling_factor_is_one_over_the_std_of_posterior_samples():
     generator = torch.Generator().manual_seed(0)
-    assert scaling_factor_from_latents(5.0 * torch.randn(64, 4, 8, 8, generator=generator)) == pytest.approx(0.2, rel=0.01)
     model = tiny()
     images = [torch.rand(2, 3, 16, 16, generator=generator) * 2 - 1 for _ in range(3)]
     scale = measure_latent_scale(model, images, generator=torch.Generator().manual_seed(1))
@@ -219,16 +244,62 @@ def test_scaling_factor_is_one_over_the_latent_std():
     with torch.no_grad():  # the same draws, by hand
         g = torch.Generator().manual_seed(1)
         by_hand = torch.cat([model.encode(x).sample(g) for x in images]).double()
-    assert scale.images == 6 and scale.shift_factor is None
-    assert scale.scaling_factor == pytest.approx(1 / by_hand.std().item(), rel=1e-9)
-    assert shifted.shift_factor == pytest.approx(by_hand.mean().item(), rel=1e-9)
-    assert shifted.scaling_factor == scale.scaling_factor
-    assert first_two.images == 3 and first_two.scaling_factor == pytest.approx(1 / by_hand[:3].std().item(), rel=1e-7)
-    store_latent_scale(model, shifted)
+    assert scale.images == 6 and scale.norm.shift_factor is None
+    assert scale.norm.scaling_factor == pytest.approx(1 / by_hand.std().item(), rel=1e-9)
+    assert shifted.norm.shift_factor == pytest.approx(by_hand.mean().item(), rel=1e-9)
+    assert shifted.norm.scaling_factor == scale.norm.scaling_factor
+    assert first_two.images == 3 and first_two.norm.scaling_factor == pytest.approx(1 / by_hand[:3].std().item(), rel=1e-7)
+    store_latent_scale(model, shifted.norm)
     with torch.no_grad():
         normalised = torch.cat([model.scale_latents(z[None]) for z in by_hand.float()])
     assert normalised.double().mean().item() == pytest.approx(0.0, abs=1e-6)
     assert normalised.double().std().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_per_channel_statistics_normalise_each_channel_as_diffusers_pipelines_decode():
+    generator = torch.Generator().manual_seed(0)
+    model = tiny()  # 3 latent channels
+    images = [torch.rand(4, 3, 16, 16, generator=generator) * 2 - 1 for _ in range(2)]
+    measured = measure_latent_scale(model, images, generator=torch.Generator().manual_seed(1), per_channel=True)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        z = torch.cat([model.encode(x).sample(g) for x in images]).double()
+    norm = measured.norm
+    assert norm.scaling_factor == 1.0 and norm.shift_factor is None
+    torch.testing.assert_close(torch.tensor(norm.latents_mean, dtype=torch.float64), z.mean((0, 2, 3)))
+    torch.testing.assert_close(torch.tensor(norm.latents_std, dtype=torch.float64), z.transpose(0, 1).reshape(3, -1).std(1))
+    store_latent_scale(model, norm)
+    scaled = model.scale_latents(z.float()).double()
+    torch.testing.assert_close(scaled.mean((0, 2, 3)), torch.zeros(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scaled.transpose(0, 1).reshape(3, -1).std(1), torch.ones(3, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    # diffusers' SDXL pipeline decodes with latents * latents_std / scaling_factor + latents_mean
+    mean = torch.tensor(norm.latents_mean).view(1, 3, 1, 1)
+    std = torch.tensor(norm.latents_std).view(1, 3, 1, 1)
+    torch.testing.assert_close(model.unscale_latents(scaled.float()), scaled.float() * std / 1.0 + mean)
+    with pytest.raises(ValueError, match="shift_factor and per-channel"):
+        LatentNorm(1.0, 0.5, (0.0,) * 3, (1.0,) * 3)
+    with pytest.raises(ConfigError, match="one per latent channel"):
+        tiny(latents_mean=(0.0, 0.0), latents_std=(1.0, 1.0))
+
+
+def test_the_single_factor_is_bitwise_diffusers_scaling():
+    z = torch.randn(2, 4, 8, 8)
+    assert torch.equal(LatentNorm(0.18215).scale(z), z * 0.18215)
+    assert torch.equal(LatentNorm(0.18215).unscale(z), z / 0.18215)
+    assert torch.equal(LatentNorm(1.5, 0.1).scale(z), (z - 0.1) * 1.5)
+
+
+def test_sample_moments_is_the_law_of_total_variance():
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.randn(200, 4, 6, 6, generator=generator) * 0.3 + 0.2
+    logvar = torch.randn(200, 4, 6, 6, generator=generator) * 0.5 - 1.0
+    samples = mean + torch.exp(0.5 * logvar) * torch.randn(64, *mean.shape, generator=generator)
+    center, std = sample_moments(mean, logvar)
+    # 64 draws of 28,800 values: the standard error of the std is ~std / sqrt(2·1.8e6) ≈ 5e-4 of it
+    assert std == pytest.approx(samples.double().std().item(), rel=3e-3)
+    assert center == pytest.approx(samples.double().mean().item(), abs=3e-3)
+    assert sample_moments(mean, None)[1] == pytest.approx(mean.double().std(correction=0).item(), rel=1e-12)
 
 
 @pytest.mark.parametrize("size, tile, overlap, multiple", [(100, 100, 16, 1), (200, 64, 16, 1), (1000, 256, 32, 8),

@@ -18,6 +18,7 @@ from vaekit.diffusion.loss import DiffusionLoss
 from vaekit.diffusion.model import DenoiserConfig, LatentDenoiser
 from vaekit.errors import VaekitError
 from vaekit.latents import export_latents
+from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 from vaekit.training import train
 
 TINY_UNET = ["model.block_out_channels=[16,32]", "model.norm_num_groups=8", "model.attention_levels=[]",
@@ -49,8 +50,10 @@ def export(tmp_path_factory):
                               norm_num_groups=8, latent_channels=3).eval()
     images = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1)
                           for p in sorted((root / "images").rglob("*.png"))]).float() / 127.5 - 1
-    with torch.no_grad():  # the means are exported: scale them (a random VAE's posterior noise would dominate samples)
-        vae.config.scaling_factor = 1 / vae.encode(images).mean.std().item()
+    with torch.no_grad():  # a near-deterministic posterior, as a trained SD-like VAE's (a random one's noise dominates)
+        vae.quant_conv.weight[3:] = 0.0  # the log-variance half: −12 everywhere
+        vae.quant_conv.bias[3:] = -12.0
+    store_latent_scale(vae, measure_latent_scale(vae, [images], torch.Generator().manual_seed(0)).norm)
     vaekit.save_model(vae, root / "vae")
     export_latents(vae, str(root / "images"), root / "latents", shard_size=16, model_source=root / "vae")
     return root
@@ -156,6 +159,21 @@ def test_training_lowers_held_out_error_then_samples_decode_through_the_recorded
 
     code = main(["diffusion", "sample", str(run), "-n", "2", "--class", "2", "-o", str(tmp_path / "s2")])
     assert code == 1 and "the model knows classes 0 to 1" in capsys.readouterr().err
+
+
+def test_a_reduced_precision_export_samples_through_the_float32_vae(export, tmp_path):
+    """The export's fingerprint is of the weights as given, not of their bfloat16 cast, so `diffusion sample`
+    accepts the float32 VAE the manifest names."""
+    out = tmp_path / "bf16"
+    assert main(["export-latents", "--model", str(export / "vae"), "--data", str(export / "images"), "-o", str(out),
+                 "--dtype", "bfloat16"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dtype"] == "bfloat16"
+    assert manifest["model_fingerprint"] == json.loads((export / "latents" / "manifest.json").read_text())["model_fingerprint"]
+    run = train(diffusion_config(str(out), None, [*TINY_UNET, "train.max_steps=1", f"output_dir={tmp_path}"]),
+                evaluate_at_end=False, explore=False)
+    assert main(["diffusion", "sample", str(run), "-n", "2", "--steps", "2", "-o", str(tmp_path / "samples")]) == 0
+    assert len(list((tmp_path / "samples").glob("sample-*.png"))) == 2
 
 
 def test_resume_is_exact(export, tmp_path):

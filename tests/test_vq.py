@@ -76,6 +76,8 @@ def test_ema_codebook_update_follows_its_closed_form():
     with torch.enable_grad():
         out = quantizer(z)
     assert out.indices.flatten().tolist() == [0, 1, 1, 2] and out.codebook.item() == 0.0  # no codebook loss
+    assert torch.equal(quantizer.embedding.weight, codebook)  # the forward pass changes nothing
+    quantizer.update_codebook(*quantizer.code_sums(out.vectors, out.indices), out.vectors, torch.Generator())
     counts = torch.tensor([1.0, 2.0, 1.0, 0.0])
     sums = torch.tensor([[0.1, 0.0], [2.0, 0.0], [0.0, 0.8], [0.0, 0.0]])
     n = 0.9 * torch.ones(4) + 0.1 * counts
@@ -111,8 +113,10 @@ def test_dead_codes_restart_at_encoder_outputs():
     quantizer = VectorQuantizer(8, 2, dead_code_threshold=0.995).train()  # use starts at 1: one idle step
     quantizer.embedding.weight.data.copy_(torch.tensor([[0.0, 0.0]] + [[100.0, 100.0]] * 7))
     z = torch.randn(1, 2, 4, 4) * 0.1
-    with torch.enable_grad():
-        quantizer(z, torch.Generator().manual_seed(0))
+    out = quantizer(z)
+    restarted = quantizer.update_codebook(*quantizer.code_sums(out.vectors, out.indices), out.vectors,
+                                          torch.Generator().manual_seed(0))
+    assert restarted == 7
     flat = z.permute(0, 2, 3, 1).reshape(-1, 2)
     for code in quantizer.embedding.weight[1:]:  # every far-away code is now one of the batch's vectors
         assert (flat - code).abs().sum(1).min() == 0
@@ -139,10 +143,18 @@ def test_parity_with_diffusers_vqmodel_and_interop(tmp_path):
     x = torch.rand(2, 3, 16, 24) * 2 - 1
     with torch.no_grad(), fast_paths(False):
         h = twin.encode(x).latents
-        torch.testing.assert_close(model.pre_quantize(x), h, atol=1e-5, rtol=1e-5)
+        # encode gives the continuous pre-quantisation latent, as diffusers' and LDM's do
+        torch.testing.assert_close(model.encode(x).mean, h, atol=1e-5, rtol=1e-5)
         quantized, _, (_, _, indices) = twin.quantize(h)
         assert torch.equal(model.encode_indices(x).flatten(), indices.flatten())
         torch.testing.assert_close(model.reconstruct(x), twin.decode(h).sample, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(x).reconstruction, twin(x).sample, atol=1e-5, rtol=1e-5)
+        # decode quantises an off-codebook latent first (what a diffusion model samples), unless told not to
+        off = torch.randn(2, 4, 4, 6, generator=torch.Generator().manual_seed(3)) * 0.5
+        torch.testing.assert_close(model.decode(off), twin.decode(off).sample, atol=1e-4, rtol=0)
+        torch.testing.assert_close(model.decode(off, force_not_quantize=True),
+                                   twin.decode(off, force_not_quantize=True).sample, atol=1e-4, rtol=0)
+        assert (model.decode(off) - model.decode(off, force_not_quantize=True)).abs().max() > 1e-2
     # Exported, diffusers loads it; a folder diffusers wrote loads in vaekit.
     assert main(["convert", str(_saved(model, tmp_path)), "-o", str(tmp_path / "d"), "--format", "diffusers"]) == 0
     import diffusers
@@ -153,6 +165,84 @@ def test_parity_with_diffusers_vqmodel_and_interop(tmp_path):
     loaded = vaekit.load_model(tmp_path / "by-diffusers", norm_num_groups=8)
     assert loaded.registry_name == "vq" and loaded.config.num_embeddings == 32
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_model_diffusers_cannot_express_is_refused_not_changed(tmp_path):
+    from vaekit.errors import VaekitError
+    from vaekit.io.convert import export_diffusers
+
+    with pytest.raises(VaekitError, match="l2-normalised codes"):
+        export_diffusers(tiny(l2_normalize=True), tmp_path / "d")
+    assert not (tmp_path / "d" / "config.json").exists()
+
+
+def test_the_loss_is_weighted_as_taming_vqlpips():
+    """One step's loss and gradients against taming's VQLPIPSWithDiscriminator written out by hand:
+    mean |x − x̂| + codebook_weight · (‖sg(z) − q‖² + β‖z − sg(q)‖²), each a mean."""
+    from vaekit.losses.lpips_gan import LPIPSGANConfig, LPIPSWithDiscriminator
+
+    model = tiny(beta=0.25).train()
+    loss_fn = LPIPSWithDiscriminator.for_model(LPIPSGANConfig(perceptual_weight=0, disc_weight=0,
+                                                              codebook_weight=0.7), model)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    loss, _ = loss_fn(x, model(x))
+    loss.backward()
+    ours = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    z = model.encode(x).mean
+    codebook = model.quantize.embedding.weight
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    q = codebook[torch.cdist(flat, codebook).argmin(1)]
+    z_q = (flat + (q - flat).detach()).reshape(2, 8, 8, 4).permute(0, 3, 1, 2)  # f = 2
+    x_hat = model.decoder(model.post_quant_conv(z_q))
+    codebook_loss = ((q - flat.detach()) ** 2).mean() + 0.25 * ((q.detach() - flat) ** 2).mean()
+    by_hand = (x - x_hat).abs().mean() + 0.7 * codebook_loss
+    by_hand.backward()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(ours[name], p.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+@pytest.mark.parametrize("l2", [False, True])
+@pytest.mark.parametrize("restart", [None, 0.995])
+def test_every_combination_of_the_quantiser_options_trains_past_a_restart(ema, l2, restart, tmp_path):
+    overrides = ["model.name=vq", "model.block_out_channels=[8,16]", "model.layers_per_block=1",
+                 "model.norm_num_groups=8", "model.latent_channels=4", "model.num_embeddings=64",
+                 f"model.l2_normalize={str(l2).lower()}", "data.name=photos", "data.crop_size=8", "data.num_train=16",
+                 "loss.perceptual_weight=0", "loss.disc_weight=0", "train.max_steps=6", "train.batch_size=4",
+                 "train.progress_bar=false", "train.validate_every=1000", "train.validation_examples=4",
+                 "train.log_every=1", "train.calibration_images=4", "train.snapshot_examples=0", f"output_dir={tmp_path}"]
+    if ema is not None:
+        overrides.append(f"model.codebook_ema_decay={ema}")
+    if restart is not None:  # 16 positions a step over 64 codes: most are idle after one step, and restart
+        overrides.append(f"model.dead_code_threshold={restart}")  # use starts at 1 and decays by 0.99 a step
+    run = train(load_config(None, overrides), evaluate_at_end=False, explore=False)
+    import json
+
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    restarted = sum(r.get("codes_restarted", 0) for r in records)
+    assert (restarted > 0) == (restart is not None)
+    model = vaekit.load_model(run)
+    assert torch.isfinite(model.quantize.embedding.weight).all()
+
+
+def test_decoder_only_leaves_encoder_quant_conv_and_codebook_bitwise(tmp_path):
+    source = tiny(codebook_ema_decay=0.9, dead_code_threshold=0.5, num_embeddings=64)
+    saved = vaekit.save_model(source, tmp_path / "source")
+    config = load_config(None, ["model.name=vq", f"model.init_from={saved}", "train.decoder_only=true",
+                                "data.name=photos", "data.crop_size=8", "data.num_train=16", "loss.perceptual_weight=0",
+                                "loss.disc_weight=0", "train.max_steps=4", "train.batch_size=4",
+                                "train.progress_bar=false", "train.validate_every=1000", "train.validation_examples=4",
+                                "train.snapshot_examples=0", f"output_dir={tmp_path}"])
+    model = vaekit.load_model(train(config, evaluate_at_end=False, explore=False))
+    before, after = source.state_dict(), model.state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    assert any(k.startswith("quantize.") for k in frozen)
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
 
 
 def _saved(model, tmp_path):

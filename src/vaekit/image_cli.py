@@ -22,14 +22,15 @@ log = logging.getLogger("vaekit")
 
 
 def _image_model(args: argparse.Namespace):
-    from vaekit.models.autoencoder_kl import AutoencoderKL
+    from vaekit.models.blocks import ConvAutoencoder
     from vaekit.io.models import load_model
 
     args.device = resolve_device(args.device)
     model = load_model(args.model, device=args.device)
-    if not isinstance(model, AutoencoderKL):
+    if not isinstance(model, ConvAutoencoder):
         raise VaekitError(f"{args.model} holds a {model.registry_name}; these commands need an image autoencoder "
-                          "(autoencoder-kl, kl-f8, ..., a diffusers AutoencoderKL folder or an LDM checkpoint)")
+                          "(autoencoder-kl, kl-f8, vq-f4, ..., a diffusers AutoencoderKL or VQModel folder or an LDM "
+                          "checkpoint)")
     return model
 
 
@@ -102,17 +103,22 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from vaekit.io.latents import save_latents
 
     model = _image_model(args)
-    latents, names, sizes = [], [], []
+    norm = model.latent_norm
+    latents, logvars, names, sizes = [], [], [], []
     for path, x in _each_image(args.images, args.max_pixels, "encode"):
         posterior = _encode(model, x.to(args.device), args)
         z = posterior.sample() if args.sample else posterior.mode()
-        latents.append(model.scale_latents(z)[0].cpu())
+        latents.append(norm.scale(z)[0].cpu())
+        if not (args.sample or posterior.deterministic):
+            logvars.append(norm.scale_logvar(posterior.logvar)[0].cpu())
         names.append(path.name)
         sizes.append(tuple(x.shape[2:]))
     if not latents:
         return 1
-    save_latents(args.output, latents, names, sizes, model.config.scaling_factor, model.config.shift_factor)
-    print(f"{len(latents)} latents (scaling factor {model.config.scaling_factor:g} applied) -> {args.output}")
+    save_latents(args.output, latents, names, sizes, norm, logvars or None)
+    kept = "posterior samples" if args.sample else "posterior means" + (" and log-variances" if logvars else "")
+    print(f"{len(latents)} latents ({kept}, scaling factor {norm.scaling_factor:g}"
+          f"{' and per-channel statistics' if norm.per_channel else ''} applied) -> {args.output}")
     return 0
 
 
@@ -122,12 +128,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from vaekit.io.latents import load_latents
 
     model = _image_model(args)
-    latents, names, sizes, scaling, shift = load_latents(args.latents)
-    if (scaling, shift) != (model.config.scaling_factor, model.config.shift_factor or 0.0):
-        log.warning("%s was scaled by %g (shift %g); undoing that, not the model's %g", args.latents, scaling, shift,
-                    model.config.scaling_factor)
-    for latent, name, size in progress(zip(latents, names, sizes), total=len(names), desc="decode", unit="image"):
-        z = latent[None].to(args.device) / scaling + shift  # the file's own scaling, which may not be the model's
+    stored = load_latents(args.latents)
+    if stored.norm != model.latent_norm:
+        log.warning("%s was normalised by %s; undoing that, not the model's %s", args.latents, stored.norm,
+                    model.latent_norm)
+    for latent, name, size in progress(zip(stored.latents, stored.names, stored.sizes), total=len(stored.names),
+                                       desc="decode", unit="image"):
+        z = stored.norm.unscale(latent[None].to(args.device))  # the file's own factors, which may not be the model's
         image = _decode(model, z, size, args)
         print(f"{name} -> {write_image(Path(args.output) / f'{Path(name).stem}.png', image)}")
     return 0
@@ -143,11 +150,12 @@ def cmd_export_latents(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=device)
     if model.latent_layout != "spatial":
         raise VaekitError(f"{args.model} holds a {model.registry_name}; export-latents needs an image autoencoder")
-    if args.dtype != "float32":
-        model = model.to(getattr(torch, args.dtype))
+    if args.logvar:
+        log.warning("--logvar is no longer needed: the log-variance of a stochastic posterior is always stored")
     manifest = export_latents(model.eval(), args.data, args.output, split=args.split, column=args.column,
                               resolution=args.resolution, shard_size=args.shard_size, batch_size=args.batch_size,
-                              logvar=args.logvar, tile=args.tile or None, max_pixels=args.max_pixels, state=state,
+                              tile=args.tile or None, max_pixels=args.max_pixels, state=state,
+                              dtype=None if args.dtype == "float32" else getattr(torch, args.dtype),
                               model_source=args.model)
     if state.is_main_process:
         print(f"{manifest['encoded']} of {manifest['count']} images -> {len(manifest['shards'])} shards in "
@@ -197,29 +205,36 @@ def _calibration_batches(model, args: argparse.Namespace):
 
 @torch.no_grad()
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from vaekit.models.autoencoder_kl import measure_latent_scale, store_latent_scale
+    from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
     from vaekit.io.layout import resolve_model_dir
     from vaekit.io.models import save_model, write_latent_scale
 
     model = _image_model(args)
-    before = (model.config.scaling_factor, model.config.shift_factor)
+    before = model.latent_norm
+    if args.shift and args.per_channel:
+        raise VaekitError("--shift and --per-channel both centre the latents: give one of them")
     generator = torch.Generator(device=args.device).manual_seed(0)
     batches = progress(_calibration_batches(model, args), total=math.ceil(args.images / args.batch_size),
                        desc="calibrate", unit="batch")
-    scale = measure_latent_scale(model, batches, generator,
-                                 with_shift=args.shift or model.config.shift_factor is not None,
-                                 max_images=args.images)
+    measured = measure_latent_scale(model, batches, generator,
+                                    with_shift=args.shift or (model.config.shift_factor is not None and not args.per_channel),
+                                    per_channel=args.per_channel, max_images=args.images)
+    norm = measured.norm
     if args.output:
-        store_latent_scale(model, scale)
+        store_latent_scale(model, norm)
         target = save_model(model, args.output)
     elif Path(args.model).is_file():
         raise VaekitError(f"{args.model} is a single weights file, which has no config to record the factor in: "
                           "give -o OUT to write a model folder")
     else:
-        target = write_latent_scale(resolve_model_dir(args.model), scale.scaling_factor, scale.shift_factor)
-    shift = f", shift {scale.shift_factor:.5g} (was {before[1]})" if scale.shift_factor is not None else ""
-    print(f"scaling factor {scale.scaling_factor:.5g} (was {before[0]:g}){shift}, measured on {scale.images} images "
-          f"-> {target}")
+        target = write_latent_scale(resolve_model_dir(args.model), norm)
+    if norm.per_channel:
+        found = (f"per-channel latents_mean {[round(v, 4) for v in norm.latents_mean]}, latents_std "
+                 f"{[round(v, 4) for v in norm.latents_std]} (scaling factor 1)")
+    else:
+        shift = f", shift {norm.shift_factor:.5g} (was {before.shift_factor})" if norm.shift_factor is not None else ""
+        found = f"scaling factor {norm.scaling_factor:.5g} (was {before.scaling_factor:g}){shift}"
+    print(f"{found}, measured on posterior samples of {measured.images} images -> {target}")
     return 0
 
 
@@ -266,8 +281,10 @@ def add_commands(commands) -> None:
 
     encode = commands.add_parser(
         "encode", help="images -> a safetensors file of latents",
-        description="Encode images to latents (z − shift_factor)·scaling_factor, one tensor per image, with the "
-        "file names, image sizes and scaling in the file's metadata.")
+        description="Encode images to the latents a diffusion model trains on, normalised by the model's factors "
+        "((z − shift_factor)·scaling_factor, or per channel with latents_mean/latents_std): the scaled posterior "
+        "mean and log-variance of each image (draw z = mean + exp(logvar/2)·ε, as Stage B does), or one sample "
+        "with --sample; file names, image sizes and the factors are in the file's metadata.")
     encode.add_argument("images", nargs="+", metavar="IMAGE")
     encode.add_argument("-o", "--output", required=True, metavar="FILE.safetensors")
     encode.add_argument("--sample", action="store_true", help="store a posterior sample instead of the mode")
@@ -286,7 +303,8 @@ def add_commands(commands) -> None:
     export = commands.add_parser(
         "export-latents", help="a folder or Hugging Face dataset -> sharded latents for a diffusion model",
         description="Encode every image of a folder (recursively) or a Hugging Face dataset to sharded safetensors "
-        "files of latents (scaled posterior means, optionally log-variances), with each item's source and image "
+        "files of latents (normalised posterior means and, for KL models, log-variances: a diffusion model trains "
+        "on samples drawn from them, as `vaekit diffusion train` does), with each item's source and image "
         "size, and a manifest.json. Unreadable images are skipped and listed. Several processes: "
         "`accelerate launch -m vaekit export-latents ...` or --num-processes N; each writes its own shards. "
         "Interrupted? Run the same command again: finished shards are kept. Read back with "
@@ -301,7 +319,7 @@ def add_commands(commands) -> None:
     export.add_argument("--shard-size", type=int, default=256, metavar="N", help="items per shard (default 256)")
     export.add_argument("--batch-size", type=int, default=8, metavar="N",
                         help="images encoded together (same-sized neighbours; default 8)")
-    export.add_argument("--logvar", action="store_true", help="store the posterior log-variance too")
+    export.add_argument("--logvar", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                         help="model precision (bfloat16/float16 on GPUs)")
     export.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (bomb guard)")
@@ -333,6 +351,9 @@ def add_commands(commands) -> None:
                            help="centre-crop and resize --data images to this (default: the model's sample_size)")
     calibrate.add_argument("--batch-size", type=int, default=8, metavar="N")
     calibrate.add_argument("--shift", action="store_true", help="measure a shift factor too (SD3/FLUX style)")
+    calibrate.add_argument("--per-channel", action="store_true",
+                           help="measure per-channel latents_mean / latents_std (diffusers' SDXL-style "
+                           "normalisation), with scaling factor 1")
     calibrate.add_argument("--split", default="train", help="dataset split (Hugging Face sources)")
     calibrate.add_argument("--column", default="image", help="image column (Hugging Face sources)")
     calibrate.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (bomb guard)")

@@ -9,10 +9,12 @@ Layout of an export directory::
     shard-00000.safetensors     items [0, S), shard-00001: [S, 2S), ... (S = shard_size)
     manifest.json               written last, after checking every input appears exactly once
 
-Shard ``k`` holds, for every item of its range that could be read, ``mean.<index>`` (the scaled
-posterior mean, ``(c, h, w)``) and, with ``logvar=True``, ``logvar.<index>`` (the log-variance of the
-*scaled* latent: log σ² + 2 log scaling_factor); its metadata lists the items (index, source, image
-size) and the skipped ones with the reason. Latents are ``(z − shift_factor) · scaling_factor``.
+Shard ``k`` holds, for every item of its range that could be read, ``mean.<index>`` (the normalised
+posterior mean, ``(c, h, w)``) and, for a model with a stochastic posterior (KL), ``logvar.<index>`` (the
+log-variance of the *normalised* latent); its metadata lists the items (index, source, image size) and
+the skipped ones with the reason. A diffusion model trains on posterior samples drawn from the two
+afresh each time (``models.latent_scale`` states the convention; Stage B does this), normalised as
+``(z − shift_factor) · scaling_factor`` or, per channel, ``(z − latents_mean) · scaling_factor / latents_std``.
 
 Several processes (``accelerate launch -m vaekit export-latents ...``) split the shards round-robin and
 each writes its own; shards are written atomically, so an interrupted export resumes by skipping the
@@ -35,6 +37,7 @@ from torch.utils.data import Dataset
 
 from vaekit.errors import VaekitError
 from vaekit.io.atomic import write_json
+from vaekit.models.latent_scale import LatentNorm
 from vaekit.io.latents import (FORMAT, MANIFEST_FILE, SPEC_FILE, open_shard, read_shard_metadata, shard_name,
                                write_shard)
 from vaekit.progress import progress
@@ -137,7 +140,8 @@ def _read_items(source: _Source, indices: list[int], resolution: int | None, max
 
 
 @torch.no_grad()
-def _encode_batch(model, images: list[torch.Tensor], logvar: bool, tile: int | None):
+def _encode_batch(model, images: list[torch.Tensor], tile: int | None):
+    """(normalised means, their log-variances or None for a point-mass posterior), float32 on the CPU."""
     from vaekit.models.tiling import tiled_encode
 
     x = torch.cat(images).to(next(model.parameters()).device, next(model.parameters()).dtype)
@@ -145,14 +149,15 @@ def _encode_batch(model, images: list[torch.Tensor], logvar: bool, tile: int | N
         posterior = tiled_encode(model, x, tile)
     else:
         posterior = model.encode(x)
-    mean = model.scale_latents(posterior.mean).float().cpu()
-    var = (posterior.logvar.float() + 2 * math.log(model.config.scaling_factor)).cpu() if logvar else None
-    return mean, var
+    norm = model.latent_norm
+    mean = norm.scale(posterior.mean.float()).cpu()
+    logvar = None if model.deterministic else norm.scale_logvar(posterior.logvar.float()).cpu()
+    return mean, logvar
 
 
 def export_latents(model, data: str, output: str | Path, *, split: str = "train", column: str = "image",
                    resolution: int | None = None, shard_size: int = 256, batch_size: int = 8,
-                   logvar: bool = False, tile: int | None = None, max_pixels: int | None = None,
+                   tile: int | None = None, max_pixels: int | None = None, dtype: torch.dtype | None = None,
                    prefetch_depth: int = 16, state=None, model_source: str | Path | None = None) -> dict:
     """Encode every image of ``data`` (folder or Hugging Face dataset) into shards under ``output``.
 
@@ -160,7 +165,9 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
     created when not given): process p writes shards p, p + N, ...; the main process then checks that
     every input appears exactly once and writes the manifest, which it returns. Shards already on disk
     (from an interrupted run with the same settings) are kept, not re-encoded. ``model_source``: where
-    ``model`` was loaded from, recorded in the manifest for ``vaekit diffusion sample``.
+    ``model`` was loaded from, recorded in the manifest for ``vaekit diffusion sample``. ``dtype``: encode
+    in this precision (bfloat16/float16 on GPUs); the manifest's fingerprint is of the weights as given,
+    so the float32 model decodes the samples.
     """
     from vaekit.io.images import DEFAULT_MAX_PIXELS
     from vaekit.data.prefetch import prefetch
@@ -177,9 +184,10 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
     count = len(source.names)
     shards = math.ceil(count / shard_size)
     spec = {"format": FORMAT, "source": source.description, "count": count, "shard_size": shard_size,
-            "resolution": resolution, "logvar": logvar, "tile": tile, "model": model.registry_name,
-            "model_fingerprint": fingerprint(model), "scaling_factor": model.config.scaling_factor,
-            "shift_factor": model.config.shift_factor or 0.0, "latent_channels": model.config.latent_channels,
+            "resolution": resolution, "logvar": not model.deterministic, "tile": tile, "model": model.registry_name,
+            "model_fingerprint": fingerprint(model), **model.latent_norm.to_dict(),
+            "dtype": str(dtype or next(model.parameters()).dtype).removeprefix("torch."),
+            "latent_channels": model.config.latent_channels,
             "downsampling_factor": model.downsampling_factor, "names_digest": hashlib.sha256(
                 "\n".join(source.names).encode()).hexdigest()[:16]}
     spec_path = output / SPEC_FILE
@@ -189,6 +197,8 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
             changed = sorted(k for k in spec if previous.get(k) != spec[k])
             raise VaekitError(f"{output} holds an export with other settings ({', '.join(changed)} differ); "
                               "resume with the same ones, or export into a new directory")
+    if dtype is not None:
+        model = model.to(dtype)
     state.wait_for_everyone()
     if state.is_main_process:
         write_json(spec_path, spec)
@@ -211,7 +221,7 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
         def flush() -> None:
             if not pending:
                 return
-            mean, var = _encode_batch(model, [image for _, image in pending], logvar, tile)
+            mean, var = _encode_batch(model, [image for _, image in pending], tile)
             for row, (i, image) in enumerate(pending):
                 tensors[f"mean.{i}"] = mean[row]
                 if var is not None:
@@ -281,10 +291,10 @@ def _check_and_write_manifest(output: Path, spec: dict, shards: int, processes: 
 class LatentDataset(Dataset):
     """The items of an export directory as a torch ``Dataset``, in input order (skipped inputs left out).
 
-    ``dataset[i]`` is a dict: ``latent`` (the scaled mean, ``(c, h, w)``), ``logvar`` (when exported),
-    ``index`` (position in the source), ``source`` (file name or ``split[row]``), ``size`` ((H, W) of the
-    encoded image). ``scaling_factor``/``shift_factor`` say how the latents were scaled. Shards are
-    memory-mapped and opened lazily, so loader workers each open their own.
+    ``dataset[i]`` is a dict: ``latent`` (the normalised posterior mean, ``(c, h, w)``), ``logvar`` (its
+    log-variance, for a stochastic posterior), ``index`` (position in the source), ``source`` (file name or
+    ``split[row]``), ``size`` ((H, W) of the encoded image). ``norm`` says how the latents were normalised.
+    Shards are memory-mapped and opened lazily, so loader workers each open their own.
     """
 
     def __init__(self, directory: str | Path):
@@ -296,8 +306,10 @@ class LatentDataset(Dataset):
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != FORMAT:
             raise VaekitError(f"{manifest_path} is not a {FORMAT} manifest")
-        self.scaling_factor = self.manifest["scaling_factor"]
-        self.shift_factor = self.manifest["shift_factor"]
+        try:
+            self.norm = LatentNorm.from_manifest(self.manifest)
+        except (KeyError, TypeError, ValueError) as err:
+            raise VaekitError(f"{manifest_path} does not record a usable latent normalisation: {err}") from None
         self.items: list[tuple[str, dict]] = []
         for entry in self.manifest["shards"]:
             meta = read_shard_metadata(self.directory / entry["file"])

@@ -49,11 +49,20 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def _example_key(seed: int, epoch: int, index: int) -> int:
+    return _splitmix64(_splitmix64(_splitmix64(seed & _MASK) ^ (epoch & _MASK)) ^ (index & _MASK))
+
+
+def example_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that depends on (seed, epoch, index) alone (for a per-example ``torch.Generator``)."""
+    return _splitmix64(_example_key(seed, epoch, index) + 3) >> 1
+
+
 def example_draws(seed: int, epoch: int, index: int) -> tuple[float, float, float]:
     """Three uniform numbers in [0, 1) that depend on (seed, epoch, index) alone: a counter-based hash
     (SplitMix64 chained over the three), a few microseconds where a seeded numpy Generator per example
     costs ~25 — a few per cent of decoding a photograph."""
-    key = _splitmix64(_splitmix64(_splitmix64(seed & _MASK) ^ (epoch & _MASK)) ^ (index & _MASK))
+    key = _example_key(seed, epoch, index)
     return tuple(_splitmix64(key + i) / 2.0 ** 64 for i in range(3))
 
 

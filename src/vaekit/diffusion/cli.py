@@ -171,5 +171,8 @@ def add_commands(commands) -> None:
     report.add_argument("--unet", default=defaults.unet, help="the denoiser preset (default unet-tiny)")
     report.add_argument("--samples", type=int, default=defaults.samples,
                         help="decoded samples per autoencoder for FID/KID and the classifier's Fréchet distance")
+    report.add_argument("--per-channel", action="store_true",
+                        help="normalise each autoencoder's latents per channel (latents_mean/latents_std) instead of "
+                        "by one scaling factor")
     report.add_argument("-o", "--output", metavar="OUT", help="output folder")
     report.set_defaults(func=cmd_diffusability)

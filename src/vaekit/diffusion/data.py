@@ -1,8 +1,11 @@
 """Exported latents as training data for the denoiser (``data.name: latents``).
 
-The latents are used exactly as ``vaekit export-latents`` wrote them — scaled (and shifted) by the factors
-in the export's manifest — and read from the memory-mapped shards when a batch asks for them. Labels come
-from the exported files' sub-folders when every file is in one (as for the ``folder`` dataset).
+The denoiser trains on posterior samples, as latent diffusion does (``models.latent_scale``): each time
+an example is read, z = mean + exp(logvar / 2) · ε is drawn from the exported (normalised) mean and
+log-variance, with ε from a generator seeded by (seed, epoch, index) — a fresh draw every epoch, the same
+draws for any number of loader workers or processes, and exact on resume. A point-mass posterior (VQ)
+gives its mean. Shards are memory-mapped and read when a batch asks for them. Labels come from the
+exported files' sub-folders when every file is in one (as for the ``folder`` dataset).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import torch
 
 from vaekit.data.base import ImageData
 from vaekit.data.folder import check_fraction, folder_labels, split_items
+from vaekit.data.transforms import example_seed
 from vaekit.errors import ConfigError, VaekitError
+from vaekit.models.latent_scale import posterior_sample, sample_moments
 from vaekit.registry import DATASETS
 
 log = logging.getLogger("vaekit")
@@ -39,11 +44,12 @@ class LatentsConfig:
 
 
 class LatentImages(ImageData):
-    """One split of an export: ``(latent (c, h, w) float32, label)`` pairs."""
+    """One split of an export: ``(latent (c, h, w) float32, label)`` pairs, each latent a posterior sample
+    drawn from (seed, epoch, index)."""
 
-    def __init__(self, latents, items, labels, class_names, name: str):
+    def __init__(self, latents, items, labels, class_names, name: str, seed: int = 0):
         super().__init__(labels, len(items), class_names, value_range=(-math.inf, math.inf), name=name)
-        self.latents, self.items = latents, [int(i) for i in items]
+        self.latents, self.items, self.seed = latents, [int(i) for i in items], seed
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -52,8 +58,17 @@ class LatentImages(ImageData):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _sample(self, k: int) -> torch.Tensor:
+        index = self.items[k]  # the export's own index: train and test examples never share a draw
+        item = self.latents[index]
+        mean, logvar = item["latent"].float(), item.get("logvar")
+        if logvar is None:
+            return mean
+        generator = torch.Generator().manual_seed(example_seed(self.seed, self.epoch, index))
+        return posterior_sample(mean, logvar.float(), torch.randn(mean.shape, generator=generator))
+
     def _gather(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
-        return torch.stack([self.latents[self.items[i]]["latent"].float() for i in indices]), indices
+        return torch.stack([self._sample(k) for k in indices]), indices
 
     @property
     def manifest(self) -> dict:
@@ -64,14 +79,9 @@ def open_latents(path: str):
     """The export at ``path`` as a ``LatentDataset``, checked: a manifest, one latent shape, usable factors."""
     from vaekit.latents import LatentDataset
 
-    latents = LatentDataset(path)
+    latents = LatentDataset(path)  # refuses factors that cannot normalise
     if len(latents) == 0:
         raise VaekitError(f"{path} holds no latents (every image was skipped: see its manifest.json)")
-    factor, shift = latents.scaling_factor, latents.shift_factor
-    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
-        raise VaekitError(f"{path}/manifest.json has scaling_factor {factor!r}; it must be a positive number")
-    if not (isinstance(shift, (int, float)) and math.isfinite(shift)):
-        raise VaekitError(f"{path}/manifest.json has shift_factor {shift!r}; it must be a number")
     sizes = {tuple(item["size"]) for _, item in latents.items}
     if len(sizes) > 1:
         raise VaekitError(f"{path} mixes latents of {len(sizes)} shapes (images of sizes "
@@ -81,20 +91,25 @@ def open_latents(path: str):
 
 
 def latent_std(latents, count: int = 256) -> float:
-    """Standard deviation of (up to ``count``, evenly spread) latents, in float64."""
+    """Standard deviation of the posterior samples the denoiser trains on, over (up to ``count``, evenly
+    spread) exported latents: in closed form from their means and log-variances, float64."""
     picks = sorted({round(i) for i in torch.linspace(0, len(latents) - 1, min(count, len(latents))).tolist()})
-    values = torch.cat([latents[i]["latent"].double().flatten() for i in picks])
-    return values.std().item()
+    items = [latents[i] for i in picks]
+    means = torch.stack([item["latent"] for item in items])
+    logvars = torch.stack([item["logvar"] for item in items]) if "logvar" in items[0] else None
+    return sample_moments(means, logvars)[1]
 
 
 def check_scale(latents, path: str) -> float:
-    """Warn when the exported latents are far from unit standard deviation, naming the factor that fixes it."""
+    """Warn when the posterior samples of the export are far from unit standard deviation, naming the
+    factor that fixes it."""
     std = latent_std(latents)
     if abs(std - 1) > STD_TOLERANCE:
-        log.warning("the latents in %s have standard deviation %.3g (exported with scaling factor %.5g); the noise "
-                    "schedule assumes about 1. A scaling factor of %.5g would give 1: measure it with `vaekit "
-                    "calibrate --model VAE --data IMAGES` and export again", path, std, latents.scaling_factor,
-                    latents.scaling_factor / std)
+        factor = latents.norm.scaling_factor
+        log.warning("the posterior samples of the latents in %s have standard deviation %.3g (exported with scaling "
+                    "factor %.5g); the noise schedule assumes about 1. A scaling factor of %.5g would give 1: measure "
+                    "it with `vaekit calibrate --model VAE --data IMAGES` and export again", path, std, factor,
+                    factor / std)
     return std
 
 
@@ -108,4 +123,4 @@ def latents(config: LatentsConfig, split: str) -> LatentImages:
     if split == "train":
         check_scale(dataset, config.path)
     return LatentImages(dataset, items, None if labels is None else labels[items], class_names,
-                        name=f"latents:{config.path}/{split}")
+                        name=f"latents:{config.path}/{split}", seed=config.seed)

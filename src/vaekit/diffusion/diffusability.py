@@ -1,7 +1,8 @@
 """The diffusability report: several image autoencoders side by side under one identical budget.
 
-For each autoencoder, on the same images: its latents are scaled to unit standard deviation (1 / std of
-the posterior means it exports, the same rule for every VAE) and exported; reconstruction (PSNR, SSIM,
+For each autoencoder, on the same images: its latents are normalised to unit standard deviation by the
+one convention of ``models.latent_scale`` (1 / std of posterior samples, or per channel with
+``per_channel``; the same rule for every VAE) and exported; reconstruction (PSNR, SSIM,
 LPIPS where its weights are present) and equivariance errors are measured on the held-out images; the
 latents' statistics and power spectrum are compared with the images'; and the same denoiser is trained
 on its latents for the same steps with each seed, scored by held-out ε-MSE (overall and per timestep
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from vaekit.errors import ConfigError, VaekitError
+from vaekit.models.distributions import DiagonalGaussian
 
 log = logging.getLogger("vaekit")
 
@@ -49,6 +51,8 @@ class Budget:
     lr: float = 1e-3
     samples: int = 256
     """Decoded samples per autoencoder for FID/KID and the classifier's Fréchet distance."""
+    per_channel: bool = False
+    """Normalise every autoencoder's latents per channel (latents_mean / latents_std) instead of by one factor."""
 
     def __post_init__(self) -> None:
         if len(self.seeds) < 1 or self.steps < 1 or self.resolution < 8:
@@ -94,18 +98,21 @@ def _name(path: str, taken: set[str]) -> str:
 
 
 @torch.no_grad()
-def _encoded(vae, images: torch.Tensor) -> torch.Tensor:
-    """The posterior means (the latents export writes, unscaled) of ``images``, 32 at a time."""
-    return torch.cat([vae.encode(images[i:i + 32]).mean for i in range(0, len(images), 32)])
+def _encoded(vae, images: torch.Tensor) -> DiagonalGaussian:
+    """The posterior of ``images`` (unscaled), encoded 32 at a time."""
+    parts = [vae.encode(images[i:i + 32]) for i in range(0, len(images), 32)]
+    return DiagonalGaussian(torch.cat([p.mean for p in parts]), torch.cat([p.logvar for p in parts]),
+                            deterministic=parts[0].deterministic)
 
 
-def _unit_scaled_copy(vae, images: torch.Tensor, target: Path):
-    """The VAE with its scaling factor set to 1 / std of the posterior means of ``images`` (no shift), saved."""
+def _unit_scaled_copy(vae, images: torch.Tensor, target: Path, per_channel: bool):
+    """The VAE calibrated on ``images`` by the one convention (posterior samples; no shift), saved."""
     from vaekit.io.models import save_model
+    from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 
-    means = _encoded(vae, images)
-    vae.config.scaling_factor = 1.0 / means.double().std().item()
-    vae.config.shift_factor = None
+    batches = (images[i:i + 32] for i in range(0, len(images), 32))
+    measured = measure_latent_scale(vae, batches, torch.Generator().manual_seed(0), per_channel=per_channel)
+    store_latent_scale(vae, measured.norm)
     save_model(vae, target)
     return vae
 
@@ -121,6 +128,8 @@ def _held_out_images(latents_dir: Path, folder: Path, budget: Budget) -> tuple[t
 
 
 def _reconstruction(vae, images: torch.Tensor, z: torch.Tensor) -> dict:
+    """PSNR, SSIM (and LPIPS where its weights are present) of ``images`` decoded from their latents ``z``
+    (posterior means)."""
     """PSNR, SSIM (and LPIPS where its weights are present) of ``images`` decoded from their latents ``z``."""
     from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
     from vaekit.metrics.image import per_image_psnr, ssim
@@ -137,16 +146,20 @@ def _reconstruction(vae, images: torch.Tensor, z: torch.Tensor) -> dict:
     return metrics
 
 
-def _latent_statistics(vae, images: torch.Tensor, z: torch.Tensor) -> tuple[dict, tuple]:
-    """Statistics and spectrum of the scaled latents of ``images`` (``z``: their posterior means)."""
+def _latent_statistics(vae, images: torch.Tensor, posterior: DiagonalGaussian) -> tuple[dict, tuple]:
+    """Statistics and spectrum of what the denoiser trains on: normalised posterior samples of ``images``
+    (one seeded draw), per channel too, so that channels of different scales show."""
     from vaekit.metrics.latent import high_frequency_fraction, radial_power_spectrum
 
-    latents = vae.scale_latents(z)
+    latents = vae.scale_latents(posterior.sample(torch.Generator().manual_seed(0)))
     f = images.shape[-1] // latents.shape[-1]
     small = torch.nn.functional.avg_pool2d(images, f)  # the images at the latents' resolution
-    stats = {"scaling_factor": vae.config.scaling_factor,
+    norm = vae.latent_norm
+    stats = {"scaling_factor": norm.scaling_factor, "per_channel_norm": norm.per_channel,
+             "latent_std": latents.double().std().item(),
              "latent_channel_mean": latents.mean(dim=(0, 2, 3)).tolist(),
              "latent_channel_std": latents.std(dim=(0, 2, 3)).tolist(),
+             "latent_channel_std_range": "{:.3g}–{:.3g}".format(*latents.std(dim=(0, 2, 3)).aminmax()),
              "latent_hf_fraction": high_frequency_fraction(latents),
              "image_hf_fraction": high_frequency_fraction(small),
              "compression_ratio": images[0].numel() / latents[0].numel(),
@@ -237,7 +250,7 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
         if vae.kind != "autoencoder" or vae.latent_layout != "spatial":
             raise VaekitError(f"{path} holds a {vae.registry_name}; the diffusability report compares image autoencoders")
         log.info("diffusability: %s", name)
-        vae = _unit_scaled_copy(vae, calibration, out / "vaes" / name)
+        vae = _unit_scaled_copy(vae, calibration, out / "vaes" / name, budget.per_channel)
         latents_dir = out / "latents" / name
         export_latents(vae, str(folder), latents_dir, resolution=budget.resolution, batch_size=32,
                        model_source=out / "vaes" / name)
@@ -248,9 +261,9 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
                 from vaekit.metrics.frechet import features_of, frechet_distance
 
                 held_out_features = features_of(classifier, held_out)
-        z = _encoded(vae, held_out)
-        row = {"vae": name, "source": str(path), **_reconstruction(vae, held_out, z)}
-        stats, spectra[name] = _latent_statistics(vae, held_out, z)
+        posterior = _encoded(vae, held_out)
+        row = {"vae": name, "source": str(path), **_reconstruction(vae, held_out, posterior.mean)}
+        stats, spectra[name] = _latent_statistics(vae, held_out, posterior)
         row.update(stats)
         row.update(equivariance_errors(lambda x: vae.encode(x).mode(), vae.decode, held_out))
         results = [_denoiser(latents_dir, budget, seed, out / "runs", name) for seed in budget.seeds]
@@ -274,7 +287,8 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
     return _write(out, rows, spectra, budget)
 
 
-COLUMNS = ("vae", "compression_ratio", "psnr", "ssim", "lpips", "scaling_factor", "latent_hf_fraction",
+COLUMNS = ("vae", "compression_ratio", "psnr", "ssim", "lpips", "scaling_factor", "latent_std",
+           "latent_channel_std_range", "latent_hf_fraction",
            "image_hf_fraction", "reconstruction_mse", "equivariance_mse_scale_0.5", "equivariance_mse_rotate_90",
            "eps_mse", "eps_mse_spread", "sample_fid", "sample_kid", "sample_classifier_fd")
 
@@ -343,6 +357,6 @@ def sweep_then_compare(config_path: str | Path, output: str | Path | None = None
 def budget_from_args(args) -> Budget:
     return Budget(data=args.data, resolution=args.resolution, images=args.images, steps=args.steps,
                   batch_size=args.batch_size, seeds=tuple(int(s) for s in args.seeds.split(",")), unet=args.unet,
-                  samples=args.samples)
+                  samples=args.samples, per_channel=args.per_channel)
 
 

@@ -36,13 +36,16 @@ def load_vae_for(manifest: dict, vae: str | Path | None = None, device: str | to
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor, manifest: dict, batch_size: int = 8) -> torch.Tensor:
-    """Latents scaled as in ``manifest`` → images in [-1, 1] (the export's own factors are undone, which
-    may differ from the VAE's current config)."""
-    device = next(vae.parameters()).device
+    """Latents normalised as in ``manifest`` → images in [-1, 1] (the export's own factors are undone, which
+    may differ from the VAE's current config; a VQ model quantises them to its codes as it decodes)."""
+    from vaekit.models.latent_scale import LatentNorm
+
+    norm = LatentNorm.from_manifest(manifest)
+    parameter = next(vae.parameters())
     out = []
     for start in range(0, len(latents), batch_size):
-        z = latents[start:start + batch_size].to(device) / manifest["scaling_factor"] + manifest["shift_factor"]
-        out.append(vae.decode(z).clamp(-1, 1).float().cpu())
+        z = norm.unscale(latents[start:start + batch_size].to(parameter.device, torch.float32))
+        out.append(vae.decode(z.to(parameter.dtype)).clamp(-1, 1).float().cpu())
     return torch.cat(out)
 
 

@@ -78,11 +78,10 @@ class ImageExplorer(Explorer):
         plots.channel_maps(self._path("channels.png"), latent[0].numpy(), "latent channels of one image")
         grid = torch.stack([torch.cat([x, full, *zeroed]).clamp(*self.value_range)])
         save_grid(self._path("channels_zeroed.png"), grid, value_range=self.value_range)
-        scale, shift = self.model.config.scaling_factor, self.model.config.shift_factor or 0.0
         c = latent.shape[1]
-        scaled = ((self.stats.means.view(len(self.stats.means), c, -1) - shift) * scale).transpose(0, 1).reshape(c, -1)
+        scaled = self.model.scale_latents(self.stats.means.view(len(self.stats.means), c, -1)).transpose(0, 1).reshape(c, -1)
         plots.channel_histograms(self._path("channel_histograms.png"), scaled.numpy(),
-                                 f"latent means × scaling factor {scale:g}, against N(0, 1)")
+                                 "scaled latent means (the model's latent normalisation), against N(0, 1)")
         self._add("channels", "channels.png", "Latent channels",
                   "Each latent channel of one held-out image as a heat map.")
         self._add("channels_zeroed", "channels_zeroed.png", "Decoded with one channel zeroed",

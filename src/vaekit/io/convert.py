@@ -2,7 +2,8 @@
 export to a folder that ``diffusers.AutoencoderKL.from_pretrained`` loads.
 
 Foreign pickles (``.ckpt``, ``.pt``, ``.bin``) are read with ``torch.load(weights_only=True)``, which
-refuses anything but tensors and plain containers: loading never executes code from a file.
+refuses anything but tensors and plain containers; a file it refuses for other objects (a Lightning
+checkpoint's callbacks) is read by ``io.safe_pickle``, which keeps the tensors and executes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from safetensors.torch import load_file
 
 from vaekit.errors import VaekitError
 from vaekit.io.atomic import save_tensors, write_json
-from vaekit.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+from vaekit.io.safe_pickle import load_tensors_only
+from vaekit.models.blocks import ConvAutoencoder
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 DIFFUSERS_VERSION = "0.30.0"  # recorded in exported configs; any diffusers from 0.20 on reads them
@@ -29,7 +31,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # objects beside the weights: keep the tensors, run nothing
+            loaded = load_tensors_only(path)
     except (SafetensorError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise VaekitError(
@@ -105,7 +110,8 @@ def config_from_diffusers(raw: dict[str, Any], where: str) -> dict[str, Any]:
     sample_size = raw.get("sample_size", 512)
     fields = {name: raw[name] for name in ("in_channels", "out_channels", "block_out_channels", "layers_per_block",
                                            "latent_channels", "norm_num_groups", "mid_block_add_attention",
-                                           "use_quant_conv", "use_post_quant_conv", "scaling_factor", "shift_factor")
+                                           "use_quant_conv", "use_post_quant_conv", "scaling_factor", "shift_factor",
+                                           "latents_mean", "latents_std")
               if raw.get(name) is not None}
     fields["sample_size"] = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
     if raw.get("_class_name") == "VQModel":
@@ -113,7 +119,7 @@ def config_from_diffusers(raw: dict[str, Any], where: str) -> dict[str, Any]:
             raise VaekitError(f"{where}: only VQModel with vq_embed_dim = latent_channels and GroupNorm is supported")
         fields["num_embeddings"] = raw.get("num_vq_embeddings", 256)
         fields["latent_channels"] = raw.get("latent_channels", 3)
-        for key in ("use_quant_conv", "use_post_quant_conv", "shift_factor"):
+        for key in ("use_quant_conv", "use_post_quant_conv", "shift_factor", "latents_mean", "latents_std"):
             fields.pop(key, None)
     return fields
 
@@ -157,13 +163,24 @@ def load_single_file(path: Path, overrides: dict[str, Any] | None = None) -> tup
     return name, {**fields, **(overrides or {})}, state
 
 
-def export_diffusers(model: AutoencoderKL, path: str | Path) -> Path:
+def _check_vq_exportable(config) -> None:
+    """diffusers' ``VQModel`` cannot express everything a vaekit VQ model can: refuse rather than change it."""
+    if config.l2_normalize:
+        raise VaekitError("this VQ model matches l2-normalised codes (model.l2_normalize), which diffusers' VQModel "
+                          "cannot express (it would decode other codes): export it as a vaekit folder instead")
+    if config.shift_factor is not None or config.latents_mean is not None:
+        raise VaekitError("diffusers' VQModel records only a scaling_factor, and this model's latents are shifted or "
+                          "normalised per channel: export it as a vaekit folder instead")
+
+
+def export_diffusers(model: ConvAutoencoder, path: str | Path) -> Path:
     """A folder ``diffusers.AutoencoderKL.from_pretrained(path)`` (``VQModel`` for a VQ model) loads:
     config.json + safetensors weights."""
     path = Path(path)
-    config: AutoencoderKLConfig = model.config
+    config = model.config
     levels = len(config.block_out_channels)
     if model.regularizer == "vq":
+        _check_vq_exportable(config)
         write_json(path / "config.json", {
             "_class_name": "VQModel", "_diffusers_version": DIFFUSERS_VERSION,
             "in_channels": config.in_channels, "out_channels": config.out_channels,
@@ -194,8 +211,8 @@ def export_diffusers(model: AutoencoderKL, path: str | Path) -> Path:
         "sample_size": config.sample_size,
         "scaling_factor": config.scaling_factor,
         "shift_factor": config.shift_factor,
-        "latents_mean": None,
-        "latents_std": None,
+        "latents_mean": None if config.latents_mean is None else list(config.latents_mean),
+        "latents_std": None if config.latents_std is None else list(config.latents_std),
         "force_upcast": True,
         "use_quant_conv": config.use_quant_conv,
         "use_post_quant_conv": config.use_post_quant_conv,

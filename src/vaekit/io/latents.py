@@ -11,34 +11,50 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
 
 from vaekit.errors import VaekitError
 from vaekit.io.atomic import save_tensors
+from vaekit.models.latent_scale import LatentNorm
 
 
 def save_latents(path: str | Path, latents: list[torch.Tensor], names: list[str], sizes: list[tuple[int, int]],
-                 scaling_factor: float, shift_factor: float | None) -> Path:
-    """Latents of any sizes, ``(c, h, w)`` each, keyed ``latent.<i>``; names, image sizes and the scaling
-    applied are in the metadata (JSON)."""
+                 norm: LatentNorm, logvars: list[torch.Tensor] | None = None) -> Path:
+    """Latents of any sizes, ``(c, h, w)`` each, keyed ``latent.<i>`` (and their log-variances
+    ``logvar.<i>``, when given); names, image sizes and the normalisation applied (``norm``) are in the
+    metadata (JSON)."""
     metadata = {"names": json.dumps(names), "sizes": json.dumps([list(s) for s in sizes]),
-                "scaling_factor": repr(scaling_factor), "shift_factor": repr(shift_factor or 0.0)}
-    save_tensors(path, {f"latent.{i}": z.contiguous() for i, z in enumerate(latents)}, metadata=metadata)
+                "norm": json.dumps(norm.to_dict())}
+    tensors = {f"latent.{i}": z.contiguous() for i, z in enumerate(latents)}
+    tensors.update({f"logvar.{i}": v.contiguous() for i, v in enumerate(logvars or [])})
+    save_tensors(path, tensors, metadata=metadata)
     return Path(path)
 
 
-def load_latents(path: str | Path) -> tuple[list[torch.Tensor], list[str], list[tuple[int, int]], float, float]:
+class LatentsFile(NamedTuple):
+    latents: list[torch.Tensor]
+    logvars: list[torch.Tensor] | None
+    names: list[str]
+    sizes: list[tuple[int, int]]
+    norm: LatentNorm
+
+
+def load_latents(path: str | Path) -> LatentsFile:
     path = Path(path)
     try:
         with safe_open(path, "pt") as f:
             metadata = f.metadata() or {}
             names, sizes = json.loads(metadata["names"]), json.loads(metadata["sizes"])
             latents = [f.get_tensor(f"latent.{i}") for i in range(len(names))]
-            return latents, names, [tuple(s) for s in sizes], float(metadata["scaling_factor"]), float(metadata["shift_factor"])
+            logvars = ([f.get_tensor(f"logvar.{i}") for i in range(len(names))]
+                       if names and "logvar.0" in f.keys() else None)
+            norm = LatentNorm.from_manifest(json.loads(metadata["norm"]))
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as err:
         raise VaekitError(f"{path} is not a latents file written by `vaekit encode` ({err})") from None
+    return LatentsFile(latents, logvars, names, [tuple(s) for s in sizes], norm)
 
 
 FORMAT = "vaekit-latents/1"

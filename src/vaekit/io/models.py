@@ -28,14 +28,16 @@ def save_model(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def write_latent_scale(model_dir: str | Path, scaling_factor: float, shift_factor: float | None) -> Path:
-    """Record a latent scale in a saved model's ``config.json`` (a vaekit or a diffusers folder), in place
-    and atomically; the weights are untouched."""
+def write_latent_scale(model_dir: str | Path, norm) -> Path:
+    """Record a latent normalisation (``models.latent_scale.LatentNorm``) in a saved model's ``config.json``
+    (a vaekit or a diffusers folder), in place and atomically; the weights are untouched."""
     path = Path(model_dir) / CONFIG_NAME
     config = json.loads(path.read_text())
-    if "_vaekit_model" not in config and config.get("_class_name") != "AutoencoderKL":
-        raise VaekitError(f"{path} is neither a vaekit nor a diffusers AutoencoderKL config")
-    write_json(path, {**config, "scaling_factor": scaling_factor, "shift_factor": shift_factor})
+    if "_vaekit_model" not in config and config.get("_class_name") not in ("AutoencoderKL", "VQModel"):
+        raise VaekitError(f"{path} is neither a vaekit nor a diffusers AutoencoderKL/VQModel config")
+    write_json(path, {**config, "scaling_factor": norm.scaling_factor, "shift_factor": norm.shift_factor,
+                      "latents_mean": None if norm.latents_mean is None else list(norm.latents_mean),
+                      "latents_std": None if norm.latents_std is None else list(norm.latents_std)})
     return path
 
 

@@ -3,9 +3,17 @@
 Generator (autoencoder) side, per batch:
 
     rec      = |x − x̂| (or (x − x̂)²) + perceptual_weight · LPIPS(x, x̂)        per pixel
-    nll      = rec / exp(s) + s            s: a learned scalar log-variance (or fixed 0)
-    loss     = Σ nll / B + kl_weight · Σ KL / B + λ · [step ≥ disc_start] · (−E[D(x̂)])
+    KL model (LDM's LPIPSWithDiscriminator):
+      nll    = Σ (rec / exp(s) + s) / B          s: a learned scalar log-variance (or fixed 0)
+      loss   = nll + kl_weight · Σ KL / B + λ · [step ≥ disc_start] · (−E[D(x̂)])
+    VQ model (taming's VQLPIPSWithDiscriminator):
+      nll    = mean(rec)                          a mean over every element, no log-variance
+      loss   = nll + codebook_weight · (codebook + β · commitment) + λ · [step ≥ disc_start] · (−E[D(x̂)])
     λ        = disc_weight · clamp(‖∇_w nll‖ / (‖∇_w g‖ + 1e-4), 0, 1e4),  w = the decoder's last layer
+
+The two reductions differ as their sources do: LDM sums the reconstruction over pixels (so the KL weight
+is relative to a per-image sum), taming averages it (so the quantiser's terms, themselves means, weigh
+against a per-pixel mean).
 
 Discriminator side (its own optimizer, after the generator's step): hinge or vanilla loss on x and the
 *detached* x̂, from ``disc_start`` on. The discriminator's parameters take no gradient from the
@@ -21,6 +29,7 @@ from typing import Iterator, Literal
 import torch
 from torch import nn
 
+from vaekit.errors import ConfigError
 from vaekit.losses.discriminator import D_LOSSES, NLayerDiscriminator
 from vaekit.registry import LOSSES
 
@@ -49,16 +58,15 @@ class LPIPSGANConfig:
 
 
 def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
-                    disc_weight: float) -> torch.Tensor:
+                    disc_weight: float, gradient_mean=None) -> torch.Tensor:
     """disc_weight · ‖∇nll‖ / (‖∇g‖ + 1e-4), clamped to [0, 1e4], gradients at ``last_layer`` (detached).
 
-    With several processes the gradients are first averaged over them, so the weight is the one of the
-    global batch, as with one process."""
-    from vaekit.training.distributed import mean_tensors
-
+    ``gradient_mean``: the training loop's average over processes (``training.distributed.mean_tensors``),
+    applied to both gradients first, so the weight is the one of the global batch, as with one process."""
     nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    nll_grad, g_grad = mean_tensors(nll_grad, g_grad)
+    if gradient_mean is not None:
+        nll_grad, g_grad = gradient_mean(nll_grad, g_grad)
     weight = torch.norm(nll_grad) / (torch.norm(g_grad) + 1e-4)
     return torch.clamp(weight, 0.0, 1e4).detach() * disc_weight
 
@@ -87,6 +95,9 @@ class LPIPSWithDiscriminator(nn.Module):
 
     @classmethod
     def for_model(cls, config: LPIPSGANConfig, model: nn.Module) -> "LPIPSWithDiscriminator":
+        if model.regularizer == "vq" and config.learn_logvar:
+            raise ConfigError("loss.learn_logvar applies to KL autoencoders (LDM's loss); a VQ model's loss is "
+                              "taming's mean reconstruction, which has no log-variance")
         loss = cls(config, model.config.out_channels)
         loss.regularizer = model.regularizer  # "kl": the posterior's KL; "vq": the quantiser's loss
         return loss
@@ -112,8 +123,9 @@ class LPIPSWithDiscriminator(nn.Module):
                 p.requires_grad_(flag)
 
     def forward(self, x: torch.Tensor, output, kl_weight: float | None = None, step: int = 0,
-                last_layer: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """The autoencoder's loss; ``output`` has ``.reconstruction`` and ``.posterior``."""
+                last_layer: torch.Tensor | None = None, gradient_mean=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The autoencoder's loss; ``output`` has ``.reconstruction`` and ``.posterior`` (and ``.quantized``
+        for a VQ model). ``gradient_mean``: see ``adaptive_weight``."""
         weight = self.beta if kl_weight is None else kl_weight
         x_hat = output.reconstruction
         difference = x_hat - x
@@ -125,13 +137,14 @@ class LPIPSWithDiscriminator(nn.Module):
             rec = rec + self.config.perceptual_weight * perceptual
             logs["lpips"] = perceptual.mean().item()
         batch = x.shape[0]
-        nll_loss = (rec / torch.exp(self.logvar) + self.logvar).sum() / batch
         if self.regularizer == "vq":
+            nll_loss = rec.mean()  # LPIPS (B, 1, 1, 1) is broadcast over the pixels, as in taming
             quantized = output.quantized
             loss = nll_loss + self.config.codebook_weight * quantized.loss
             logs.update(vq_loss=quantized.loss.item(), commitment=quantized.commitment.item(),
                         perplexity=quantized.perplexity.item())
         else:
+            nll_loss = (rec / torch.exp(self.logvar) + self.logvar).sum() / batch
             kl_loss = output.posterior.kl().sum() / batch
             loss = nll_loss + weight * kl_loss
             logs.update(kl=kl_loss.item(), kl_weight=float(weight))
@@ -139,7 +152,7 @@ class LPIPSWithDiscriminator(nn.Module):
             with self._frozen_discriminator():
                 g_loss = -self.discriminator(x_hat.contiguous()).mean()
             if last_layer is not None and torch.is_grad_enabled():
-                d_weight = adaptive_weight(nll_loss, g_loss, last_layer, self.config.disc_weight)
+                d_weight = adaptive_weight(nll_loss, g_loss, last_layer, self.config.disc_weight, gradient_mean)
             else:
                 d_weight = torch.tensor(self.config.disc_weight)
             loss = loss + d_weight * g_loss

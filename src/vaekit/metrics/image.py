@@ -127,7 +127,7 @@ def evaluate_reconstruction(model: nn.Module, dataset, batch_size: int = 32, see
             fid.update((x + 1) / 2, real=True)
             fid.update((reconstruction + 1) / 2, real=False)
         if code_counts is not None:  # which code each latent position took
-            codes = model.quantize.nearest(posterior.mean.permute(0, 2, 3, 1).reshape(-1, channels))
+            codes = model.quantize.nearest(model.quantize.vectors_of(posterior.mean))
             code_counts += torch.bincount(codes.cpu(), minlength=len(code_counts))
         z = posterior.sample(generator).transpose(0, 1).reshape(channels, -1).cpu()
         per_channel.add(z)

@@ -235,8 +235,6 @@ def tiled_encode(model, x: torch.Tensor, tile: int = 512, overlap: int = 32, ref
     ``statistics``: ``"preview"`` (image-wide GroupNorm statistics from a downscaled pass; default),
     ``"measured"`` (from 1 + ``refinements`` full-size passes), ``"tile"`` (per tile, as diffusers).
     """
-    from vaekit.models.distributions import DiagonalGaussian
-
     f = model.downsampling_factor
     _check(tile, overlap, f, "tiled encode")
     model._check_input(x)
@@ -248,7 +246,7 @@ def tiled_encode(model, x: torch.Tensor, tile: int = 512, overlap: int = 32, ref
 
     moments = _run_tiled(model, run, padded, tile, overlap, 1 / f, refinements, statistics, multiple=f,
                          preview_mode="area")
-    return DiagonalGaussian.from_parameters(moments)
+    return model.posterior_from(moments)
 
 
 def tiled_decode(model, z: torch.Tensor, tile: int = 512, overlap: int = 32, refinements: int = 1,
@@ -258,6 +256,7 @@ def tiled_decode(model, z: torch.Tensor, tile: int = 512, overlap: int = 32, ref
     ``tiled_encode``."""
     f = model.downsampling_factor
     _check(tile, overlap, f, "tiled decode")
+    z = model.decoder_input(z)  # a VQ model's nearest codes: per position, so before the tiling
 
     def run(t: torch.Tensor) -> torch.Tensor:
         return model.decoder(to_channels_last(model.post_quant_conv(t) if model.post_quant_conv is not None else t))

@@ -114,10 +114,7 @@ def mean_tensors(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """The tensors averaged over processes (copies; the tensors themselves unchanged when alone)."""
     if world_size() == 1:
         return list(tensors)
-    flat = torch._utils._flatten_dense_tensors([t.detach() for t in tensors]).clone()
-    dist.all_reduce(flat)
-    flat /= world_size()
-    return list(torch._utils._unflatten_dense_tensors(flat, list(tensors)))
+    return [total / world_size() for total in sum_over_processes(*tensors)]
 
 
 def mean_over_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -171,3 +168,31 @@ class GlobalBatchNoise:
         if rows.shape[0] != count:
             raise RuntimeError(f"draws for {count} examples asked, {rows.shape[0]} in this process's share")
         return rows
+
+
+def sum_over_processes(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors summed over processes (copies; unchanged when alone)."""
+    if world_size() == 1:
+        return list(tensors)
+    flat = torch._utils._flatten_dense_tensors([t.detach() for t in tensors]).clone()
+    dist.all_reduce(flat)
+    return list(torch._utils._unflatten_dense_tensors(flat, list(tensors)))
+
+
+def gather_examples(rows: torch.Tensor) -> torch.Tensor:
+    """This process's examples ``(b, ...)`` of a global batch gathered from every process, in global order:
+    process p holds examples p, p + n, p + 2n, ... (the sampler's sharding), so the result is the batch one
+    process would have had. Alone: ``rows`` itself."""
+    n = world_size()
+    if n == 1:
+        return rows
+    count = torch.tensor([rows.shape[0]], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(n)]
+    dist.all_gather(counts, count)
+    most = int(max(c.item() for c in counts))
+    padded = torch.zeros((most, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    padded[:rows.shape[0]] = rows
+    parts = [torch.empty_like(padded) for _ in range(n)]
+    dist.all_gather(parts, padded)
+    total = sum(int(c.item()) for c in counts)
+    return torch.stack(parts, 1).reshape(most * n, *rows.shape[1:])[:total]

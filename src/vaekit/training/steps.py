@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from vaekit.losses.schedules import learning_rate_factor, linear_warmup
-from vaekit.training.distributed import any_process, average_gradients
+from vaekit.training.codebook import CodebookUpdate
+from vaekit.training.distributed import any_process, average_gradients, mean_tensors
 from vaekit.training.setup import Run
 
 
@@ -69,10 +70,13 @@ def _add_means(logs: dict[str, float], micro_logs: dict[str, float], count: int)
         logs[key] = logs.get(key, 0.0) + value / count
 
 
-def _update_model(run: Run, logs: dict[str, float], update_scaler: bool = True) -> tuple[bool, float]:
-    """The model's optimizer step (with the loss's own parameters), then the EMA."""
+def _update_model(run: Run, logs: dict[str, float], codebook: CodebookUpdate,
+                  update_scaler: bool = True) -> tuple[bool, float]:
+    """The model's optimizer step (with the loss's own parameters), a VQ codebook's own update, then the EMA."""
     average_gradients(run.loss_fn.generator_parameters())  # outside the DDP wrapper: averaged here
     finite, grad_norm = apply_gradients(run.optimizers["model"], run, logs["loss"], update_scaler)
+    if codebook.active:
+        logs["codes_restarted"] = float(codebook.apply(finite, run.noise))
     if finite and run.ema is not None:
         run.ema.update(run.raw_model)
     return finite, grad_norm
@@ -82,14 +86,16 @@ def autoencoder_step(run: Run, group: list) -> StepResult:
     """One step of the model — and of the loss's own parameters, e.g. LDM's learned log-variance."""
     weight = kl_weight(run)
     logs: dict[str, float] = {}
+    codebook = CodebookUpdate(run.raw_model, run.encoder_frozen)
     for micro, batch in enumerate(group):
         x, labels = run.micro_batch(micro, batch)
         with run.accelerator.autocast():
             output = run.model(x, labels, generator=run.noise_source)
             loss, micro_logs = run.loss_fn(x, output, weight)
         run.accelerator.backward(loss / len(group))
+        codebook.add(output)
         _add_means(logs, micro_logs, len(group))
-    finite, grad_norm = _update_model(run, logs)
+    finite, grad_norm = _update_model(run, logs, codebook)
     return StepResult(logs, finite, grad_norm)
 
 
@@ -102,12 +108,15 @@ def adversarial_step(run: Run, group: list) -> StepResult:
     discriminator_on = run.loss_fn.discriminator_active(step)
     last_layer = run.loss_fn.last_layer(run.raw_model)
     logs: dict[str, float] = {}
+    codebook = CodebookUpdate(run.raw_model, run.encoder_frozen)
     for micro, batch in enumerate(group):
         x, labels = run.micro_batch(micro, batch)
         with run.accelerator.autocast():
             output = run.model(x, labels, generator=run.noise_source)
-            loss, micro_logs = run.loss_fn(x, output, weight, step=step, last_layer=last_layer)
+            loss, micro_logs = run.loss_fn(x, output, weight, step=step, last_layer=last_layer,
+                                           gradient_mean=mean_tensors)
         run.accelerator.backward(loss / len(group))
+        codebook.add(output)
         if discriminator_on:
             with run.accelerator.autocast():
                 d_loss, d_logs = run.loss_fn.discriminator_step_loss(x, output.reconstruction.detach())
@@ -116,7 +125,7 @@ def adversarial_step(run: Run, group: list) -> StepResult:
         _add_means(logs, micro_logs, len(group))
 
     # 1. The autoencoder. 2. The discriminator (its gradients never touched the autoencoder).
-    finite, grad_norm = _update_model(run, logs, update_scaler=not discriminator_on)
+    finite, grad_norm = _update_model(run, logs, codebook, update_scaler=not discriminator_on)
     if discriminator_on:
         average_gradients(list(run.loss_fn.discriminator.parameters()))
         apply_gradients(run.optimizers["discriminator"], run, logs["d_loss"] if finite else math.nan)

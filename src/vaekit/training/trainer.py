@@ -176,9 +176,10 @@ def finish(run: Run, evaluate_at_end: bool, explore: bool) -> Path:
 
 
 def calibrate(run: Run, model: torch.nn.Module) -> dict:
-    """The latent scaling factor (and shift, where the model has one) measured on posterior samples of
-    training examples and stored in ``model``; what was done, for metrics.json."""
-    from vaekit.models.autoencoder_kl import measure_latent_scale, store_latent_scale
+    """The latent normalisation (``models.latent_scale``: a scaling factor, with a shift or per-channel
+    statistics where the model has them) measured on posterior samples of training examples and stored in
+    ``model``; what was done, for metrics.json."""
+    from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 
     mode = run.cfg.calibrate_latents
     if not model.scales_latents or mode == "never":
@@ -190,14 +191,14 @@ def calibrate(run: Run, model: torch.nn.Module) -> dict:
     generator = torch.Generator(device=run.device).manual_seed(run.config.seed)
     batches = ((run.to_model_range(x.to(run.device)), y) for x, y in run.batches.epoch(0))
     with torch.no_grad():
-        scale = measure_latent_scale(model, batches, generator,
-                                     with_shift=model.config.shift_factor is not None,
-                                     max_images=run.cfg.calibration_images)
-    store_latent_scale(model, scale)
-    log.info("latent scaling factor %.5g (shift %s) measured on %d training images", scale.scaling_factor,
-             scale.shift_factor, scale.images)
-    return {"scaling_factor": scale.scaling_factor, "shift_factor": scale.shift_factor,
-            "calibration_images": scale.images, "scaling_factor_before": source_factor}
+        measured = measure_latent_scale(model, batches, generator,
+                                        with_shift=model.config.shift_factor is not None,
+                                        per_channel=model.config.latents_mean is not None,
+                                        max_images=run.cfg.calibration_images)
+    store_latent_scale(model, measured.norm)
+    log.info("latent scaling factor %.5g (shift %s) measured on posterior samples of %d training images",
+             measured.norm.scaling_factor, measured.norm.shift_factor, measured.images)
+    return {**measured.norm.to_dict(), "calibration_images": measured.images, "scaling_factor_before": source_factor}
 
 
 @contextmanager
