@@ -213,3 +213,27 @@ def test_progress_bars_show_on_a_terminal_and_not_with_quiet(monkeypatch):
         assert sys.stderr.getvalue() == ""
     finally:
         logger.setLevel(before)
+
+
+def test_the_training_bar_is_drawn_on_a_terminal_and_lines_are_logged_elsewhere(tiny, monkeypatch, caplog):
+    """Written to a file or a pipe, a bar is a carriage-return frame per step (a 1,500-step run left a 1 MB
+    log): there a line per logging interval replaces it; `vaekit -q` has neither."""
+    import io
+    import logging
+
+    from vaekit.training import train
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    cases = [(Terminal, logging.INFO, True, False), (io.StringIO, logging.INFO, False, True),
+             (io.StringIO, logging.WARNING, False, False), (Terminal, logging.WARNING, False, False)]
+    for stream, level, bar, lines in cases:
+        monkeypatch.setattr(sys, "stderr", stream())
+        caplog.clear()
+        with caplog.at_level(level, logger="vaekit"):
+            train(tiny(**{"train.progress_bar": "true", "train.epochs": 1}), evaluate_at_end=False, explore=False)
+        written = sys.stderr.getvalue()
+        assert ("\r" in written and "train:" in written) == bar, (stream, level)
+        assert any("train step" in r.getMessage() for r in caplog.records) == lines, (stream, level)

@@ -352,10 +352,16 @@ def test_vq_codebook_updates_on_two_processes_follow_one_process(tmp_path):
             "train.validation_examples=4", "train.calibration_images=4", f"output_dir={tmp_path}"]
     vaekit_cli("train", *args, "run_name=two", "--no-explore", "--no-eval", processes=2)
     one = train(load_config(None, args + ["run_name=one"]), evaluate_at_end=False, explore=False)
-    restarts = [r.get("codes_restarted") for r in read_log(one) if "loss" in r]
-    assert sum(restarts) > 0
-    assert restarts == [r.get("codes_restarted") for r in read_log(tmp_path / "two") if "loss" in r]
-    assert_weights_close(tmp_path / "two", one, atol=1e-4)
+    records = [[r for r in read_log(run) if "loss" in r] for run in (one, tmp_path / "two")]
+    restarts = [[r["codes_restarted"] for r in run] for run in records]
+    assert sum(restarts[0]) > 0 and restarts[0] == restarts[1]
+    np.testing.assert_allclose([r["loss"] for r in records[1]], [r["loss"] for r in records[0]], rtol=1e-5)
+    # The same codes restarted at the same vectors: the codebooks agree to float32 rounding of sums over
+    # the 512 matched vectors of a step (≲ 512 · 2⁻²⁴ ≈ 3e-5 at this scale); another choice of rows would
+    # move codes by ~0.1. (The decoder's weights are compared by the losses: Adam's first steps turn
+    # rounding-level gradient differences of near-zero gradients into ±lr, as in the GAN test above.)
+    codebooks = [weights(run)["quantize.embedding.weight"] for run in (one, tmp_path / "two")]
+    assert (codebooks[0] - codebooks[1]).abs().max().item() < 1e-4
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ malformed requests."""
 
 import base64
 import io
-import shutil
 import socket
 import threading
 import time
@@ -12,6 +11,8 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+
+from browser import find_or_install
 import torch
 from PIL import Image
 
@@ -86,9 +87,10 @@ def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    assert binary and driver_path, ("the browser tests need Debian's chromium and chromium-driver "
-                                    "(apt-get install chromium chromium-driver; .ci/run installs them)")
+    try:
+        binary, driver_path = find_or_install()
+    except RuntimeError as err:
+        pytest.fail(str(err), pytrace=False)
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

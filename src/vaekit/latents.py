@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from vaekit.errors import VaekitError
 from vaekit.io.atomic import write_json
+from vaekit.io.images import to_channels
 from vaekit.models.latent_scale import LatentNorm
 from vaekit.io.latents import (FORMAT, MANIFEST_FILE, SPEC_FILE, open_shard, read_shard_metadata, shard_name,
                                write_shard)
@@ -144,7 +145,8 @@ def _encode_batch(model, images: list[torch.Tensor], tile: int | None):
     """(normalised means, their log-variances or None for a point-mass posterior), float32 on the CPU."""
     from vaekit.models.tiling import tiled_encode
 
-    x = torch.cat(images).to(next(model.parameters()).device, next(model.parameters()).dtype)
+    x = to_channels(torch.cat(images), model.config.in_channels)  # a grayscale VAE takes the images' luma
+    x = x.to(next(model.parameters()).device, next(model.parameters()).dtype)
     if tile and max(x.shape[2:]) > tile:
         posterior = tiled_encode(model, x, tile)
     else:

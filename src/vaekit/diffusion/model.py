@@ -42,6 +42,18 @@ class DenoiserConfig:
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
+    rescale_betas_zero_snr: bool = False
+    """Rescale the schedule to zero terminal SNR (Lin et al. 2023; diffusers' option): pure noise is then the
+    true marginal at the last timestep, which removes the mean bias of DDIM sampling on SD's schedule.
+    Needs ``prediction_type: v_prediction`` (ε is unidentifiable where the signal is gone)."""
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
+    """Which timesteps a sampler with fewer steps visits (diffusers' option): "leading" (SD's; never the last
+    timestep), "trailing" (starts at the last one: pair it with zero terminal SNR), "linspace"."""
+
+    def __post_init__(self) -> None:
+        if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
+            raise ValueError("rescale_betas_zero_snr=true needs prediction_type=v_prediction: at zero terminal SNR "
+                             "the noise cannot be predicted from pure noise")
 
 
 class DenoiserOutput(NamedTuple):
@@ -101,17 +113,21 @@ class LatentDenoiser(nn.Module):
     def labels_for(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         return labels if self.conditional else None
 
-    def noise_scheduler(self, kind: Literal["ddpm", "ddim"] = "ddpm"):
+    def noise_scheduler(self, kind: Literal["ddpm", "ddim"] = "ddpm", steps: int | None = None):
         """A fresh diffusers scheduler with this model's training schedule: DDPM (training, ancestral
-        sampling) or DDIM (deterministic sampling in fewer steps)."""
+        sampling) or DDIM (deterministic sampling in fewer steps; ``steps``: how many it will take)."""
         from diffusers import DDIMScheduler, DDPMScheduler
 
         c = self.config
         settings = dict(num_train_timesteps=c.num_train_timesteps, beta_schedule=c.beta_schedule,
                         beta_start=c.beta_start, beta_end=c.beta_end, prediction_type=c.prediction_type,
-                        clip_sample=False)
+                        clip_sample=False, rescale_betas_zero_snr=c.rescale_betas_zero_snr,
+                        timestep_spacing=c.timestep_spacing)
         if kind == "ddim":
-            return DDIMScheduler(**settings, set_alpha_to_one=False, steps_offset=1)
+            # SD's offset shifts "leading" timesteps by one; at as many steps as the schedule has, that would
+            # ask for t = T, one past its end
+            offset = 1 if c.timestep_spacing == "leading" and (steps or 0) < c.num_train_timesteps else 0
+            return DDIMScheduler(**settings, set_alpha_to_one=False, steps_offset=offset)
         return DDPMScheduler(**settings)
 
     @classmethod
@@ -166,7 +182,10 @@ class LatentDenoiser(nn.Module):
         DDPM (ancestral, noise from ``generator``) sampler."""
         if self.conditional and labels is None:
             raise ConfigError("this denoiser is class-conditional: give the classes to sample")
-        sampler = self.noise_scheduler(scheduler)
+        if not 1 <= steps <= self.config.num_train_timesteps:
+            raise ConfigError(f"{steps} sampler steps: give 1 to {self.config.num_train_timesteps}, the length of the "
+                              "schedule the denoiser was trained on")
+        sampler = self.noise_scheduler(scheduler, steps)
         sampler.set_timesteps(steps, device=noise.device)
         x = noise * sampler.init_noise_sigma
         for t in sampler.timesteps:

@@ -95,10 +95,27 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, resolutio
 
 
 def write_image(path: str | Path, image: torch.Tensor) -> Path:
-    """Save ``(3, H, W)`` or ``(1, 3, H, W)`` in [-1, 1] (clipped) as an 8-bit image file."""
+    """Save ``(C, H, W)`` or ``(1, C, H, W)`` in [-1, 1] (clipped), C = 1 (grayscale) or 3 (RGB), as an
+    8-bit image file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = image.detach().float().cpu().reshape(-1, *image.shape[-2:])
+    if image.shape[0] not in (1, 3):
+        raise VaekitError(f"cannot write a {image.shape[0]}-channel image as {path.name}: images have 1 or 3 channels")
+    path.parent.mkdir(parents=True, exist_ok=True)
     array = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(array, "RGB").save(path)
+    if image.shape[0] == 1:
+        Image.fromarray(array[:, :, 0], "L").save(path)
+    else:
+        Image.fromarray(array, "RGB").save(path)
     return path
+
+
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """RGB images ``(B, 3, H, W)`` as a model with ``channels`` input channels takes them: unchanged for 3,
+    ITU-R 601 luma (Pillow's "L": 0.299 R + 0.587 G + 0.114 B) for 1."""
+    if channels == x.shape[1]:
+        return x
+    if channels == 1 and x.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * weights).sum(1, keepdim=True)
+    raise VaekitError(f"cannot give {x.shape[1]}-channel images to a model that takes {channels}")

@@ -59,6 +59,13 @@ def rotate(x: torch.Tensor) -> torch.Tensor:
 TRANSFORMS = {"scale_0.5": downscale, "rotate_90": rotate}
 
 
+def _even_crop(x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and latents cropped to the latents' largest even sides (f pixels per latent position)."""
+    f = x.shape[-1] // z.shape[-1]
+    h, w = z.shape[-2] - z.shape[-2] % 2, z.shape[-1] - z.shape[-1] % 2
+    return x[..., : f * h, : f * w], z[..., :h, :w]
+
+
 @torch.no_grad()
 def equivariance_errors(encode: Callable[[torch.Tensor], torch.Tensor], decode: Callable[[torch.Tensor], torch.Tensor],
                         images: torch.Tensor, batch_size: int = 16) -> dict[str, float]:
@@ -72,8 +79,11 @@ def equivariance_errors(encode: Callable[[torch.Tensor], torch.Tensor], decode: 
         z = encode(x)
         sums["reconstruction"] += (decode(z).clamp(-1, 1) - x).double().pow(2).sum().item()
         for name, transform in TRANSFORMS.items():
-            target = transform(x)
-            error = (decode(transform(z)).clamp(-1, 1) - target).double().pow(2).sum().item()
+            # ×0.5 needs even latent sides: an odd side loses its last row/column, and the image the
+            # matching f pixels
+            pixels, latent = (_even_crop(x, z) if name == "scale_0.5" else (x, z))
+            target = transform(pixels)
+            error = (decode(transform(latent)).clamp(-1, 1) - target).double().pow(2).sum().item()
             sums[name] += error * x[0].numel() / target[0].numel()  # per pixel of its own (smaller) image
     count = images.numel()
     return {f"equivariance_mse_{name}" if name != "reconstruction" else "reconstruction_mse": value / count

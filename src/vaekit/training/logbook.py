@@ -3,11 +3,17 @@
 Training records are means over each logging interval (over processes too) of the step logs, the
 gradient norm and the learning rate; validation records are ``{"step", "epoch", "validation": {...}}``.
 Only the main process writes; every process takes part in the averaging.
+
+The progress bar is drawn on a terminal only: written to a file or a pipe, a bar is a carriage-return
+frame per step, so there (unless ``vaekit -q``) a plain line is logged every ``train.log_every`` steps
+instead, as other training tools do.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import sys
 
 import torch
 from tqdm.auto import tqdm
@@ -18,12 +24,23 @@ from vaekit.training.setup import Run
 from vaekit.training.steps import StepResult
 
 
+log = logging.getLogger("vaekit")
+
+
+def bar_wanted(enabled: bool) -> bool:
+    """A progress bar only where it can be drawn (stderr is a terminal) and vaekit is not quiet."""
+    return enabled and sys.stderr.isatty() and log.isEnabledFor(logging.INFO)
+
+
 class Logbook:
     def __init__(self, run: Run):
         self.run = run
         self.file = open(run.run_dir / LOG_FILE, "a") if run.is_main else None
+        self.bar = run.is_main and bar_wanted(run.cfg.progress_bar)
         self.progress = tqdm(total=run.total_steps, initial=run.state.step, desc="train", unit="step",
-                             dynamic_ncols=True, disable=not (run.is_main and run.cfg.progress_bar))
+                             dynamic_ncols=True, disable=not self.bar)
+        # off a terminal, a line per logging interval instead of the bar
+        self.lines = run.is_main and run.cfg.progress_bar and not self.bar
         self.interval: dict[str, float] = {}
         self.count = 0
         self.postfix: dict[str, str] = {}
@@ -66,6 +83,9 @@ class Logbook:
             if "kl" in record:  # the denoiser's loss has no KL term
                 self.postfix["kl"] = f"{record['kl']:.2f}"
             self.progress.set_postfix(self.postfix)
+            if self.lines:
+                log.info("train step %d/%d: %s", run.state.step, run.total_steps,
+                         ", ".join(f"{k} {v}" for k, v in self.postfix.items()))
             if run.cfg.tensorboard:
                 run.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=run.state.step)
         self.interval.clear()
