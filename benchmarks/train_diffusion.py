@@ -49,7 +49,7 @@ def overrides(steps: int, output_dir: str) -> list[str]:
 
 
 def run_vaekit(latents: Path, steps: int) -> float:
-    from vaekit.diffusion.cli import diffusion_config
+    from vaekit.diffusion.config import diffusion_config
 
     with tempfile.TemporaryDirectory() as folder:
         run_dir = vaekit.train(diffusion_config(str(latents), None, overrides(steps, folder)), evaluate_at_end=False,

@@ -12,11 +12,11 @@ from PIL import Image
 import vaekit
 from vaekit.cli import main
 from vaekit.config import load_config
-from vaekit.diffusion.cli import diffusion_config
+from vaekit.diffusion.config import diffusion_config
 from vaekit.diffusion.evaluation import held_out_eps_mse
 from vaekit.diffusion.loss import DiffusionLoss
 from vaekit.diffusion.model import DenoiserConfig, LatentDenoiser
-from vaekit.errors import ConfigError, VaekitError
+from vaekit.errors import ConfigError
 from vaekit.latents import export_latents
 from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 from vaekit.training import train
@@ -339,7 +339,7 @@ def test_equivariance_errors_are_zero_for_an_equivariant_autoencoder_and_not_oth
 
 
 @pytest.mark.slow
-def test_the_diffusability_report_compares_autoencoders_under_one_budget(tmp_path, capsys):
+def test_the_diffusability_report_compares_autoencoders_under_one_budget(tmp_path, capsys, caplog):
     from vaekit.diffusion.diffusability import JSON_FILE, PAGE, TABLE
 
     for seed, name in ((0, "first"), (1, "second")):
@@ -354,10 +354,11 @@ def test_the_diffusability_report_compares_autoencoders_under_one_budget(tmp_pat
         for i in range(20):
             top, left = rng.integers(0, photo.shape[0] - 64), rng.integers(0, photo.shape[1] - 64)
             Image.fromarray(photo[top:top + 64:4, left:left + 64:4]).save(tmp_path / "images" / name / f"{i}.png")
+    (tmp_path / "images" / "cat" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n not the rest")  # skipped, named
     code = main(["diffusability", str(tmp_path / "first"), str(tmp_path / "second"), "--data", str(tmp_path / "images"),
                  "--resolution", "16", "--steps", "3", "--batch-size", "8", "--seeds", "0,1", "--samples", "24",
                  "-o", str(tmp_path / "out")])
-    assert code == 0
+    assert code == 0 and "skipped: " in caplog.text and "truncated.png" in caplog.text
     out = tmp_path / "out"
     rows = json.loads((out / JSON_FILE).read_text())["rows"]
     assert [row["vae"] for row in rows] == ["first", "second"]
@@ -373,7 +374,7 @@ def test_the_diffusability_report_compares_autoencoders_under_one_budget(tmp_pat
         from vaekit.io.images import read_image
         from vaekit.latents import open_source
 
-        names = open_source(str(tmp_path / "images")).names[:256]
+        names = [n for n in open_source(str(tmp_path / "images")).names if n != "cat/truncated.png"][:256]
         images = torch.cat([read_image(tmp_path / "images" / name, resolution=16) for name in names])
         original = vaekit.load_model(tmp_path / row["vae"])
         expected = measure_latent_scale(original, [images[i:i + 32] for i in range(0, len(images), 32)],

@@ -290,3 +290,159 @@ def test_an_upload_through_the_page_is_encoded_and_its_channels_shown(browser, i
     assert z.numel() == 3 * 20 * 20  # the upload's own size: 40 × 40 centre crop, f = 2
     assert browser.execute_script("return document.querySelectorAll('.vx-channel canvas')[0].width") == 20
     assert browser.execute_script("return window.vaekitExplorer.error") is None
+
+
+def test_hostile_requests_host_names_work_caps_and_a_bounded_queue(image_server, image_run, tmp_path):
+    import concurrent.futures
+
+    import httpx
+
+    from vaekit.serve.app import MAX_WAITING
+
+    url = image_server
+    # a page elsewhere whose DNS name was rebound to 127.0.0.1 sends its own Host: refused, nothing read
+    evil = httpx.get(f"{url}/api/info", headers={"Host": "attacker.example:8000"})
+    assert evil.status_code == 400 and "thumbnails" not in evil.text
+    assert httpx.get(f"{url}/api/info", headers={"Host": "localhost"}).status_code == 200
+    # one decode may not ask for gigabytes: the cap is the model's, and the 4xx says so
+    huge = httpx.post(f"{url}/api/decode", json={"z": _floats(np.zeros(3)), "shape": [3, 600, 600]})  # f = 2: 1,200²
+    assert huge.status_code == 413 and "at most 1,048,576" in huge.json()["error"]
+    # an upload the model cannot take as it is (a grayscale PNG for an RGB model) is converted, not a 500
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((24, 24), 70, np.uint8), "L").save(buffer, format="PNG")
+    gray = httpx.post(f"{url}/api/encode", json={"upload": base64.b64encode(buffer.getvalue()).decode()})
+    assert gray.status_code == 200
+    # a vaekit error raised inside a model call is the request's fault: 400 with its message
+    from vaekit.errors import VaekitError
+    from vaekit.serve import create_app
+
+    app = create_app(image_run)
+    def refuse(*args):
+        raise VaekitError("this latent is refused")
+    app.state.explorer.decode = refuse
+    from starlette.testclient import TestClient
+
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        response = client.post("/api/decode", json={"z": _floats(np.zeros(12)), "shape": [3, 2, 2]})
+        assert response.status_code == 400 and response.json()["error"] == "this latent is refused"
+    # a flood: one model call runs, MAX_WAITING wait, the rest are told 503 at once
+    slow = create_app(image_run)
+    original = slow.state.explorer.decode
+    slow.state.explorer.decode = lambda *args: (time.sleep(0.3), original(*args))[1]
+    with serving_app(slow) as slow_url:
+        body = {"z": _floats(np.zeros(12)), "shape": [3, 2, 2]}
+        with concurrent.futures.ThreadPoolExecutor(MAX_WAITING + 6) as pool:
+            codes = list(pool.map(lambda _: httpx.post(f"{slow_url}/api/decode", json=body, timeout=60).status_code,
+                                  range(MAX_WAITING + 6)))
+        assert set(codes) == {200, 503} and codes.count(200) >= MAX_WAITING + 1
+        assert httpx.post(f"{slow_url}/api/decode", json=body, timeout=60).status_code == 200  # and then it serves
+
+
+@contextmanager
+def serving_app(app):
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _raw_status(url: str, payload: bytes) -> int:
+    """The status code the server answers raw bytes with (0 when it closes the connection instead)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(payload)
+        connection.shutdown(socket.SHUT_WR)
+        head = connection.recv(64)
+    parts = head.split(b" ")
+    return int(parts[1]) if head.startswith(b"HTTP/") and len(parts) > 1 else 0
+
+
+def _resident_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def _fuzz_requests(rng: np.random.Generator, count: int) -> list[tuple[str, str, dict]]:
+    """(method, path, httpx keyword arguments) of random and malformed requests, seeded."""
+    junk = lambda n: bytes(rng.integers(0, 256, n, dtype=np.uint8))  # noqa: E731
+    floats = lambda n, scale=1.0: _floats(rng.normal(0, scale, n))  # noqa: E731
+    special = [np.nan, np.inf, -np.inf, 1e38, -1e38, 0.0]
+    makers = [
+        lambda: ("POST", "/api/decode", {"content": junk(int(rng.integers(0, 300)))}),
+        lambda: ("POST", "/api/decode", {"json": {"z": floats(int(rng.integers(0, 40))),
+                                                  "shape": [int(v) for v in rng.integers(-3, 9, int(rng.integers(0, 5)))]}}),
+        lambda: ("POST", "/api/decode", {"json": {"z": floats(12, 10.0 ** float(rng.integers(-3, 39))), "shape": [3, 2, 2]}}),
+        lambda: ("POST", "/api/decode", {"json": {"z": _floats([rng.choice(special)] * 12), "shape": [3, 2, 2]}}),
+        lambda: ("POST", "/api/decode", {"json": {"z": floats(12), "shape": [3, 2, 2],
+                                                  "label": [None, "x", 1.5, True, -1, 10 ** 30][int(rng.integers(0, 6))]}}),
+        lambda: ("POST", "/api/decode", {"json": {"z": floats(3), "shape": [3, int(rng.integers(100, 10 ** 6)), 7]}}),
+        lambda: ("POST", "/api/decode", {"json": {"z": [1, 2], "shape": "3,2,2"}}),
+        lambda: ("POST", "/api/decode", {"content": b"[" * int(rng.integers(1, 5000)),
+                                         "headers": {"content-type": "application/json"}}),
+        lambda: ("POST", "/api/decode", {"content": b"{\"z\": 1e999999}", "headers": {"content-type": "text/plain"}}),
+        lambda: ("POST", "/api/encode", {"json": {"index": [0, -1, 10 ** 12, 2.5, "1", None][int(rng.integers(0, 6))]}}),
+        lambda: ("POST", "/api/encode", {"json": {"upload": base64.b64encode(junk(int(rng.integers(0, 2000)))).decode()}}),
+        lambda: ("POST", "/api/encode", {"json": {"upload": ["not", "a", "string"]}}),
+        lambda: ("POST", "/api/encode", {"json": {"upload": "data:image/png;base64,%%%"}}),
+        lambda: ("POST", "/api/decode", {"content": b"{" + b" " * (1 << 20) + b"}"}),
+        lambda: ("GET", ["/static/../../etc/passwd", "/static/%2e%2e/app.py", "//api/info", "/api/../api/info",
+                         "/static/", "/nope", "/api/decode", "/static/explorer.js?x=" + "a" * 5000][int(rng.integers(0, 8))], {}),
+        lambda: (["PUT", "DELETE", "PATCH", "OPTIONS"][int(rng.integers(0, 4))], "/api/decode", {"content": junk(20)}),
+        lambda: ("RAW", "", {"content": [b"POST /api/decode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n{}",
+                                           b"GARBAGE / NOTHTTP\r\n\r\n",
+                                           b"POST /api/decode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999999"
+                                           b"\r\n\r\n{",
+                                           b"GET /../../etc/passwd HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"][int(rng.integers(0, 4))]}),
+    ]
+    return [makers[int(rng.integers(0, len(makers)))]() for _ in range(count)]
+
+
+@pytest.mark.slow
+def test_a_fuzz_of_random_and_malformed_requests_gets_no_5xx(image_run):
+    """1,200 seeded random and malformed requests on the loopback address, part of them in concurrent
+    bursts no larger than the queue: never a 5xx, the server still answers, and its memory stays bounded."""
+    import concurrent.futures
+
+    import httpx
+
+    from vaekit.serve import create_app
+    from vaekit.serve.app import MAX_WAITING
+
+    rng = np.random.default_rng(0)
+    requests = _fuzz_requests(rng, 1200)
+    with serving_app(create_app(image_run)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        def send(request):
+            method, path, kwargs = request
+            if method == "RAW":  # what an HTTP client will not send: written to the socket as it is
+                return _raw_status(url, kwargs["content"])
+            try:
+                return client.request(method, path, **kwargs).status_code
+            except httpx.RemoteProtocolError:  # the server closed a connection it refused to read: not a 5xx
+                return 0
+
+        codes = [send(r) for r in requests[:200]]
+        before = _resident_mb()
+        with concurrent.futures.ThreadPoolExecutor(MAX_WAITING) as pool:  # bursts within the queue's bound
+            codes += list(pool.map(send, requests[200:]))
+        grown = _resident_mb() - before
+        assert not [c for c in codes if c >= 500], sorted(set(codes))
+        assert sum(200 <= c < 300 for c in codes) > 50 and sum(400 <= c < 500 for c in codes) > 500
+        assert client.get("/api/info").status_code == 200
+        ok = client.post("/api/decode", json={"z": _floats(np.zeros(12)), "shape": [3, 2, 2]})
+        assert ok.status_code == 200
+    assert grown < 300, f"the server grew by {grown:.0f} MB over 1,000 requests"

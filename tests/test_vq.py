@@ -287,3 +287,12 @@ def test_a_small_vq_model_trains_and_is_evaluated_and_explored(tmp_path):
     assert 0 < metrics["codebook_usage"] <= 1 and 1 <= metrics["perplexity"] <= metrics["codes_used"]
     figures = {f["name"] for f in json.loads((run / "figures" / "figures.json").read_text())["figures"]}
     assert {"code_usage", "code_neighbours", "reconstructions"} <= figures
+
+
+def test_the_nearest_other_code_is_found_in_chunks_as_with_the_whole_distance_matrix():
+    from vaekit.explore.images import nearest_other_code
+
+    codebook = torch.randn(300, 4, generator=torch.Generator().manual_seed(0))
+    distances = torch.cdist(codebook, codebook)
+    distances.fill_diagonal_(float("inf"))
+    assert torch.equal(nearest_other_code(codebook, chunk=7), distances.argmin(1))

@@ -10,6 +10,7 @@ from pathlib import Path
 from vaekit.version import __version__
 from vaekit.errors import VaekitError
 from vaekit.progress import DEVICE_HELP
+from vaekit.runs import format_metrics
 
 EXAMPLES_TRAIN = """\
 examples:
@@ -23,24 +24,6 @@ Overrides are dotted keys into the config (sections model, data, loss, train, ev
 seed, output_dir, run_name); values are read as YAML (lists as [256,128]). Unknown keys are errors.
 Options and overrides may come in any order.
 """
-
-
-def _format_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_format_value(v) for v in value) + "]"
-    return str(value)
-
-
-def format_metrics(metrics: dict) -> str:
-    """The metrics of a run as an aligned two-column table, one section after another."""
-    lines = []
-    for section, values in metrics.items():
-        lines.append(f"{section}:")
-        width = max((len(k) for k in values), default=0)
-        lines.extend(f"  {key:<{width}}  {_format_value(value)}" for key, value in values.items())
-    return "\n".join(lines)
 
 
 def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
@@ -197,16 +180,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vaekit",
-        description="Train, evaluate and explore variational autoencoders.",
-        epilog="Run `vaekit COMMAND --help` for the options of a command.",
-    )
-    parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings, errors and results")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_train(commands) -> None:
     train = commands.add_parser(
         "train",
         help="train a model and write a run directory",
@@ -232,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip the figures and report.html at the end (`vaekit explore RUN_DIR` draws them later)")
     train.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser(
         "eval",
         help="evaluate a trained run on its test split",
@@ -246,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.set_defaults(func=_cmd_eval)
 
+
+def _add_explore(commands) -> None:
     explore = commands.add_parser(
         "explore",
         help="draw a run's latent space: figures and report.html",
@@ -260,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--device", default="auto", help=DEVICE_HELP)
     explore.set_defaults(func=_cmd_explore)
 
+
+def _add_sweep(commands) -> None:
     sweep = commands.add_parser(
         "sweep",
         help="train one run per value of one or more keys and compare them",
@@ -280,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--output-dir", help="where the sweep directory goes (default: the config's output_dir)")
     sweep.set_defaults(func=_cmd_sweep)
 
+
+def _add_serve(commands) -> None:
     serve = commands.add_parser(
         "serve", help="explore a run's latent space in the browser",
         description="Start a local web server with the interactive explorer of RUN_DIR's model and print its URL: "
@@ -292,12 +274,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto", help=DEVICE_HELP)
     serve.set_defaults(func=_cmd_serve)
 
+
+def _add_listing(commands) -> None:
     listing = commands.add_parser(
         "list", help="the registered models, presets, datasets and losses",
         description="With no argument: every name a config can use (model.name, data.name, loss.name), with "
         "what it is. With a NAME: every key of that component's config section, with its default.")
     listing.add_argument("name", nargs="?", metavar="NAME", help="a model, preset, dataset or loss")
     listing.set_defaults(func=_cmd_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaekit",
+        description="Train, evaluate and explore variational autoencoders.",
+        epilog="Run `vaekit COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings, errors and results")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_explore(commands)
+    _add_sweep(commands)
+    _add_serve(commands)
+    _add_listing(commands)
 
     from vaekit.diffusion.cli import add_commands as add_diffusion_commands
     from vaekit.image_cli import add_commands

@@ -258,16 +258,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands) -> None:
-    def model_options(parser: argparse.ArgumentParser, tiles: bool = True) -> None:
-        parser.add_argument("--model", required=True, metavar="M",
-                            help="a vaekit model folder or run, a diffusers AutoencoderKL folder, or an LDM .ckpt/.safetensors")
-        parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-        if tiles:
-            parser.add_argument("--tile", type=int, default=0, metavar="PIXELS",
-                                help="tile images larger than this many pixels a side (a multiple of f; 0 = never)")
-            parser.add_argument("--overlap", type=int, default=32, metavar="PIXELS", help="tile overlap (default 32)")
+def model_options(parser: argparse.ArgumentParser, tiles: bool = True) -> None:
+    parser.add_argument("--model", required=True, metavar="M",
+                        help="a vaekit model folder or run, a diffusers AutoencoderKL folder, or an LDM .ckpt/.safetensors")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    if tiles:
+        parser.add_argument("--tile", type=int, default=0, metavar="PIXELS",
+                            help="tile images larger than this many pixels a side (a multiple of f; 0 = never)")
+        parser.add_argument("--overlap", type=int, default=32, metavar="PIXELS", help="tile overlap (default 32)")
 
+
+def _add_reconstruct(commands) -> None:
     reconstruct = commands.add_parser(
         "reconstruct", help="encode and decode images, print PSNR per image",
         description="Encode each image, decode the posterior mode (or a sample) and write the reconstruction as "
@@ -279,6 +280,8 @@ def add_commands(commands) -> None:
     model_options(reconstruct)
     reconstruct.set_defaults(func=cmd_reconstruct)
 
+
+def _add_encode(commands) -> None:
     encode = commands.add_parser(
         "encode", help="images -> a safetensors file of latents",
         description="Encode images to the latents a diffusion model trains on, normalised by the model's factors "
@@ -292,6 +295,8 @@ def add_commands(commands) -> None:
     model_options(encode)
     encode.set_defaults(func=cmd_encode)
 
+
+def _add_decode(commands) -> None:
     decode = commands.add_parser("decode", help="a latents file -> images",
                                  description="Decode a file written by `vaekit encode` back to images OUT/<name>.png, "
                                  "cropped to the original sizes.")
@@ -300,6 +305,8 @@ def add_commands(commands) -> None:
     model_options(decode)
     decode.set_defaults(func=cmd_decode)
 
+
+def _add_export(commands) -> None:
     export = commands.add_parser(
         "export-latents", help="a folder or Hugging Face dataset -> sharded latents for a diffusion model",
         description="Encode every image of a folder (recursively) or a Hugging Face dataset to sharded safetensors "
@@ -333,6 +340,8 @@ def add_commands(commands) -> None:
                         help="tile images larger than this many pixels a side (0 = never)")
     export.set_defaults(func=cmd_export_latents)
 
+
+def _add_calibrate(commands) -> None:
     calibrate = commands.add_parser(
         "calibrate", help="measure a model's latent scaling factor (and shift) and store it in the model",
         description="Measure the normalisation a latent diffusion model needs: 1/std of posterior samples "
@@ -362,6 +371,8 @@ def add_commands(commands) -> None:
     calibrate.add_argument("--device", default="auto", help=DEVICE_HELP)
     calibrate.set_defaults(func=cmd_calibrate)
 
+
+def _add_convert(commands) -> None:
     convert = commands.add_parser(
         "convert", help="convert weights: diffusers / LDM checkpoint / vaekit",
         description="Load a vaekit model folder, a diffusers AutoencoderKL or VQModel folder, or an original "
@@ -374,3 +385,12 @@ def add_commands(commands) -> None:
     convert.add_argument("--scaling-factor", type=float, help="record this scaling factor (LDM checkpoints do not)")
     convert.add_argument("--norm-groups", type=int, help="GroupNorm groups (not stored in weights; default 32)")
     convert.set_defaults(func=cmd_convert)
+
+
+def add_commands(commands) -> None:
+    _add_reconstruct(commands)
+    _add_encode(commands)
+    _add_decode(commands)
+    _add_export(commands)
+    _add_calibrate(commands)
+    _add_convert(commands)

@@ -37,11 +37,13 @@ from torch.utils.data import Dataset
 
 from vaekit.errors import VaekitError
 from vaekit.io.atomic import write_json
-from vaekit.io.images import to_channels
+from vaekit.data.prefetch import prefetch
+from vaekit.io.images import DEFAULT_MAX_PIXELS, to_channels
 from vaekit.models.latent_scale import LatentNorm
 from vaekit.io.latents import (FORMAT, MANIFEST_FILE, SPEC_FILE, open_shard, read_shard_metadata, shard_name,
                                write_shard)
 from vaekit.progress import progress
+from vaekit.training.distributed import process_state
 
 log = logging.getLogger("vaekit")
 
@@ -157,6 +159,65 @@ def _encode_batch(model, images: list[torch.Tensor], tile: int | None):
     return mean, logvar
 
 
+def _export_spec(model, source: _Source, shard_size: int, resolution: int | None, tile: int | None,
+                 dtype: torch.dtype | None) -> dict:
+    """What an export is: a resumed export must match it field for field."""
+    return {"format": FORMAT, "source": source.description, "count": len(source.names), "shard_size": shard_size,
+            "resolution": resolution, "logvar": not model.deterministic, "tile": tile, "model": model.registry_name,
+            "model_fingerprint": fingerprint(model), **model.latent_norm.to_dict(),
+            "dtype": str(dtype or next(model.parameters()).dtype).removeprefix("torch."),
+            "latent_channels": model.config.latent_channels,
+            "downsampling_factor": model.downsampling_factor, "names_digest": hashlib.sha256(
+                "\n".join(source.names).encode()).hexdigest()[:16]}
+
+
+def _claim_spec(output: Path, spec: dict, state) -> None:
+    """Refuse a directory that holds an export with other settings; then the main process writes the spec."""
+    spec_path = output / SPEC_FILE
+    if spec_path.is_file():
+        previous = json.loads(spec_path.read_text())
+        if previous != spec:
+            changed = sorted(k for k in spec if previous.get(k) != spec[k])
+            raise VaekitError(f"{output} holds an export with other settings ({', '.join(changed)} differ); "
+                              "resume with the same ones, or export into a new directory")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_json(spec_path, spec)
+    state.wait_for_everyone()
+
+
+def _write_shard_of(k: int, items: Iterator, model, source: _Source, spec: dict, output: Path, batch_size: int,
+                    tile: int | None) -> int:
+    """Encode shard ``k``'s items (same-sized neighbours batched) and write it; returns the images encoded."""
+    tensors, listed, skipped = {}, [], []
+    pending: list[tuple[int, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        mean, var = _encode_batch(model, [image for _, image in pending], tile)
+        for row, (i, image) in enumerate(pending):
+            tensors[f"mean.{i}"] = mean[row]
+            if var is not None:
+                tensors[f"logvar.{i}"] = var[row]
+            listed.append({"index": i, "source": source.names[i], "size": list(image.shape[2:])})
+        pending.clear()
+
+    shard_size = spec["shard_size"]
+    for _ in range(k * shard_size, min(spec["count"], (k + 1) * shard_size)):
+        i, image = next(items)
+        if isinstance(image, str):
+            log.warning("skipped: %s", image)
+            skipped.append({"index": i, "source": source.names[i], "reason": image})
+            continue
+        if pending and (len(pending) == batch_size or pending[0][1].shape != image.shape):
+            flush()
+        pending.append((i, image))
+    flush()
+    write_shard(output / shard_name(k), k, tensors, listed, skipped, spec["model_fingerprint"])
+    return len(listed)
+
+
 def export_latents(model, data: str, output: str | Path, *, split: str = "train", column: str = "image",
                    resolution: int | None = None, shard_size: int = 256, batch_size: int = 8,
                    tile: int | None = None, max_pixels: int | None = None, dtype: torch.dtype | None = None,
@@ -171,40 +232,16 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
     in this precision (bfloat16/float16 on GPUs); the manifest's fingerprint is of the weights as given,
     so the float32 model decodes the samples.
     """
-    from vaekit.io.images import DEFAULT_MAX_PIXELS
-    from vaekit.data.prefetch import prefetch
-
     if shard_size < 1 or batch_size < 1:
         raise VaekitError("shard_size and batch_size must be at least 1")
-    if state is None:
-        from vaekit.training.distributed import process_state
-
-        state = process_state()
+    state = state or process_state()
     output = Path(output)
     source = open_source(data, split, column)
-    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
-    count = len(source.names)
-    shards = math.ceil(count / shard_size)
-    spec = {"format": FORMAT, "source": source.description, "count": count, "shard_size": shard_size,
-            "resolution": resolution, "logvar": not model.deterministic, "tile": tile, "model": model.registry_name,
-            "model_fingerprint": fingerprint(model), **model.latent_norm.to_dict(),
-            "dtype": str(dtype or next(model.parameters()).dtype).removeprefix("torch."),
-            "latent_channels": model.config.latent_channels,
-            "downsampling_factor": model.downsampling_factor, "names_digest": hashlib.sha256(
-                "\n".join(source.names).encode()).hexdigest()[:16]}
-    spec_path = output / SPEC_FILE
-    if spec_path.is_file():
-        previous = json.loads(spec_path.read_text())
-        if previous != spec:
-            changed = sorted(k for k in spec if previous.get(k) != spec[k])
-            raise VaekitError(f"{output} holds an export with other settings ({', '.join(changed)} differ); "
-                              "resume with the same ones, or export into a new directory")
+    count, shards = len(source.names), math.ceil(len(source.names) / shard_size)
+    spec = _export_spec(model, source, shard_size, resolution, tile, dtype)
+    _claim_spec(output, spec, state)
     if dtype is not None:
         model = model.to(dtype)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        write_json(spec_path, spec)
-    state.wait_for_everyone()
 
     mine = [k for k in range(shards) if k % state.num_processes == state.process_index]
     todo = [k for k in mine if not (output / shard_name(k)).is_file()]
@@ -212,41 +249,13 @@ def export_latents(model, data: str, output: str | Path, *, split: str = "train"
         log.info("process %d: %d of its %d shards already done, resuming", state.process_index,
                  len(mine) - len(todo), len(mine))
     indices = [i for k in todo for i in range(k * shard_size, min(count, (k + 1) * shard_size))]
-    items = iter(progress(prefetch(_read_items(source, indices, resolution, max_pixels), prefetch_depth),
-                          total=len(indices), desc="export", unit="image"))
-    started, encoded = time.perf_counter(), 0
-    for k in todo:
-        last = min(count, (k + 1) * shard_size)
-        tensors, listed, skipped = {}, [], []
-        pending: list[tuple[int, torch.Tensor]] = []
-
-        def flush() -> None:
-            if not pending:
-                return
-            mean, var = _encode_batch(model, [image for _, image in pending], tile)
-            for row, (i, image) in enumerate(pending):
-                tensors[f"mean.{i}"] = mean[row]
-                if var is not None:
-                    tensors[f"logvar.{i}"] = var[row]
-                listed.append({"index": i, "source": source.names[i], "size": list(image.shape[2:])})
-            pending.clear()
-
-        for _ in range(k * shard_size, last):
-            i, image = next(items)
-            if isinstance(image, str):
-                log.warning("skipped: %s", image)
-                skipped.append({"index": i, "source": source.names[i], "reason": image})
-                continue
-            if pending and (len(pending) == batch_size or pending[0][1].shape != image.shape):
-                flush()
-            pending.append((i, image))
-        flush()
-        encoded += len(listed)
-        write_shard(output / shard_name(k), k, tensors, listed, skipped, spec["model_fingerprint"])
+    reads = _read_items(source, indices, resolution, max_pixels or DEFAULT_MAX_PIXELS)
+    items = iter(progress(prefetch(reads, prefetch_depth), total=len(indices), desc="export", unit="image"))
+    started = time.perf_counter()
+    encoded = sum(_write_shard_of(k, items, model, source, spec, output, batch_size, tile) for k in todo)
     if todo:
-        elapsed = time.perf_counter() - started
         log.info("process %d: %d images in %d shards, %.1f images/s", state.process_index, encoded, len(todo),
-                 encoded / max(elapsed, 1e-9))
+                 encoded / max(time.perf_counter() - started, 1e-9))
     state.wait_for_everyone()
     source_of_model = None if model_source is None else (
         str(Path(model_source).resolve()) if Path(model_source).exists() else str(model_source))

@@ -88,3 +88,21 @@ def truncate_log(run_dir: str | Path, step: int) -> None:
     if path.is_file():
         kept = [json.dumps(r) for r in read_log(run_dir) if r.get("step", 0) <= step]
         write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def format_metrics(metrics: dict) -> str:
+    """The metrics of a run as an aligned two-column table, one section after another."""
+    lines = []
+    for section, values in metrics.items():
+        lines.append(f"{section}:")
+        width = max((len(k) for k in values), default=0)
+        lines.extend(f"  {key:<{width}}  {_format_value(value)}" for key, value in values.items())
+    return "\n".join(lines)

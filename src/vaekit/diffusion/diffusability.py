@@ -168,7 +168,7 @@ def _latent_statistics(vae, images: torch.Tensor, posterior: DiagonalGaussian) -
 
 
 def _denoiser(latents_dir: Path, budget: Budget, seed: int, runs: Path, name: str) -> dict:
-    from vaekit.diffusion.cli import diffusion_config
+    from vaekit.diffusion.config import diffusion_config
     from vaekit.evaluation import evaluate
     from vaekit.training import train
 
@@ -209,18 +209,34 @@ def _inception_metrics(samples_of: dict[str, torch.Tensor], held_out: torch.Tens
     return out, None
 
 
-def _classifier(folder: Path, names: list[str], held_out_names: set[str], budget: Budget):
+def _readable(folder: Path, names: list[str], resolution: int) -> dict[str, torch.Tensor]:
+    """Every image of ``names`` that can be read, ``(1, C, r, r)`` in [-1, 1]; each one that cannot is
+    skipped and named (the export skips the same ones), as every other command does."""
+    from vaekit.io.images import read_image
+
+    images = {}
+    for name in names:
+        try:
+            images[name] = read_image(folder / name, resolution=resolution)
+        except VaekitError as err:
+            log.warning("skipped: %s", err)
+    if not images:
+        raise VaekitError(f"no image in {folder} could be read")
+    return images
+
+
+def _classifier(images: dict[str, torch.Tensor], held_out_names: set[str]):
     """A small classifier of the data's labels (the images' sub-folders), trained on the images that are not
     held out, for a Fréchet distance in its feature space; None for unlabelled data."""
     from vaekit.data.folder import folder_labels
-    from vaekit.io.images import read_image
     from vaekit.metrics.frechet import train_classifier
 
+    names = list(images)
     labels, classes = folder_labels(names)
     if labels is None:
         return None
     train = [i for i, name in enumerate(names) if name not in held_out_names]
-    images = torch.cat([read_image(folder / names[i], resolution=budget.resolution) for i in train])
+    images = torch.cat([images[names[i]] for i in train])
     model, accuracy = train_classifier(images, torch.as_tensor(labels[train]), len(classes), seed=0)
     log.info("diffusability: a classifier of %d classes for the Fréchet distance (training accuracy %.3f)",
              len(classes), accuracy)
@@ -229,7 +245,6 @@ def _classifier(folder: Path, names: list[str], held_out_names: set[str], budget
 
 def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
     """Run the comparison; returns the HTML page (``diffusability.csv`` and ``.json`` beside it)."""
-    from vaekit.io.images import read_image
     from vaekit.io.models import load_model
     from vaekit.latents import LatentDataset, export_latents, open_source
     from vaekit.metrics.latent import equivariance_errors
@@ -240,8 +255,8 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     folder = _image_folder(budget, out)
-    source = open_source(str(folder))
-    calibration = torch.cat([read_image(folder / name, resolution=budget.resolution) for name in source.names[:256]])
+    readable = _readable(folder, open_source(str(folder)).names, budget.resolution)
+    calibration = torch.cat(list(readable.values())[:256])
     rows, spectra, samples_of, taken = [], {}, {}, set()
     classifier = held_out = None
     for path in vaes:
@@ -256,7 +271,7 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
                        model_source=out / "vaes" / name)
         held_out, held_out_names = _held_out_images(latents_dir, folder, budget)
         if not rows:  # the held-out images are the same for every autoencoder: one classifier serves all
-            classifier = _classifier(folder, source.names, held_out_names, budget)
+            classifier = _classifier(readable, held_out_names)
             if classifier is not None:
                 from vaekit.metrics.frechet import features_of, frechet_distance
 

@@ -101,10 +101,7 @@ class ImageExplorer(Explorer):
         with torch.no_grad():
             indices = torch.cat([self.model.encode_indices(x[i:i + 32]) for i in range(0, len(x), 32)])
             counts = torch.bincount(indices.flatten(), minlength=quantizer.num_embeddings)
-            codebook = quantizer.codebook()
-            distances = torch.cdist(codebook, codebook)
-            distances.fill_diagonal_(float("inf"))
-            neighbour = distances.argmin(1)
+            neighbour = nearest_other_code(quantizer.codebook())
             shown = x[:self.options.num_examples]
             shown_indices = indices[:len(shown)]
             own = self.model.decode_indices(shown_indices, size=shown.shape[2:]).clamp(*self.value_range)
@@ -126,3 +123,16 @@ class ImageExplorer(Explorer):
     def figures_to_draw(self) -> tuple:
         return (self.reconstructions, self.samples, self.interpolations, self.neighbours, self.channels,
                 self.code_usage, self.progression, self.losses)
+
+
+def nearest_other_code(codebook: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """For each code ``(K, c)``, the index of its nearest other code; ``chunk`` rows at a time, so the
+    distances take chunk × K floats (64 MB for 16,384 codes) instead of K² (1 GiB)."""
+    out = []
+    for start in range(0, len(codebook), chunk):
+        distances = torch.cdist(codebook[start:start + chunk], codebook)
+        rows = torch.arange(len(distances))
+        distances[rows, rows + start] = float("inf")
+        out.append(distances.argmin(1))
+    return torch.cat(out)
+

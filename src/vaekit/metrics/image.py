@@ -63,21 +63,26 @@ HIGH_FREQUENCY_CUTOFF = 0.25
 must invent or lose."""
 
 
+def power_spectrum(x: torch.Tensor, remove_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The power |FFT|² of every ``(H, W)`` plane of ``x`` ``(..., H, W)`` (orthonormal, so its sum is the
+    plane's sum of squares: Parseval), float64, optionally with each plane's mean removed first; and the
+    radial frequency (cycles per pixel) of each entry, ``(H, W)``. The one spectrum behind the
+    reconstructions' high-frequency energy and the latents' spectra (``metrics.latent``)."""
+    height, width = x.shape[-2:]
+    x = x.double()
+    if remove_mean:
+        x = x - x.mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fft2(x, norm="ortho").abs().pow(2)
+    radius = torch.sqrt(torch.fft.fftfreq(height, dtype=torch.float64)[:, None] ** 2
+                        + torch.fft.fftfreq(width, dtype=torch.float64)[None, :] ** 2)
+    return power, radius.to(power.device)
+
+
 def high_frequency_energy(images: torch.Tensor, cutoff: float = HIGH_FREQUENCY_CUTOFF) -> torch.Tensor:
     """Energy of each image's spectrum at radial frequencies of at least ``cutoff`` cycles per pixel,
-    summed over channels: ``(B,)`` float64. With the orthonormal FFT the energy over all frequencies is
-    the sum of squares of the image (Parseval); the real FFT's half-plane counts each mirrored column
-    twice."""
-    height, width = images.shape[-2:]
-    power = torch.fft.rfft2(images.double(), norm="ortho").abs().pow(2)
-    radius = torch.sqrt(torch.fft.fftfreq(height, dtype=torch.float64)[:, None] ** 2
-                        + torch.fft.rfftfreq(width, dtype=torch.float64)[None, :] ** 2)
-    weight = torch.full((width // 2 + 1,), 2.0, dtype=torch.float64)
-    weight[0] = 1.0
-    if width % 2 == 0:
-        weight[-1] = 1.0
-    band = (radius >= cutoff).double() * weight[None, :]
-    return (power * band.to(power.device)).sum(dim=(-3, -2, -1))
+    summed over channels: ``(B,)`` float64."""
+    power, radius = power_spectrum(images)
+    return (power * (radius >= cutoff)).sum(dim=(-3, -2, -1))
 
 
 @torch.no_grad()

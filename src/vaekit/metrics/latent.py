@@ -10,19 +10,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from vaekit.metrics.image import HIGH_FREQUENCY_CUTOFF
+from vaekit.metrics.image import HIGH_FREQUENCY_CUTOFF, power_spectrum
 
 
 def power_and_radius(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The power spectrum of ``x`` ``(N, C, H, W)``, each example and channel with its mean removed first (the
     DC term says nothing about texture), averaged over examples and channels: ``(H, W)`` float64 on the
     CPU, with the radial frequency (cycles per pixel) of each entry."""
-    height, width = x.shape[-2:]
-    centred = x.double() - x.double().mean(dim=(-2, -1), keepdim=True)
-    power = torch.fft.fft2(centred, norm="ortho").abs().pow(2).mean(dim=tuple(range(x.ndim - 2))).cpu()
-    radius = torch.sqrt(torch.fft.fftfreq(height, dtype=torch.float64)[:, None] ** 2
-                        + torch.fft.fftfreq(width, dtype=torch.float64)[None, :] ** 2)
-    return power, radius
+    power, radius = power_spectrum(x, remove_mean=True)
+    return power.mean(dim=tuple(range(x.ndim - 2))).cpu(), radius.cpu()
 
 
 def radial_power_spectrum(x: torch.Tensor, bins: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from vaekit.models.base import Autoencoder
 from vaekit.models.distributions import DiagonalGaussian
 from vaekit.models.fastconv import Conv2d, to_channels_last
 from vaekit.models.latent_scale import LatentNorm, check_norm
-from vaekit.models.tiling import GroupNorm
+from vaekit.models.norm import GroupNorm
 
 NORM_EPS = 1e-6
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -35,6 +34,7 @@ from torch import nn
 
 from vaekit.errors import VaekitError
 from vaekit.models.fastconv import to_channels_last
+from vaekit.models.norm import SHARED_NORM, GroupNorm
 from vaekit.moments import Moments
 
 
@@ -137,31 +137,17 @@ class _SharedNorm:
         return torch.addcmul(shift.to(x.dtype).view(b, c, 1, 1), x, scale.to(x.dtype).view(b, c, 1, 1))
 
 
-_SHARED_NORM: ContextVar[_SharedNorm | None] = ContextVar("vaekit_shared_group_norm", default=None)
-
-
-class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (same parameters, same results) that a tiled pass can hand image-wide statistics.
-
-    The tiled pass sets a context variable for its duration, so it is re-entrant, confined to its own
-    thread, and reaches compiled modules too (their GroupNorms run eagerly while it is set)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shared = _SHARED_NORM.get()
-        return super().forward(x) if shared is None else shared.forward(self, x)
-
-
 @contextmanager
 def _shared_group_norm(model: nn.Module, state: _SharedNorm) -> Iterator[None]:
     plain = [type(m).__name__ for m in model.modules() if isinstance(m, nn.GroupNorm) and not isinstance(m, GroupNorm)]
     if plain:
-        raise VaekitError(f"tiling needs the model's GroupNorms to be vaekit.models.tiling.GroupNorm; "
+        raise VaekitError(f"tiling needs the model's GroupNorms to be vaekit.models.norm.GroupNorm; "
                           f"{len(plain)} are plain {plain[0]}")
-    token = _SHARED_NORM.set(state)
+    token = SHARED_NORM.set(state)
     try:
         yield
     finally:
-        _SHARED_NORM.reset(token)
+        SHARED_NORM.reset(token)
 
 
 STATISTICS = ("preview", "measured", "tile")

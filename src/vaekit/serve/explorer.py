@@ -169,7 +169,7 @@ class Explorer:
     @torch.no_grad()
     def encode_upload(self, data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
         """An uploaded image (bytes) → (latent, image): image autoencoders only; size and pixel limits apply."""
-        from vaekit.io.images import open_rgb, to_tensor
+        from vaekit.io.images import open_rgb, to_channels, to_tensor
 
         if self.layout != "spatial":
             raise RequestError("uploads are for image autoencoders; a small VAE explores its test set")
@@ -180,7 +180,7 @@ class Explorer:
         f = self.model.downsampling_factor
         side = min(picture.size)
         side = max(f, min(side, 512) // f * f)
-        x = to_tensor(picture, side)  # [-1, 1]
+        x = to_channels(to_tensor(picture, side), self.model.config.in_channels)  # [-1, 1]; luma for 1 channel
         low, high = self.test.value_range
         return self._encode((x + 1) / 2 * (high - low) + low, None)
 
