@@ -64,6 +64,15 @@ def test_training_measures_the_scale_and_what_stage_b_trains_on_has_unit_varianc
     torch.testing.assert_close(next_epoch.double().mean(0), samples.double().mean(0), atol=0.5, rtol=0)
     # Before calibration (SD's factor) they were far from it: the check can fail.
     assert (means / model.config.scaling_factor * 0.18215).std().item() < 0.8
+    # best/ (the weights of the best validation) carries its own measured factor, not an earlier one
+    from vaekit.io.images import read_image
+
+    best = vaekit.load_model(run / "best")
+    images = torch.cat([read_image(f) for f in sorted((root / "imgs").glob("*.png"))])
+    with torch.no_grad():
+        z = best.encode(images).sample(torch.Generator().manual_seed(0))
+    assert best.scale_latents(z).std().item() == pytest.approx(1.0, abs=0.05)
+    assert best.config.scaling_factor != 0.18215
 
 
 def test_encode_keeps_the_means_and_log_variances_whose_samples_have_unit_variance(trained):

@@ -126,8 +126,10 @@ def test_options_and_overrides_come_in_any_order():
     args = parse_arguments(["-q", "train", "configs/x.yaml", "--no-eval", "train.lr=1e-3", "--resume", "r", "a=1"])
     assert args.items == ["configs/x.yaml", "train.lr=1e-3", "a=1"] and args.no_eval and args.resume == "r"
     assert args.quiet and args.command == "train"
-    args = parse_arguments(["sweep", "c.yaml", "--output-dir", "out", "model.beta=1,2"])
+    args = parse_arguments(["sweep", "c.yaml", "-o", "out", "model.beta=1,2"])
     assert args.items == ["c.yaml", "model.beta=1,2"] and args.output_dir == "out"
+    args = parse_arguments(["sweep", "c.yaml", "--output-dir", "old", "model.beta=1,2"])  # the older spelling
+    assert args.items == ["c.yaml", "model.beta=1,2"] and args.output_dir_old == "old"
 
 
 def test_list_names_everything_registered_and_each_config_with_its_defaults(capsys):
@@ -237,3 +239,21 @@ def test_the_training_bar_is_drawn_on_a_terminal_and_lines_are_logged_elsewhere(
         written = sys.stderr.getvalue()
         assert ("\r" in written and "train:" in written) == bar, (stream, level)
         assert any("train step" in r.getMessage() for r in caplog.records) == lines, (stream, level)
+
+
+def test_every_command_that_runs_a_model_takes_device(tmp_path, capsys):
+    from vaekit.cli import build_parser
+
+    parser = build_parser()
+    runs_a_model = [("train",), ("sweep",), ("eval",), ("explore",), ("serve",), ("reconstruct",), ("encode",),
+                    ("decode",), ("export-latents",), ("calibrate",), ("diffusion", "train"), ("diffusion", "sample"),
+                    ("diffusability",)]
+    for path in runs_a_model:
+        command = parser.command_parsers[path[0]]
+        if len(path) == 2:
+            command = command.command_parsers[path[1]]
+        assert "--device" in command._option_string_actions, path
+    code, out, _ = run_cli(capsys, "train", *tiny_overrides(tmp_path), "--device", "cpu", "--no-explore")
+    assert code == 0 and "run directory" in out
+    code, _, err = run_cli(capsys, "train", *tiny_overrides(tmp_path), "--device", "banana", "--no-explore")
+    assert code == 1 and "unknown device 'banana'" in err

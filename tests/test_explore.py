@@ -217,7 +217,7 @@ def test_explore_cli_and_its_errors(run, tmp_path, capsys):
 
 def test_sweep_over_two_values_gives_two_rows_of_finite_numbers(tmp_path, capsys):
     overrides = [o for o in tiny_overrides(tmp_path, **{"explore.map_examples": 32, "train.epochs": 2})]
-    code = main(["sweep", "model.latent_dim=2,3", *overrides, "--output-dir", str(tmp_path / "sweeps")])
+    code = main(["sweep", "model.latent_dim=2,3", *overrides, "-o", str(tmp_path / "sweeps")])
     assert code == 0
     (sweep_dir,) = (tmp_path / "sweeps").iterdir()
     with open(sweep_dir / "sweep.csv") as f:

@@ -26,6 +26,9 @@ SCRIPT = textwrap.dedent('''
     from vaekit.sweep import read_sweep_config
 
     configs, out = Path(sys.argv[2]), Path(sys.argv[3])
+    from vaekit.diffusion.diffusability import write_photo_crops
+    photos = out / "my-photos"
+    write_photo_crops(photos, 96, 12)  # a preset that must be told its data gets these
     source = vaekit.save_model(vaekit.create_model("autoencoder-kl", block_out_channels=(32, 32), layers_per_block=1),
                                out / "source")
     failed = []
@@ -38,6 +41,8 @@ SCRIPT = textwrap.dedent('''
                 "explore.map_examples=40", f"output_dir={out}", f"run_name={preset.stem}"]
         if raw.get("model", {}).get("init_from"):
             tiny.append(f"model.init_from={source}")
+        if raw.get("data", {}).get("name") == "folder-crops" and not raw["data"].get("path"):
+            tiny += [f"data.path={photos}", "data.crop_size=64", "train.grad_accumulation=1"]
         if raw.get("loss", {}).get("name") == "lpips-gan" and raw["loss"].get("perceptual_weight", 1.0) > 0:
             tiny.append("loss.lpips_pretrained=false")  # its VGG weights cannot be downloaded here
         try:
@@ -79,3 +84,10 @@ def test_every_preset_runs_without_the_dev_extras(tmp_path):
                             capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert sorted(line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK ")) == presets
+
+
+def test_the_fine_tune_preset_must_be_told_its_data(capsys):
+    from vaekit.cli import main
+
+    assert main(["train", str(ROOT / "configs" / "finetune-decoder.yaml")]) == 1
+    assert "data.path is required" in capsys.readouterr().err.strip().splitlines()[-1]

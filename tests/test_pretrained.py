@@ -3,6 +3,7 @@ source, conflicts and misfits as one-line errors, decoder-only fine-tuning, hub 
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -162,3 +163,55 @@ def test_a_hub_name_is_found_in_the_cache_and_offline_says_how_to_get_it(source_
     with pytest.raises(VaekitError, match=r"stabilityai/sd-vae-ft-ema: not in the Hugging Face cache \(.*hub\) .*"
                                           r"`huggingface-cli download stabilityai/sd-vae-ft-ema config.json"):
         locate("stabilityai/sd-vae-ft-ema")
+
+
+def test_every_command_that_takes_a_model_takes_a_hub_name_and_calibrate_copies_out_of_the_cache(
+        source_model, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+    from PIL import Image
+
+    from vaekit.cli import main
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cached = _fake_hub_cache(tmp_path / "hub", "someone/pipeline", source_model, subfolder="vae")
+    before = (cached / "config.json").read_text()
+    (tmp_path / "imgs").mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"{i}.png")
+    image = str(tmp_path / "imgs" / "0.png")
+    hub = "someone/pipeline/vae"
+    assert main(["reconstruct", image, "--model", hub, "-o", str(tmp_path / "rec")]) == 0
+    assert main(["encode", image, "--model", hub, "-o", str(tmp_path / "z.safetensors")]) == 0
+    assert main(["decode", str(tmp_path / "z.safetensors"), "--model", hub, "-o", str(tmp_path / "dec")]) == 0
+    assert main(["export-latents", "--model", hub, "--data", str(tmp_path / "imgs"), "-o", str(tmp_path / "lat")]) == 0
+    assert main(["convert", hub, "-o", str(tmp_path / "converted")]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate", "--model", hub, "--data", str(tmp_path / "imgs"), "--resolution", "16"]) == 0
+    assert (cached / "config.json").read_text() == before  # the cache is the hub's: untouched
+    copy = vaekit.load_model(tmp_path / "vae-calibrated")
+    assert copy.config.scaling_factor != json.loads(before)["scaling_factor"]
+
+
+def test_the_practitioners_chain_fine_tune_convert_and_decode_in_diffusers(source_model, tmp_path):
+    """docs/training_image_autoencoders.md's end-to-end section on a tiny model: a diffusers folder is
+    fine-tuned decoder-only with validation, converted back to diffusers, loaded by
+    diffusers.AutoencoderKL.from_pretrained, and decodes latents as vaekit does, with vaekit's factor."""
+    from diffusers import AutoencoderKL
+
+    from vaekit.cli import main
+    from vaekit.models.fastconv import fast_paths
+
+    source = write_source(source_model, "diffusers folder (written by diffusers)", tmp_path / "sd-vae")
+    run = fine_tune(tmp_path, source, **{"train.decoder_only": "true", "train.validate_every": 1})
+    assert (run / "best" / "best.json").is_file()
+    assert main(["convert", str(run), "-o", str(tmp_path / "my-vae"), "--format", "diffusers"]) == 0
+    theirs = AutoencoderKL.from_pretrained(tmp_path / "my-vae").eval()
+    ours = vaekit.load_model(run)
+    assert theirs.config.scaling_factor == ours.config.scaling_factor == 0.37  # the encoder's: kept
+    latents = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), fast_paths(False):
+        # what a pipeline does with its denoised latents: vae.decode(latents / scaling_factor)
+        torch.testing.assert_close(theirs.decode(latents / theirs.config.scaling_factor).sample,
+                                   ours.from_latents(latents), atol=1e-5, rtol=1e-5)

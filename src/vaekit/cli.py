@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
-from vaekit.version import __version__
+from vaekit.config import load_config, to_dict
+from vaekit.diffusion.cli import add_commands as add_diffusion_commands
 from vaekit.errors import VaekitError
-from vaekit.progress import DEVICE_HELP
-from vaekit.runs import format_metrics
+from vaekit.evaluation import evaluate
+from vaekit.explore import explore_run
+from vaekit.image_cli import add_commands
+from vaekit.progress import DEVICE_HELP, resolve_device
+from vaekit.reference import first_sentence, markdown, section_text
+from vaekit.registry import DATASETS, LOSSES, MODELS
+from vaekit.runs import format_metrics, read_metrics
+from vaekit.serve import serve
+from vaekit.sweep import sweep
+from vaekit.training import train
+from vaekit.training.trainer import TrainingInterrupted
+from vaekit.version import __version__
 
 EXAMPLES_TRAIN = """\
 examples:
@@ -34,10 +47,6 @@ def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from vaekit.config import load_config
-    from vaekit.runs import read_metrics
-    from vaekit.training import train
-
     config_path, positional = _split_config(args.items)
     if args.print_config:
         if args.resume:
@@ -48,13 +57,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if config_path:
             raise VaekitError("--resume continues a run with its saved config; give no config file with it "
                               f"(got {config_path!r}), only key=value overrides that extend the run")
-        run_dir = train(resume=args.resume, overrides=positional, evaluate_at_end=not args.no_eval,
+        run_dir = train(resume=args.resume, overrides=positional, evaluate_at_end=not args.no_eval, device=args.device,
                         explore=not args.no_explore)
     else:
         bad = [item for item in positional if "=" not in item]
         if bad:
             raise VaekitError(f"expected one config file then key=value overrides, got {bad[0]!r} after them")
-        run_dir = train(load_config(config_path, positional), evaluate_at_end=not args.no_eval,
+        run_dir = train(load_config(config_path, positional), evaluate_at_end=not args.no_eval, device=args.device,
                         explore=not args.no_explore)
     if not _is_main_process():
         return 0
@@ -69,8 +78,6 @@ def resolved_config_yaml(config_path: str | None, overrides: list[str]) -> str:
     """The config a run of ``vaekit train CONFIG OVERRIDES`` would use, every default filled in."""
     import yaml
 
-    from vaekit.config import load_config, to_dict
-
     bad = [item for item in overrides if "=" not in item]
     if bad:
         raise VaekitError(f"expected one config file then key=value overrides, got {bad[0]!r} after them")
@@ -80,15 +87,13 @@ def resolved_config_yaml(config_path: str | None, overrides: list[str]) -> str:
 def registered() -> dict[str, list[tuple[str, str]]]:
     """Every registered model (presets included), dataset and loss with a one-line description."""
     import vaekit  # noqa: F401  (registers everything)
-    from vaekit.registry import DATASETS, LOSSES, MODELS
 
     out: dict[str, list[tuple[str, str]]] = {}
     for kind, registry in (("models", MODELS), ("datasets", DATASETS), ("losses", LOSSES)):
         rows = []
         for name in registry.names():
             entry = registry.get(name)
-            doc = (entry.obj.__doc__ or "").strip().splitlines()
-            summary = doc[0].rstrip(".") if doc else ""
+            summary = first_sentence(entry.obj)
             if entry.obj.registry_name != name:
                 summary = f"{entry.obj.registry_name} with " + ", ".join(f"{k}={v}" for k, v in entry.defaults.items())
             rows.append((name, summary))
@@ -96,57 +101,34 @@ def registered() -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-REQUIRED = {"folder": ("path",), "folder-crops": ("path",), "hf": ("path",), "latents": ("path",)}
-
-
 def _cmd_list(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import yaml
-
-    from vaekit.registry import DATASETS, LOSSES, MODELS
-
-    table = registered()
+    if args.markdown:
+        print(markdown(), end="")
+        return 0
     if args.name is None:
-        for kind, rows in table.items():
+        for kind, rows in registered().items():
             print(f"{kind}:")
             width = max(len(name) for name, _ in rows)
             print("\n".join(f"  {name:<{width}}  {summary}" for name, summary in rows))
-        print("\n`vaekit list NAME` prints the config keys of one, with their defaults.")
+        print("\n`vaekit list NAME` prints the keys of one (or of a section: train, eval, explore), with their "
+              "defaults and meanings; every key: docs/options.md.")
         return 0
-    section = next((s for s, r in (("model", MODELS), ("data", DATASETS), ("loss", LOSSES)) if args.name in r), None)
-    if section is None:
-        known = [name for rows in table.values() for name, _ in rows]
-        raise VaekitError(f"nothing is registered as {args.name!r}; registered: {', '.join(known)}")
-    entry = {"model": MODELS, "data": DATASETS, "loss": LOSSES}[section].get(args.name)
-    print(f"# {section}.name={args.name}: every key of the {section} section, with its default")
-    print(f"{section}:\n  name: {args.name}")
-    for field in dataclasses.fields(entry.config_cls):
-        if field.name in entry.defaults:
-            value = entry.defaults[field.name]
-        elif field.default is not dataclasses.MISSING:
-            value = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            value = field.default_factory()
-        else:
-            value = None
-        value = list(value) if isinstance(value, tuple) else value
-        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-        required = "  # required" if value in ("", None) and field.name in REQUIRED.get(args.name, ()) else ""
-        print(f"  {field.name}: {text}{required}")
+    text = section_text(args.name)
+    if text is None:
+        known = [name for rows in registered().values() for name, _ in rows]
+        raise VaekitError(f"nothing is registered as {args.name!r}; registered: {', '.join(known)} "
+                          "(and the sections train, eval, explore)")
+    print(text)
     return 0
 
 
 def _is_main_process() -> bool:
     """False in the second and later processes of a multi-process launch (which print nothing)."""
-    import os
 
     return int(os.environ.get("RANK", "0")) == 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from vaekit.evaluation import evaluate
-
     metrics = evaluate(args.run_dir, iwae_samples=args.iwae_samples, device=args.device)
     print(format_metrics({"test": metrics}))
     print(f"written to {Path(args.run_dir) / 'metrics.json'}")
@@ -154,8 +136,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_explore(args: argparse.Namespace) -> int:
-    from vaekit.explore import explore_run
-
     report = explore_run(args.run_dir, device=args.device)
     print(f"figures: {report.parent / 'figures'}")
     print(f"report: {report}")
@@ -163,18 +143,16 @@ def _cmd_explore(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from vaekit.progress import resolve_device
-    from vaekit.serve import serve
-
     serve(args.run_dir, args.host, args.port, str(resolve_device(args.device)))
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from vaekit.sweep import sweep
-
     config_path, positional = _split_config(args.items)
-    report = sweep(config_path, positional, output_dir=args.output_dir)
+    if args.output_dir_old:
+        logging.getLogger("vaekit").warning("--output-dir is the older spelling of -o/--output; it still works")
+        args.output_dir = args.output_dir or args.output_dir_old
+    report = sweep(config_path, positional, output_dir=args.output_dir, device=args.device)
     print((report.parent / "sweep.csv").read_text().rstrip())
     print(f"sweep report: {report}")
     return 0
@@ -204,6 +182,7 @@ def _add_train(commands) -> None:
                        help="print the resolved config (every default filled in) as YAML and stop, training nothing")
     train.add_argument("--no-explore", action="store_true",
                        help="skip the figures and report.html at the end (`vaekit explore RUN_DIR` draws them later)")
+    train.add_argument("--device", default="auto", help=DEVICE_HELP + "; with --num-processes, each process's own GPU")
     train.set_defaults(func=_cmd_train)
 
 
@@ -211,10 +190,14 @@ def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser(
         "eval",
         help="evaluate a trained run on its test split",
-        description="Evaluate a run's model on the test split of its data: negative ELBO, reconstruction, KL, "
-        "KL per latent dimension, active units and the IWAE bound (VAEs); reconstruction and MSE "
-        "(plain autoencoders); MSE, PSNR, L1, KL and latent statistics (image autoencoders). Prints a table and "
-        "writes RUN_DIR/metrics.json.",
+        description="Evaluate a run's model on the test split of its data. VAEs: negative ELBO, reconstruction, KL, "
+        "KL per latent dimension, active units, the IWAE bound and MSE; plain autoencoders: reconstruction and MSE. "
+        "Image autoencoders (KL and VQ): MSE, PSNR (per-image mean, and psnr_of_mean_mse), SSIM, L1, LPIPS and "
+        "rFID (their weights are downloaded on first use; null with the reason when that fails), hf_energy_ratio "
+        "(high-frequency energy of the reconstructions over the originals'), KL, the compression ratio, the "
+        "latents' mean and std overall and per channel with scaling_factor_estimate (1/std of posterior samples), "
+        "and for VQ models codebook usage, codes used and perplexity. Denoisers: held-out eps_mse overall and per "
+        "timestep bucket. Prints a table and writes RUN_DIR/metrics.json.",
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `vaekit train`")
     evaluate.add_argument("--iwae-samples", type=int, metavar="K",
@@ -257,7 +240,10 @@ def _add_sweep(commands) -> None:
     )
     sweep.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [KEY=V1,V2,... ...]",
                        help="a YAML config (optional), then keys with the values to sweep")
-    sweep.add_argument("--output-dir", help="where the sweep directory goes (default: the config's output_dir)")
+    sweep.add_argument("-o", "--output", dest="output_dir", metavar="DIR",
+                       help="where the sweep directory goes (default: the config's output_dir)")
+    sweep.add_argument("--output-dir", dest="output_dir_old", help=argparse.SUPPRESS)  # the older spelling
+    sweep.add_argument("--device", default="auto", help=DEVICE_HELP)
     sweep.set_defaults(func=_cmd_sweep)
 
 
@@ -279,8 +265,12 @@ def _add_listing(commands) -> None:
     listing = commands.add_parser(
         "list", help="the registered models, presets, datasets and losses",
         description="With no argument: every name a config can use (model.name, data.name, loss.name), with "
-        "what it is. With a NAME: every key of that component's config section, with its default.")
-    listing.add_argument("name", nargs="?", metavar="NAME", help="a model, preset, dataset or loss")
+        "what it is. With a NAME: every key of that component's (or section's) config, with its default and "
+        "meaning. With --markdown: all of them (docs/options.md).")
+    listing.add_argument("name", nargs="?", metavar="NAME",
+                         help="a model, preset, dataset or loss, or a section: train, eval, explore")
+    listing.add_argument("--markdown", action="store_true",
+                         help="print every key of every section and component as markdown (docs/options.md)")
     listing.set_defaults(func=_cmd_list)
 
 
@@ -299,9 +289,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(commands)
     _add_serve(commands)
     _add_listing(commands)
-
-    from vaekit.diffusion.cli import add_commands as add_diffusion_commands
-    from vaekit.image_cli import add_commands
 
     add_commands(commands)
     add_diffusion_commands(commands)
@@ -336,7 +323,6 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 def launch(argv: list[str], processes: int) -> int:
     """Run ``vaekit ARGV`` in ``processes`` processes of this machine (torch.distributed's launcher, which
     ``accelerate launch`` uses too); Accelerate in each process reads the rank and world size it sets."""
-    import subprocess
 
     if processes < 1:
         raise VaekitError(f"--num-processes must be at least 1, got {processes}")
@@ -362,7 +348,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     quiet = args.quiet or not _is_main_process()  # one voice for a multi-process launch
     logging.basicConfig(format="vaekit: %(message)s", level=logging.WARNING if quiet else logging.INFO)
-    from vaekit.training.trainer import TrainingInterrupted
 
     try:
         if getattr(args, "num_processes", 1) != 1:

@@ -34,12 +34,15 @@ from vaekit.registry import DATASETS, LOSSES, MODELS, Registry
 @dataclass
 class TrainConfig:
     epochs: int = 50
+    """Passes over the training data (train.max_steps may stop earlier)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps, even mid-epoch (the learning-rate schedule ends there)."""
     batch_size: int = 128
     """The global batch: with N processes, each takes every N-th example of it."""
     lr: float = 1e-3
+    """The peak learning rate of AdamW (reached after train.lr_warmup_steps)."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     adam_betas: tuple[float, float] | None = None
     """AdamW's betas; default: the model's own ((0.9, 0.999) for the small models, LDM's (0.5, 0.9) for
     image autoencoders)."""
@@ -56,11 +59,13 @@ class TrainConfig:
     """Freeze the encoder (and quant conv) of a pretrained model (model.init_from): fine-tune the decoder
     alone, as for sd-vae-ft-mse."""
     grad_clip: float | None = 10.0
+    """Clip the gradient's global norm to this before each step; null: no clipping."""
     kl_warmup_steps: int = 0
     """The KL weight rises linearly from 0 to β over this many optimizer steps."""
     checkpoint_every: int = 500
     """Optimizer steps between checkpoints; one is always written at the end of training."""
     keep_checkpoints: int = 2
+    """Checkpoints kept on disk (the newest); older ones are deleted as new ones are written."""
     validate_every: int | None = None
     """Optimizer steps between validations on a fixed held-out subset (and at the end); default: once per
     epoch for the small models, every 500 steps for image autoencoders."""
@@ -76,13 +81,17 @@ class TrainConfig:
     calibration_images: int = 1024
     """Training examples whose posterior samples the scaling factor is measured on."""
     log_every: int = 25
+    """Optimizer steps per line of train_log.jsonl (means over the interval) and per log line off a terminal."""
     max_nonfinite_steps: int = 5
     """Consecutive steps with a non-finite loss or gradient after which the run stops."""
     num_workers: int = 0
     """DataLoader worker processes (threads, for a streamed dataset); any number gives the same batches."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast precision on a GPU: no (float32), bf16, or fp16 (with a loss scaler); see docs/gpu.md."""
     tensorboard: bool = False
+    """Also log to TensorBoard under the run directory (pip install 'vaekit[tensorboard]')."""
     progress_bar: bool = True
+    """A progress bar on a terminal (a log line per train.log_every steps elsewhere)."""
     snapshot_examples: int = 8
     """Fixed test examples reconstructed at the end of every epoch, for the training-progression
     figure; 0 turns snapshots off."""
@@ -102,7 +111,9 @@ class EvalConfig:
     iwae_samples: int = 1000
     """k of the importance-weighted bound on log p(x); 0 skips it."""
     batch_size: int = 256
+    """Test examples evaluated at a time."""
     active_unit_threshold: float = 0.01
+    """A latent dimension is active when its posterior mean varies over the test data by more than this (variance)."""
 
 
 @dataclass
@@ -114,14 +125,21 @@ class ExploreConfig:
     sample_grid: int = 8
     """Prior samples: a grid of sample_grid × sample_grid (one row per class for a conditional VAE)."""
     interpolation_pairs: int = 4
+    """Pairs of test examples interpolated between."""
     interpolation_steps: int = 10
+    """Points along each interpolation, ends included."""
     traversal_steps: int = 9
+    """Values per latent dimension in the traversal figure."""
     traversal_extent: float = 3.0
+    """Traversals run over ±this many prior standard deviations."""
     neighbour_queries: int = 6
+    """Test examples whose nearest neighbours are shown."""
     neighbours: int = 6
+    """Nearest neighbours shown per query (by distance between posterior means)."""
     map_examples: int = 2000
     """At most this many test examples in the latent maps (t-SNE is quadratic in them)."""
     walk_frames_per_class: int = 12
+    """Frames of the latent-walk GIF between consecutive class centroids."""
     arithmetic_source: str | None = None
     """Class whose examples are moved (default: the first class)."""
     arithmetic_target: str | None = None
@@ -153,8 +171,11 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     seed: int = 0
+    """Seeds the model's initialisation, the data order and augmentation, and all noise."""
     output_dir: str = "runs"
+    """Where run directories are created."""
     run_name: str | None = None
+    """The run directory's name (default: the model, data and time)."""
 
 
 DEFAULT_MODEL = "mlp-vae"

@@ -13,18 +13,26 @@ from pathlib import Path
 
 import torch
 
-from vaekit.io.images import DEFAULT_MAX_PIXELS
+from vaekit.data.prefetch import prefetch
 from vaekit.errors import VaekitError
+from vaekit.io.convert import export_diffusers
+from vaekit.io.images import DEFAULT_MAX_PIXELS, read_image, write_image
+from vaekit.io.latents import load_latents, save_latents
+from vaekit.io.layout import resolve_model_dir
+from vaekit.io.models import in_hub_cache, load_model, locate, save_model, write_latent_scale
+from vaekit.latents import export_latents, open_source
 from vaekit.metrics.image import psnr
+from vaekit.models.blocks import ConvAutoencoder
+from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
+from vaekit.models.tiling import tiled_decode, tiled_encode
 from vaekit.progress import DEVICE_HELP, progress, resolve_device
+from vaekit.runs import CONFIG_FILE
+from vaekit.training.distributed import process_state
 
 log = logging.getLogger("vaekit")
 
 
 def _image_model(args: argparse.Namespace):
-    from vaekit.models.blocks import ConvAutoencoder
-    from vaekit.io.models import load_model
-
     args.device = resolve_device(args.device)
     model = load_model(args.model, device=args.device)
     if not isinstance(model, ConvAutoencoder):
@@ -35,16 +43,12 @@ def _image_model(args: argparse.Namespace):
 
 
 def _encode(model, x: torch.Tensor, args: argparse.Namespace):
-    from vaekit.models.tiling import tiled_encode
-
     if args.tile and max(x.shape[2:]) > args.tile:
         return tiled_encode(model, x, args.tile, args.overlap)
     return model.encode(x)
 
 
 def _decode(model, z: torch.Tensor, size: tuple[int, int], args: argparse.Namespace) -> torch.Tensor:
-    from vaekit.models.tiling import tiled_decode
-
     f = model.downsampling_factor
     if args.tile and max(z.shape[2:]) * f > args.tile:
         return tiled_decode(model, z, args.tile, args.overlap, size=size)
@@ -60,8 +64,6 @@ def _each_image(paths: list[str], max_pixels: int, desc: str):
     """(path, image) for every readable file, read ahead in a background thread so that decoding the
     next files overlaps encoding this one; unreadable ones are logged and counted. A progress bar
     (``desc``) counts the files."""
-    from vaekit.io.images import read_image
-    from vaekit.data.prefetch import prefetch
 
     def read(path: str):
         try:
@@ -82,8 +84,6 @@ def _each_image(paths: list[str], max_pixels: int, desc: str):
 
 @torch.no_grad()
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from vaekit.io.images import write_image
-
     model = _image_model(args)
     out = Path(args.output)
     done = 0
@@ -100,8 +100,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 @torch.no_grad()
 def cmd_encode(args: argparse.Namespace) -> int:
-    from vaekit.io.latents import save_latents
-
     model = _image_model(args)
     norm = model.latent_norm
     latents, logvars, names, sizes = [], [], [], []
@@ -124,9 +122,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 @torch.no_grad()
 def cmd_decode(args: argparse.Namespace) -> int:
-    from vaekit.io.images import write_image
-    from vaekit.io.latents import load_latents
-
     model = _image_model(args)
     stored = load_latents(args.latents)
     if stored.norm != model.latent_norm:
@@ -141,10 +136,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_export_latents(args: argparse.Namespace) -> int:
-    from vaekit.latents import export_latents
-    from vaekit.io.models import load_model
-    from vaekit.training.distributed import process_state
-
     state = process_state()
     device = state.device if args.device == "auto" else resolve_device(args.device)
     model = load_model(args.model, device=device)
@@ -167,8 +158,6 @@ def cmd_export_latents(args: argparse.Namespace) -> int:
 def _calibration_batches(model, args: argparse.Namespace):
     """Images in [-1, 1] to measure on: ``--data`` (a folder or Hugging Face dataset, centre crops at
     ``--resolution``), or, for a run directory without it, the run's own training examples."""
-    from vaekit.latents import open_source
-    from vaekit.runs import CONFIG_FILE
 
     run_dir = Path(args.model)
     if args.data is None:
@@ -205,10 +194,9 @@ def _calibration_batches(model, args: argparse.Namespace):
 
 @torch.no_grad()
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
-    from vaekit.io.layout import resolve_model_dir
-    from vaekit.io.models import save_model, write_latent_scale
-
+    if Path(args.model).is_file() and not args.output:
+        raise VaekitError(f"{args.model} is a single weights file, which has no config to record the factor in: "
+                          "give -o OUT to write a model folder")
     model = _image_model(args)
     before = model.latent_norm
     if args.shift and args.per_channel:
@@ -220,14 +208,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                     with_shift=args.shift or (model.config.shift_factor is not None and not args.per_channel),
                                     per_channel=args.per_channel, max_images=args.images)
     norm = measured.norm
+    model_dir = None if args.output else (resolve_model_dir(args.model) if Path(args.model).exists()
+                                          else locate(args.model))
+    if model_dir is not None and in_hub_cache(model_dir):  # the hub's files: a copy, never an edit
+        args.output = Path.cwd() / f"{Path(args.model).name}-calibrated"
+        log.warning("%s is in the Hugging Face cache, which is not edited: writing the calibrated model to %s",
+                    args.model, args.output)
     if args.output:
         store_latent_scale(model, norm)
         target = save_model(model, args.output)
-    elif Path(args.model).is_file():
-        raise VaekitError(f"{args.model} is a single weights file, which has no config to record the factor in: "
-                          "give -o OUT to write a model folder")
     else:
-        target = write_latent_scale(resolve_model_dir(args.model), norm)
+        target = write_latent_scale(model_dir, norm)
     if norm.per_channel:
         found = (f"per-channel latents_mean {[round(v, 4) for v in norm.latents_mean]}, latents_std "
                  f"{[round(v, 4) for v in norm.latents_std]} (scaling factor 1)")
@@ -239,14 +230,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from vaekit.io.convert import export_diffusers
-    from vaekit.io.models import load_model, save_model
-
     overrides = {}
     if args.scaling_factor is not None:
         overrides["scaling_factor"] = args.scaling_factor
     if args.norm_groups is not None:
         overrides["norm_num_groups"] = args.norm_groups
+    if (args.model is None) == (args.source is None):
+        raise VaekitError("give the model to convert once: --model M (or a positional SOURCE)")
+    args.source = args.model or args.source
     model = load_model(args.source, **overrides)
     if args.format == "diffusers":
         if model.latent_layout != "spatial":
@@ -379,7 +370,9 @@ def _add_convert(commands) -> None:
         "LDM/CompVis checkpoint (.ckpt read with torch.load(weights_only=True), never executing code; .safetensors; "
         "a full Stable Diffusion checkpoint's first_stage_model; a taming/LDM VQ checkpoint) and write it as a "
         "vaekit folder or a diffusers folder.")
-    convert.add_argument("source", metavar="SOURCE")
+    convert.add_argument("--model", metavar="M", help="what to convert: a vaekit model folder or run, a diffusers "
+                         "folder, an LDM .ckpt/.safetensors, or a Hugging Face hub name")
+    convert.add_argument("source", nargs="?", metavar="SOURCE", help="the same, as a positional (older spelling)")
     convert.add_argument("-o", "--output", required=True, metavar="OUT")
     convert.add_argument("--format", choices=["vaekit", "diffusers"], default="vaekit")
     convert.add_argument("--scaling-factor", type=float, help="record this scaling factor (LDM checkpoints do not)")

@@ -24,6 +24,7 @@ shards already on disk, and nothing is encoded twice.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -33,19 +34,26 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
+from vaekit.data.hf_tables import is_saved_dataset, open_dataset
+from vaekit.data.lazy import find_images
+from vaekit.data.photos import builtin_photographs
+from vaekit.data.prefetch import prefetch
 from vaekit.errors import VaekitError
 from vaekit.io.atomic import write_json
-from vaekit.data.prefetch import prefetch
-from vaekit.io.images import DEFAULT_MAX_PIXELS, to_channels
+from vaekit.io.images import DEFAULT_MAX_PIXELS, open_rgb, read_image, to_channels, to_tensor
+from vaekit.io.latents import FORMAT, MANIFEST_FILE, SPEC_FILE, open_shard, read_shard_metadata, shard_name, write_shard
 from vaekit.models.latent_scale import LatentNorm
-from vaekit.io.latents import (FORMAT, MANIFEST_FILE, SPEC_FILE, open_shard, read_shard_metadata, shard_name,
-                               write_shard)
+from vaekit.models.tiling import tiled_encode
 from vaekit.progress import progress
 from vaekit.training.distributed import process_state
 
 log = logging.getLogger("vaekit")
+
+BUILTIN_PHOTOS = "photos"
+"""The word for the built-in photographs wherever a command takes --data."""
 
 # ---------------------------------------------------------------------------------------------- sources
 
@@ -63,8 +71,6 @@ class _Source:
 
 class _FolderSource(_Source):
     def __init__(self, root: Path):
-        from vaekit.data.lazy import find_images
-
         files = find_images(root)
         if not files:
             raise VaekitError(f"no image files in {root}")
@@ -72,16 +78,12 @@ class _FolderSource(_Source):
         super().__init__(str(root), [str(p.relative_to(root)) for p in files])
 
     def read(self, index: int, resolution: int | None, max_pixels: int) -> torch.Tensor:
-        from vaekit.io.images import read_image
-
         return read_image(self.root / self.names[index], max_pixels, resolution)
 
 
 class _HFSource(_Source):
     def __init__(self, path: str, split: str, column: str):
         import datasets
-
-        from vaekit.data.hf_tables import open_dataset
 
         opened = open_dataset(path)
         if isinstance(opened, datasets.DatasetDict):
@@ -96,10 +98,6 @@ class _HFSource(_Source):
         super().__init__(f"{path}[{split}]", [f"{split}[{i}]" for i in range(len(opened))])
 
     def read(self, index: int, resolution: int | None, max_pixels: int) -> torch.Tensor:
-        import io
-
-        from vaekit.io.images import open_rgb, to_tensor
-
         value, name = self.table[index][self.column], self.names[index]
         if isinstance(value, dict) and value.get("bytes") is not None:
             return to_tensor(open_rgb(io.BytesIO(value["bytes"]), max_pixels, name), resolution)
@@ -108,10 +106,22 @@ class _HFSource(_Source):
         raise VaekitError(f"cannot read {name} as an image (not an image: {type(value).__name__})")
 
 
-def open_source(data: str, split: str = "train", column: str = "image") -> _Source:
-    """A folder of images, or a Hugging Face dataset (``hf:NAME`` or a ``save_to_disk`` folder)."""
-    from vaekit.data.hf_tables import is_saved_dataset
+class _BuiltinPhotos(_Source):
+    """``photos``: the built-in photographs at their own size (the word, not a folder: ``./photos`` is one)."""
 
+    def __init__(self):
+        self.pictures = builtin_photographs()
+        super().__init__("the built-in photographs", [f"{name}.png" for name in self.pictures])
+
+    def read(self, index: int, resolution: int | None, max_pixels: int) -> torch.Tensor:
+        return to_tensor(Image.fromarray(self.pictures[self.names[index].removesuffix(".png")]), resolution)
+
+
+def open_source(data: str, split: str = "train", column: str = "image") -> _Source:
+    """A folder of images, ``photos`` (the built-in photographs; a folder of that name is ``./photos``), or a
+    Hugging Face dataset (``hf:NAME`` or a ``save_to_disk`` folder): one meaning in every command."""
+    if data == BUILTIN_PHOTOS:
+        return _BuiltinPhotos()
     if data.startswith("hf:"):
         return _HFSource(data[3:], split, column)
     path = Path(data).expanduser()
@@ -145,7 +155,6 @@ def _read_items(source: _Source, indices: list[int], resolution: int | None, max
 @torch.no_grad()
 def _encode_batch(model, images: list[torch.Tensor], tile: int | None):
     """(normalised means, their log-variances or None for a point-mass posterior), float32 on the CPU."""
-    from vaekit.models.tiling import tiled_encode
 
     x = to_channels(torch.cat(images), model.config.in_channels)  # a grayscale VAE takes the images' luma
     x = x.to(next(model.parameters()).device, next(model.parameters()).dtype)

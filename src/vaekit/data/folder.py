@@ -36,8 +36,11 @@ def check_fraction(test_fraction: float) -> None:
 class FolderConfig:
     path: str = ""
     image_size: int = 28
+    """Images are resized to image_size × image_size."""
     grayscale: bool = True
+    """Convert images to one channel."""
     test_fraction: float = 0.1
+    """Share of the examples held out as the test split (a seeded choice)."""
     seed: int = 0
     """Seeds the train/test split of the sorted file list."""
 
@@ -77,13 +80,20 @@ class FolderCropsConfig:
 
     path: str = ""
     crop_size: int = 64
-    short_side: int | None = 256
+    """Side of the square crops, in pixels."""
+    short_side: int | None = None
     """Resize every image so its short side is this before cropping (JPEGs are decoded at a reduced
-    scale when they are much larger); null keeps the files' size."""
+    scale when they are much larger). Default null: crops at the files' own scale, so crop_size=256 of a
+    4K photograph is 256 pixels of the photograph, not of a thumbnail; images whose short side is below
+    crop_size are upscaled to it (small_images)."""
     flip: bool = True
+    """Mirror each crop left-right at random (on by default: a photograph and its mirror image are equally likely)."""
     small_images: Literal["upscale", "skip"] = "upscale"
+    """Images smaller than the crop: upscale them to fit, or skip them (named in the run's metrics)."""
     test_fraction: float = 0.1
+    """Share of the examples held out as the test split (a seeded choice)."""
     seed: int = 0
+    """Seeds which examples are held out (and any augmentation)."""
 
     def __post_init__(self) -> None:
         if not self.path:

@@ -18,8 +18,11 @@ class HFConfig:
     path: str = ""
     """A dataset on the Hugging Face hub (needs internet, or the datasets cache) or a local folder."""
     image_column: str = "image"
+    """The dataset column holding the images."""
     label_column: str | None = None
+    """The column holding class labels (optional; null: unlabelled)."""
     train_split: str = "train"
+    """The split to train on; the test split is held out from it (test_fraction) when the dataset has no test split."""
     test_split: str | None = "test"
     """Used when the dataset has it; otherwise a held-out part of the training split is used."""
     test_fraction: float = 0.1
@@ -31,6 +34,7 @@ class HFConfig:
     flip: bool = False
     """Random horizontal flips in training (right for photographs, wrong for digits and text)."""
     grayscale: bool = False
+    """Convert images to one channel."""
     max_images: int | None = None
     """Use only the first max_images rows of the training split (all of it by default)."""
     streaming: bool = False
@@ -41,6 +45,7 @@ class HFConfig:
     """Streaming: held-out examples kept in memory — the head of the test split, or of the training
     stream (which training then skips) when there is no test split."""
     seed: int = 0
+    """Seeds which examples are held out (and any augmentation)."""
 
     def __post_init__(self) -> None:
         if not self.path:

@@ -21,20 +21,35 @@ from vaekit.errors import VaekitError
 from vaekit.registry import DATASETS
 
 TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
+HELD_OUT_PHOTOS = ("china", "flower")
+"""scikit-learn's sample images, in the order ``load_sample_images`` gives them."""
 
 
 @dataclass
 class PhotosConfig:
     crop_size: int = 64
+    """Side of the square crops, in pixels."""
     num_train: int = 4000
     """Training examples per epoch, taken from the photographs in turn (a new random crop each epoch)."""
     small_images: Literal["upscale", "skip"] = "upscale"
     """What to do with a photograph smaller than the crop."""
     seed: int = 0
+    """Seeds which examples are held out (and any augmentation)."""
 
     def __post_init__(self) -> None:
         if self.crop_size < 8 or self.num_train < 1:
             raise ValueError("crop_size must be at least 8 and num_train at least 1")
+
+
+def builtin_photographs() -> dict[str, np.ndarray]:
+    """The built-in photographs at their own size, ``(H, W, 3)`` uint8 by name: scikit-image's colour
+    photographs (the training photos), then scikit-learn's two (the held-out ones)."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    pictures = {name: getattr(data, name)() for name in TRAIN_PHOTOS}
+    pictures.update(zip(HELD_OUT_PHOTOS, load_sample_images().images))
+    return pictures
 
 
 def grid_crops(images: list[np.ndarray], crop: int) -> np.ndarray:
@@ -66,17 +81,14 @@ def _fitted(pictures: list[np.ndarray], names: list[str], spec: CropSpec) -> tup
 @DATASETS.register("photos", PhotosConfig)
 def photos(config: PhotosConfig, split: str) -> ImageDataset | LazyImages:
     """Random crops of scikit-image's colour photographs; held out: grid crops of scikit-learn's two."""
+    photographs = builtin_photographs()
     if split == "train":
-        from skimage import data
-
         spec = CropSpec(config.crop_size, random=True, flip=True, small_images=config.small_images)
-        pictures, names, skipped = _fitted([getattr(data, name)() for name in TRAIN_PHOTOS], list(TRAIN_PHOTOS), spec)
+        pictures, names, skipped = _fitted([photographs[name] for name in TRAIN_PHOTOS], list(TRAIN_PHOTOS), spec)
         items = np.arange(config.num_train) % len(pictures)
         dataset = LazyImages(ArraySource(pictures, names), items, spec, config.seed, name="photos/train")
         dataset.skipped = skipped
         return dataset
-    from sklearn.datasets import load_sample_images
-
     spec = CropSpec(config.crop_size, small_images=config.small_images)
-    pictures, _, skipped = _fitted(list(load_sample_images().images), ["china", "flower"], spec)
+    pictures, _, skipped = _fitted([photographs[name] for name in HELD_OUT_PHOTOS], list(HELD_OUT_PHOTOS), spec)
     return ImageDataset(grid_crops(pictures, config.crop_size), name="photos/test", skipped=skipped)

@@ -19,8 +19,11 @@ CLASS_NAMES = ("diagonal", "horizontal", "vertical", "cross")
 @dataclass
 class ShapesConfig:
     num_train: int = 8000
+    """Training examples generated (or crops drawn per epoch)."""
     num_test: int = 2000
+    """Test examples generated."""
     image_size: int = 16
+    """Images are resized to image_size × image_size."""
     seed: int = 0
     """Seeds the generator; train and test come from separate streams, so the split is fixed."""
 

@@ -31,7 +31,9 @@ class CropSpec:
     random: bool = False
     flip: bool = False
     grayscale: bool = False
+    """Convert images to one channel."""
     small_images: Literal["upscale", "skip"] = "upscale"
+    """Images smaller than the crop: upscale them to fit, or skip them (named in the run's metrics)."""
 
     @property
     def channels(self) -> int:

@@ -5,20 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vaekit.errors import VaekitError
+from vaekit.config import to_dict
 from vaekit.diffusion.config import DEFAULTS, diffusion_config
-from vaekit.progress import DEVICE_HELP
+from vaekit.diffusion.data import open_latents
+from vaekit.diffusion.diffusability import TABLE, Budget, budget_overrides, compare, sweep_then_compare
+from vaekit.diffusion.sampling import decode_latents, load_vae_for, sample_latents
+from vaekit.errors import VaekitError
+from vaekit.io.atomic import save_tensors
+from vaekit.io.images import write_image
+from vaekit.io.models import load_model
+from vaekit.progress import DEVICE_HELP, resolve_device
+from vaekit.runs import format_metrics, read_metrics, read_run_config
+from vaekit.training import train
+from vaekit.viz.grids import save_grid, square_grid
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
-    from vaekit.runs import format_metrics
-    from vaekit.config import to_dict
-    from vaekit.runs import read_metrics
-    from vaekit.training import train
-
     if args.resume:
-        run_dir = train(resume=args.resume, overrides=args.items, evaluate_at_end=not args.no_eval,
+        run_dir = train(resume=args.resume, overrides=args.items, evaluate_at_end=not args.no_eval, device=args.device,
                         explore=not args.no_explore)
     else:
         if not args.items:
@@ -29,7 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.print_config:
             print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
             return 0
-        run_dir = train(config, evaluate_at_end=not args.no_eval, explore=not args.no_explore)
+        run_dir = train(config, evaluate_at_end=not args.no_eval, explore=not args.no_explore, device=args.device)
     print(format_metrics(read_metrics(run_dir)))
     if not args.no_explore:
         print(f"report: {run_dir / 'report.html'}")
@@ -38,14 +44,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from vaekit.diffusion.sampling import decode_latents, load_vae_for, sample_latents
-    from vaekit.io.atomic import save_tensors
-    from vaekit.io.images import write_image
-    from vaekit.io.models import load_model
-    from vaekit.progress import resolve_device
-    from vaekit.runs import read_run_config
-    from vaekit.viz.grids import save_grid, square_grid
-
     if args.n < 1 or args.steps < 1:
         raise VaekitError("-n and --steps must be at least 1")
     device = resolve_device(args.device)
@@ -53,7 +51,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if model.kind != "denoiser":
         raise VaekitError(f"{args.run} holds a {model.registry_name}, not a denoiser trained by vaekit diffusion train")
     config = read_run_config(args.run)
-    from vaekit.diffusion.data import open_latents
 
     manifest = open_latents(config.data.params.path).manifest
     vae = load_vae_for(manifest, args.vae, device)
@@ -74,14 +71,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_diffusability(args: argparse.Namespace) -> int:
-    from vaekit.diffusion.diffusability import TABLE, budget_from_args, compare, sweep_then_compare
-
+    args.vaes = [*args.model, *args.vaes]
+    if not args.vaes:
+        raise VaekitError("give the autoencoders to compare (--model M, repeated, or positionally), or one sweep config")
     if len(args.vaes) == 1 and args.vaes[0].endswith((".yaml", ".yml")):
-        page = sweep_then_compare(args.vaes[0], args.output)
+        page = sweep_then_compare(args.vaes[0], args.output, resolve_device(args.device), budget_overrides(args))
     else:
         if args.output is None:
             raise VaekitError("give -o OUT, the folder for the comparison")
-        page = compare(args.vaes, budget_from_args(args), args.output)
+        page = compare(args.vaes, Budget(**budget_overrides(args)), args.output, resolve_device(args.device))
     print((page.parent / TABLE).read_text().rstrip())
     print(f"diffusability report: {page}")
     return 0
@@ -107,6 +105,7 @@ def add_commands(commands) -> None:
     train.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     train.add_argument("--no-explore", action="store_true", help="skip the figures and report.html at the end")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and stop")
+    train.add_argument("--device", default="auto", help=DEVICE_HELP + "; with --num-processes, each process's own GPU")
     train.set_defaults(func=cmd_train)
     sample = sub.add_parser(
         "sample", help="sample a trained denoiser and decode through the latents' VAE",
@@ -125,8 +124,6 @@ def add_commands(commands) -> None:
     sample.add_argument("--device", default="auto", help=DEVICE_HELP)
     sample.set_defaults(func=cmd_sample)
 
-    from vaekit.diffusion.diffusability import Budget
-
     defaults = Budget()
     report = commands.add_parser(
         "diffusability", help="compare image autoencoders by how well a diffusion model learns their latents",
@@ -134,19 +131,29 @@ def add_commands(commands) -> None:
         "reconstruction, latent statistics and power spectrum, equivariance errors, and the held-out ε-MSE of "
         "the same denoiser trained on each one's latents. Give model folders or runs, or one sweep config with "
         "a diffusability: section (configs/study-diffusability.yaml) to train the autoencoders first.")
-    report.add_argument("vaes", nargs="+", metavar="VAE", help="autoencoders (folders, runs), or one sweep config")
-    report.add_argument("--data", default=defaults.data,
-                        help="a folder of images, or photos: crops of the built-in photographs (default)")
-    report.add_argument("--resolution", type=int, default=defaults.resolution, help="image side (default 32)")
-    report.add_argument("--images", type=int, default=defaults.images, help="crops with --data photos (default 1024)")
-    report.add_argument("--steps", type=int, default=defaults.steps, help="denoiser steps per seed (default 600)")
-    report.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    report.add_argument("--seeds", default=",".join(map(str, defaults.seeds)), help="comma-separated (default 0,1)")
-    report.add_argument("--unet", default=defaults.unet, help="the denoiser preset (default unet-tiny)")
-    report.add_argument("--samples", type=int, default=defaults.samples,
-                        help="decoded samples per autoencoder for FID/KID and the classifier's Fréchet distance")
-    report.add_argument("--per-channel", action="store_true",
+    report.add_argument("vaes", nargs="*", metavar="VAE",
+                        help="autoencoders (folders, runs, hub names), or one sweep config; --model is the same")
+    report.add_argument("--model", action="append", default=[], metavar="M",
+                        help="an autoencoder to compare (repeat it for each)")
+    # The budget's options default to None: what is given overrides a sweep config's diffusability: section too.
+    report.add_argument("--data", help=f"a folder of images, or photos: crops of the built-in photographs "
+                        f"(default {defaults.data})")
+    report.add_argument("--resolution", type=int, help=f"image side (default {defaults.resolution})")
+    report.add_argument("--images", type=int, help=f"crops with --data photos (default {defaults.images})")
+    report.add_argument("--test-fraction", type=float,
+                        help=f"share of the images held out to score the denoiser and the samples "
+                        f"(default {defaults.test_fraction})")
+    report.add_argument("--steps", type=int, help=f"denoiser steps per seed (default {defaults.steps})")
+    report.add_argument("--batch-size", type=int, help=f"denoiser batch (default {defaults.batch_size})")
+    report.add_argument("--lr", type=float, help=f"denoiser learning rate (default {defaults.lr})")
+    report.add_argument("--seeds", help=f"comma-separated (default {','.join(map(str, defaults.seeds))})")
+    report.add_argument("--unet", help=f"the denoiser preset (default {defaults.unet})")
+    report.add_argument("--samples", type=int,
+                        help=f"decoded samples per autoencoder for FID/KID and the classifier's Fréchet distance "
+                        f"(default {defaults.samples})")
+    report.add_argument("--per-channel", action="store_true", default=None,
                         help="normalise each autoencoder's latents per channel (latents_mean/latents_std) instead of "
                         "by one scaling factor")
     report.add_argument("-o", "--output", metavar="OUT", help="output folder")
+    report.add_argument("--device", default="auto", help=DEVICE_HELP)
     report.set_defaults(func=cmd_diffusability)

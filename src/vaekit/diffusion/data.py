@@ -35,7 +35,9 @@ class LatentsConfig:
 
     path: str = ""
     test_fraction: float = 0.1
+    """Share of the examples held out as the test split (a seeded choice)."""
     seed: int = 0
+    """Seeds which examples are held out (and any augmentation)."""
 
     def __post_init__(self) -> None:
         if not self.path:

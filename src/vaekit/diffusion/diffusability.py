@@ -18,6 +18,7 @@ trained on the labels.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import statistics
 import tempfile
@@ -26,8 +27,29 @@ from pathlib import Path
 
 import torch
 
+from vaekit.config import build_dataclass, load_config, read_yaml
+from vaekit.data import build_dataset
+from vaekit.data.folder import folder_labels
+from vaekit.diffusion.config import diffusion_config
+from vaekit.diffusion.data import LatentsConfig, latents
+from vaekit.diffusion.sampling import decode_latents, sample_latents
 from vaekit.errors import ConfigError, VaekitError
+from vaekit.evaluation import evaluate
+from vaekit.io.atomic import write_json
+from vaekit.io.images import read_image
+from vaekit.io.models import load_model, save_model
+from vaekit.latents import LatentDataset, export_latents, open_source
+from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
+from vaekit.metrics.frechet import train_classifier
+from vaekit.metrics.image import inception_for_fid, inception_for_kid, per_image_psnr, ssim
+from vaekit.metrics.latent import equivariance_errors, high_frequency_fraction, radial_power_spectrum
 from vaekit.models.distributions import DiagonalGaussian
+from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
+from vaekit.sweep import sweep
+from vaekit.training import train
+from vaekit.viz import plots
+from vaekit.viz.grids import save_grid, square_grid
+from vaekit.viz.report import Figure, render
 
 log = logging.getLogger("vaekit")
 
@@ -76,9 +98,6 @@ def write_photo_crops(folder: Path, size: int, count: int) -> torch.Tensor:
     crops) written to ``folder`` as PNGs; returns them, ``(count, 3, size, size)`` in [0, 1]."""
     from PIL import Image
 
-    from vaekit.config import load_config
-    from vaekit.data import build_dataset
-
     config = load_config(None, ["data.name=photos", f"data.crop_size={size}", f"data.num_train={count}"])
     images, _ = build_dataset(config.data, "train").__getitems__(list(range(count)))
     folder.mkdir(parents=True)
@@ -107,8 +126,6 @@ def _encoded(vae, images: torch.Tensor) -> DiagonalGaussian:
 
 def _unit_scaled_copy(vae, images: torch.Tensor, target: Path, per_channel: bool):
     """The VAE calibrated on ``images`` by the one convention (posterior samples; no shift), saved."""
-    from vaekit.io.models import save_model
-    from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 
     batches = (images[i:i + 32] for i in range(0, len(images), 32))
     measured = measure_latent_scale(vae, batches, torch.Generator().manual_seed(0), per_channel=per_channel)
@@ -119,8 +136,6 @@ def _unit_scaled_copy(vae, images: torch.Tensor, target: Path, per_channel: bool
 
 def _held_out_images(latents_dir: Path, folder: Path, budget: Budget) -> tuple[torch.Tensor, set[str]]:
     """The images of the export's held-out split (the one the denoiser is scored on), and their names."""
-    from vaekit.diffusion.data import LatentsConfig, latents
-    from vaekit.io.images import read_image
 
     test = latents(LatentsConfig(str(latents_dir), budget.test_fraction), "test")
     sources = [test.latents.items[i][1]["source"] for i in test.items]
@@ -130,15 +145,12 @@ def _held_out_images(latents_dir: Path, folder: Path, budget: Budget) -> tuple[t
 def _reconstruction(vae, images: torch.Tensor, z: torch.Tensor) -> dict:
     """PSNR, SSIM (and LPIPS where its weights are present) of ``images`` decoded from their latents ``z``
     (posterior means)."""
-    """PSNR, SSIM (and LPIPS where its weights are present) of ``images`` decoded from their latents ``z``."""
-    from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
-    from vaekit.metrics.image import per_image_psnr, ssim
 
     with torch.no_grad():
         out = torch.cat([vae.decode(z[i:i + 32]).clamp(-1, 1) for i in range(0, len(z), 32)])
         metrics = {"psnr": per_image_psnr(out, images).mean().item(), "ssim": ssim(out, images).mean().item()}
         try:
-            lpips = make_lpips(pretrained_backbone=True)
+            lpips = make_lpips(pretrained_backbone=True).to(images.device)
             metrics["lpips"] = torch.cat([lpips(out[i:i + 32], images[i:i + 32]).flatten()
                                           for i in range(0, len(images), 32)]).mean().item()
         except WeightsUnavailable as err:
@@ -149,9 +161,8 @@ def _reconstruction(vae, images: torch.Tensor, z: torch.Tensor) -> dict:
 def _latent_statistics(vae, images: torch.Tensor, posterior: DiagonalGaussian) -> tuple[dict, tuple]:
     """Statistics and spectrum of what the denoiser trains on: normalised posterior samples of ``images``
     (one seeded draw), per channel too, so that channels of different scales show."""
-    from vaekit.metrics.latent import high_frequency_fraction, radial_power_spectrum
 
-    latents = vae.scale_latents(posterior.sample(torch.Generator().manual_seed(0)))
+    latents = vae.scale_latents(posterior.sample(torch.Generator(device=images.device).manual_seed(0)))
     f = images.shape[-1] // latents.shape[-1]
     small = torch.nn.functional.avg_pool2d(images, f)  # the images at the latents' resolution
     norm = vae.latent_norm
@@ -167,33 +178,24 @@ def _latent_statistics(vae, images: torch.Tensor, posterior: DiagonalGaussian) -
     return stats, (radial_power_spectrum(latents), radial_power_spectrum(small))
 
 
-def _denoiser(latents_dir: Path, budget: Budget, seed: int, runs: Path, name: str) -> dict:
-    from vaekit.diffusion.config import diffusion_config
-    from vaekit.evaluation import evaluate
-    from vaekit.training import train
-
+def _denoiser(latents_dir: Path, budget: Budget, seed: int, runs: Path, name: str, device) -> dict:
     config = diffusion_config(str(latents_dir), None, [
         f"model.name={budget.unet}", f"train.max_steps={budget.steps}", "train.epochs=100000",
         f"train.batch_size={budget.batch_size}", f"train.lr={budget.lr}", "train.validate_every=100000",
         "train.snapshot_examples=0", f"train.checkpoint_every={max(budget.steps // 2, 1)}", "train.progress_bar=false",
         f"data.test_fraction={budget.test_fraction}", f"seed={seed}", f"output_dir={runs}", f"run_name={name}-seed{seed}"])
-    run = train(config, evaluate_at_end=False, explore=False)
-    return {"run": run, **evaluate(run)}
+    run = train(config, evaluate_at_end=False, explore=False, device=str(device))
+    return {"run": run, **evaluate(run, device=str(device))}
 
 
-def _samples(run: Path, vae, manifest: dict, count: int) -> torch.Tensor:
-    from vaekit.diffusion.sampling import decode_latents, sample_latents
-    from vaekit.io.models import load_model
-
-    latents, _ = sample_latents(load_model(run).eval(), count, steps=50, seed=0)
+def _samples(run: Path, vae, manifest: dict, count: int, device) -> torch.Tensor:
+    latents, _ = sample_latents(load_model(run, device=device).eval(), count, steps=50, seed=0, device=device)
     return decode_latents(vae, latents, manifest)
 
 
 def _inception_metrics(samples_of: dict[str, torch.Tensor], held_out: torch.Tensor) -> tuple[dict, str | None]:
     """{name: {"sample_fid", "sample_kid"}} of each VAE's decoded samples against the held-out images, or
     None values and the reason (the Inception weights are missing)."""
-    from vaekit.losses.perceptual import WeightsUnavailable
-    from vaekit.metrics.image import inception_for_fid, inception_for_kid
 
     try:
         inception_for_fid()
@@ -212,7 +214,6 @@ def _inception_metrics(samples_of: dict[str, torch.Tensor], held_out: torch.Tens
 def _readable(folder: Path, names: list[str], resolution: int) -> dict[str, torch.Tensor]:
     """Every image of ``names`` that can be read, ``(1, C, r, r)`` in [-1, 1]; each one that cannot is
     skipped and named (the export skips the same ones), as every other command does."""
-    from vaekit.io.images import read_image
 
     images = {}
     for name in names:
@@ -228,8 +229,6 @@ def _readable(folder: Path, names: list[str], resolution: int) -> dict[str, torc
 def _classifier(images: dict[str, torch.Tensor], held_out_names: set[str]):
     """A small classifier of the data's labels (the images' sub-folders), trained on the images that are not
     held out, for a Fréchet distance in its feature space; None for unlabelled data."""
-    from vaekit.data.folder import folder_labels
-    from vaekit.metrics.frechet import train_classifier
 
     names = list(images)
     labels, classes = folder_labels(names)
@@ -243,12 +242,19 @@ def _classifier(images: dict[str, torch.Tensor], held_out_names: set[str]):
     return model
 
 
-def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
-    """Run the comparison; returns the HTML page (``diffusability.csv`` and ``.json`` beside it)."""
-    from vaekit.io.models import load_model
-    from vaekit.latents import LatentDataset, export_latents, open_source
-    from vaekit.metrics.latent import equivariance_errors
-    from vaekit.viz.grids import save_grid, square_grid
+def _signals(vae, images: torch.Tensor) -> tuple[dict, tuple]:
+    """Reconstruction, latent statistics, spectra and equivariance of ``images`` (on the VAE's device)."""
+    posterior = _encoded(vae, images)
+    row = _reconstruction(vae, images, posterior.mean)
+    stats, spectra = _latent_statistics(vae, images, posterior)
+    row.update(stats)
+    row.update(equivariance_errors(lambda x: vae.encode(x).mode(), vae.decode, images))
+    return row, spectra
+
+
+def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | torch.device = "cpu") -> Path:
+    """Run the comparison; returns the HTML page (``diffusability.csv`` and ``.json`` beside it). Every
+    model (the autoencoders, the denoisers) runs on ``device``."""
 
     if len(vaes) < 1:
         raise VaekitError("give at least one autoencoder to measure (two or more to compare)")
@@ -261,7 +267,7 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
     classifier = held_out = None
     for path in vaes:
         name = _name(path, taken)
-        vae = load_model(path).eval()
+        vae = load_model(path, device=device).eval()
         if vae.kind != "autoencoder" or vae.latent_layout != "spatial":
             raise VaekitError(f"{path} holds a {vae.registry_name}; the diffusability report compares image autoencoders")
         log.info("diffusability: %s", name)
@@ -276,17 +282,14 @@ def compare(vaes: list[str], budget: Budget, output: str | Path) -> Path:
                 from vaekit.metrics.frechet import features_of, frechet_distance
 
                 held_out_features = features_of(classifier, held_out)
-        posterior = _encoded(vae, held_out)
-        row = {"vae": name, "source": str(path), **_reconstruction(vae, held_out, posterior.mean)}
-        stats, spectra[name] = _latent_statistics(vae, held_out, posterior)
-        row.update(stats)
-        row.update(equivariance_errors(lambda x: vae.encode(x).mode(), vae.decode, held_out))
-        results = [_denoiser(latents_dir, budget, seed, out / "runs", name) for seed in budget.seeds]
+        signals, spectra[name] = _signals(vae, held_out.to(device))
+        row = {"vae": name, "source": str(path), **signals}
+        results = [_denoiser(latents_dir, budget, seed, out / "runs", name, device) for seed in budget.seeds]
         eps = [r["eps_mse"] for r in results]
         row.update(eps_mse=statistics.fmean(eps), eps_mse_seeds=eps, eps_mse_spread=max(eps) - min(eps),
                    eps_mse_by_timestep=[statistics.fmean(b) for b in zip(*(r["eps_mse_by_timestep"] for r in results))],
                    timestep_buckets=results[0]["timestep_buckets"])
-        samples_of[name] = _samples(results[0]["run"], vae, LatentDataset(latents_dir).manifest, budget.samples)
+        samples_of[name] = _samples(results[0]["run"], vae, LatentDataset(latents_dir).manifest, budget.samples, device)
         save_grid(out / f"samples-{name}.png", square_grid(samples_of[name][:16]), value_range=(-1.0, 1.0))
         if classifier is not None:
             row["sample_classifier_fd"] = frechet_distance(features_of(classifier, samples_of[name]),
@@ -317,10 +320,6 @@ def _cell(value) -> str:
 
 
 def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
-    from vaekit.io.atomic import write_json
-    from vaekit.viz import plots
-    from vaekit.viz.report import Figure, render
-
     write_json(out / JSON_FILE, {"budget": {**vars(budget), "seeds": list(budget.seeds)}, "rows": rows})
     table = [[_cell(row.get(c)) for c in COLUMNS] for row in rows]
     with open(out / TABLE, "w", newline="") as f:
@@ -349,29 +348,32 @@ def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
                   table={"columns": list(COLUMNS), "rows": table}, runs=[])
 
 
-def sweep_then_compare(config_path: str | Path, output: str | Path | None = None) -> Path:
+def sweep_then_compare(config_path: str | Path, output: str | Path | None = None,
+                       device: str | torch.device = "cpu", overrides: dict | None = None) -> Path:
     """Train the autoencoders of a sweep config (its ``sweep:`` grid), then compare them with the budget in
-    its ``diffusability:`` section."""
+    its ``diffusability:`` section, where ``overrides`` (the command line's) replace its values."""
     import yaml
 
-    from vaekit.config import build_dataclass, read_yaml
-    from vaekit.sweep import sweep
-
     raw = read_yaml(config_path)
-    budget = build_dataclass(Budget, raw.pop("diffusability", {}) or {}, "diffusability")
+    budget = build_dataclass(Budget, {**(raw.pop("diffusability", {}) or {}), **(overrides or {})}, "diffusability")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(raw, f)
-    sweep_dir = sweep(f.name, [], output_dir=None if output is None else str(Path(output) / "vaes-trained")).parent
+    sweep_dir = sweep(f.name, [], output_dir=None if output is None else str(Path(output) / "vaes-trained"),
+                      device=str(device)).parent
     Path(f.name).unlink()
     trained = sorted(str(p.parent) for p in sweep_dir.glob("*/model/config.json"))
     if not trained:
         raise VaekitError(f"no run of the sweep in {sweep_dir} finished: nothing to compare")
-    return compare(trained, budget, output or sweep_dir / "diffusability")
+    return compare(trained, budget, output or sweep_dir / "diffusability", device)
 
 
-def budget_from_args(args) -> Budget:
-    return Budget(data=args.data, resolution=args.resolution, images=args.images, steps=args.steps,
-                  batch_size=args.batch_size, seeds=tuple(int(s) for s in args.seeds.split(",")), unet=args.unet,
-                  samples=args.samples, per_channel=args.per_channel)
+def budget_overrides(args) -> dict:
+    """The budget fields the command line gave (an option left out is None): they override the defaults and
+    a sweep config's ``diffusability:`` section alike."""
+    given = {name: getattr(args, name, None) for name in (f.name for f in dataclasses.fields(Budget))}
+    given = {name: value for name, value in given.items() if value is not None}
+    if "seeds" in given:
+        given["seeds"] = tuple(int(s) for s in str(given["seeds"]).split(","))
+    return given
 
 

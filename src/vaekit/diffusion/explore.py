@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaekit.diffusion.sampling import decode_latents, load_vae_for, sample_latents
 from vaekit.errors import VaekitError
 from vaekit.explore.base import Explorer
 from vaekit.explore.card import layer_table, parameter_count
@@ -28,13 +29,9 @@ class DenoiserExplorer(Explorer):
         self.vae, self.manifest, self.metrics = vae, manifest, metrics
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        from vaekit.diffusion.sampling import decode_latents
-
         return decode_latents(self.vae, latents, self.manifest)
 
     def samples(self) -> None:
-        from vaekit.diffusion.sampling import sample_latents
-
         if self.vae is None:
             self.skipped.append(("samples", "the VAE that encoded the latents could not be loaded (see the notes)"))
             return
@@ -99,7 +96,6 @@ def denoiser_card(model, test, metrics: dict) -> dict:
 
 def explore_denoiser(run_dir: Path, config, model, test, metrics: dict) -> tuple[DenoiserExplorer, list[str], dict]:
     """Draw the figures; returns the explorer, notes for the report, and the model card."""
-    from vaekit.diffusion.sampling import load_vae_for
 
     notes = []
     manifest = test.manifest

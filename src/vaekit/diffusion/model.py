@@ -29,19 +29,27 @@ class DenoiserConfig:
     block_out_channels: tuple[int, ...] = (64, 128)
     """Channels per U-Net level; each level but the last halves the resolution."""
     layers_per_block: int = 2
+    """ResNet blocks per encoder level (the decoder has one more)."""
     attention_levels: tuple[int, ...] = (1,)
     """The levels (0 = the first) whose blocks have self-attention."""
     norm_num_groups: int = 32
+    """GroupNorm groups (every channel count must divide by it)."""
     attention_head_dim: int = 8
+    """Channels per attention head in the U-Net's attention blocks."""
     class_conditional: bool = False
     """Condition on the data's class labels (a learned embedding added to the time embedding)."""
     num_classes: int | None = None
     """From the data when ``class_conditional``."""
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    """What the network predicts: the noise ε, or v = √ᾱ·ε − √(1 − ᾱ)·c₀ (v_prediction)."""
     num_train_timesteps: int = 1000
+    """Timesteps of the training schedule T; samplers take 1 to T steps."""
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
+    """How β goes from beta_start to beta_end: scaled_linear (Stable Diffusion's), linear, or squaredcos_cap_v2 (cosine)."""
     beta_start: float = 0.00085
+    """The noise schedule's first β (diffusers' DDPMScheduler)."""
     beta_end: float = 0.012
+    """The noise schedule's last β."""
     rescale_betas_zero_snr: bool = False
     """Rescale the schedule to zero terminal SNR (Lin et al. 2023; diffusers' option): pure noise is then the
     true marginal at the last timestep, which removes the mean bias of DDIM sampling on SD's schedule.

@@ -8,6 +8,9 @@ from pathlib import Path
 import torch
 
 from vaekit.errors import VaekitError
+from vaekit.io.models import load_model
+from vaekit.latents import fingerprint
+from vaekit.models.latent_scale import LatentNorm
 
 log = logging.getLogger("vaekit")
 
@@ -15,8 +18,6 @@ log = logging.getLogger("vaekit")
 def load_vae_for(manifest: dict, vae: str | Path | None = None, device: str | torch.device = "cpu"):
     """The VAE that encoded an export: ``vae`` when given, else the ``model_source`` its manifest records;
     refused when its weights are not the ones the latents were encoded with (the fingerprint differs)."""
-    from vaekit.io.models import load_model
-    from vaekit.latents import fingerprint
 
     source = vae or manifest.get("model_source")
     if source is None:
@@ -38,7 +39,6 @@ def load_vae_for(manifest: dict, vae: str | Path | None = None, device: str | to
 def decode_latents(vae, latents: torch.Tensor, manifest: dict, batch_size: int = 8) -> torch.Tensor:
     """Latents normalised as in ``manifest`` → images in [-1, 1] (the export's own factors are undone, which
     may differ from the VAE's current config; a VQ model quantises them to its codes as it decodes)."""
-    from vaekit.models.latent_scale import LatentNorm
 
     norm = LatentNorm.from_manifest(manifest)
     parameter = next(vae.parameters())

@@ -11,12 +11,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from vaekit.version import __version__
 from vaekit.config import to_dict
 from vaekit.errors import VaekitError
+from vaekit.io import convert
 from vaekit.io.atomic import save_tensors, write_json
 from vaekit.io.layout import CONFIG_NAME, WEIGHTS_NAME, resolve_model_dir
 from vaekit.models import create_model
+from vaekit.version import __version__
 
 
 def save_model(model: nn.Module, path: str | Path) -> Path:
@@ -47,10 +48,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
     - a vaekit model folder (``config.json`` + ``model.safetensors``) or run directory;
     - a diffusers ``AutoencoderKL`` folder, as it is (``diffusion_pytorch_model.safetensors``/``.bin``);
     - an original LDM/CompVis checkpoint (``.ckpt``, ``.safetensors``; a full Stable Diffusion checkpoint
-      too: its ``first_stage_model`` is taken). ``config_overrides`` set what weights do not record
-      (e.g. ``scaling_factor``, ``norm_num_groups``).
+      too: its ``first_stage_model`` is taken);
+    - a Hugging Face hub name (``owner/name``, ``owner/name/subfolder``): the cache first, then a download.
+
+    ``config_overrides`` set what weights do not record (e.g. ``scaling_factor``, ``norm_num_groups``).
     """
-    from vaekit.io import convert
+    if not Path(path).expanduser().exists() and HUB_NAME.match(str(path)):
+        path = locate(str(path))
 
     path = Path(path)
     if path.is_file():
@@ -117,7 +121,7 @@ def locate(source: str) -> Path:
     if path.exists():
         return path
     if not HUB_NAME.match(source):
-        raise VaekitError(f"model.init_from {source}: no such file or folder (nor a Hugging Face hub name such as "
+        raise VaekitError(f"{source}: no such file or folder (nor a Hugging Face hub name such as "
                           "stabilityai/sd-vae-ft-ema)")
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
@@ -132,15 +136,22 @@ def locate(source: str) -> Path:
             folder = snapshot_download(repo, allow_patterns=patterns)
         except Exception as err:
             raise VaekitError(
-                f"model.init_from {source}: not in the Hugging Face cache ({HF_HUB_CACHE}) and it cannot be downloaded "
-                f"here ({type(err).__name__}). On a machine with internet run `huggingface-cli download {repo} "
+                f"{source}: not in the Hugging Face cache ({HF_HUB_CACHE}) and the download failed "
+                f"({type(err).__name__}). On a machine with internet run `huggingface-cli download {repo} "
                 f"{' '.join(patterns[:2])}` and copy the cache over (or set HF_HOME), or pass the downloaded "
                 "folder's path") from err
     found = Path(folder) / subfolder if subfolder else Path(folder)
     if not (found / "config.json").is_file():
-        raise VaekitError(f"model.init_from {source}: the hub repository has no config.json"
+        raise VaekitError(f"{source}: the hub repository has no config.json"
                           + (f" in {subfolder}/" if subfolder else " (is the model in a subfolder? owner/name/vae)"))
     return found
+
+
+def in_hub_cache(path: str | Path) -> bool:
+    """Whether ``path`` lies inside the Hugging Face cache (files there are the hub's: never edited)."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return Path(path).resolve().is_relative_to(Path(HF_HUB_CACHE).resolve())
 
 
 def load_source(source: str) -> nn.Module:

@@ -37,6 +37,7 @@ from vaekit.registry import LOSSES
 @dataclass
 class LPIPSGANConfig:
     pixel: Literal["l1", "l2"] = "l1"
+    """The pixel reconstruction term: l1 (LDM's) or l2 (sd-vae-ft-mse's)."""
     perceptual_weight: float = 1.0
     """0 turns LPIPS off (it needs VGG16 weights, see docs)."""
     lpips_pretrained: bool = True
@@ -48,11 +49,15 @@ class LPIPSGANConfig:
     learn_logvar: bool = False
     """Learn the scalar log-variance s of nll = rec / exp(s) + s (LDM's logvar), else s = 0."""
     disc_weight: float = 0.5
+    """The adversarial term's weight, before the adaptive weight; 0 removes the discriminator."""
     disc_start: int = 50001
     """Optimizer step from which the adversarial term and the discriminator run (LDM's kl-f8: 50001)."""
     disc_loss: Literal["hinge", "vanilla"] = "hinge"
+    """The discriminator's loss: hinge (LDM's) or vanilla (non-saturating cross-entropy)."""
     disc_layers: int = 3
+    """Strided convolution layers of the PatchGAN discriminator (LDM: 3)."""
     disc_channels: int = 64
+    """Channels of the PatchGAN discriminator's first layer (doubled per layer)."""
     disc_lr: float | None = None
     """Discriminator learning rate (default: train.lr)."""
 

@@ -1,12 +1,15 @@
-"""LPIPS (Zhang et al. 2018) through the ``lpips`` package, with an honest offline failure.
+"""LPIPS (Zhang et al. 2018) through the ``lpips`` package, and the pretrained weights that losses and
+metrics download, with an honest offline failure.
 
-The ``lpips`` package ships its calibrated linear layers; the VGG16 backbone's ImageNet weights come
-from torchvision's download (``vgg16-397923af.pth``) into ``$TORCH_HOME/hub/checkpoints``. Without
-internet, that file has to be put there by hand; until then the loss or metric that needs it says so.
+The ``lpips`` package ships its calibrated linear layers; the VGG16 backbone's ImageNet weights
+(``vgg16-397923af.pth``) are downloaded, as torchvision does, into ``$TORCH_HOME/hub/checkpoints`` the
+first time they are needed. Only when that download fails (no network, a proxy, a firewall) does the
+loss or metric say which file is missing, where it goes and where it comes from.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -22,8 +25,31 @@ class WeightsUnavailable(VaekitError):
     """Pretrained weights that a loss or metric needs are not on this machine."""
 
 
+log = logging.getLogger("vaekit")
+
+
 def hub_checkpoint(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def fetch_weights(name: str, url: str, needed_by: str) -> Path:
+    """``$TORCH_HOME/hub/checkpoints/name``, downloaded from ``url`` first when it is not there (torch.hub's
+    own download: a temporary file, then a rename); ``WeightsUnavailable`` naming the file, the folder and
+    the address when the download fails."""
+    path = hub_checkpoint(name)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s for %s from %s", name, needed_by, url)
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    except (OSError, ValueError, RuntimeError) as err:  # URLError and HTTPError are OSErrors
+        reason = str(getattr(err, "reason", None) or err).strip().splitlines()[0][:200]
+        raise WeightsUnavailable(
+            f"{needed_by} needs the weights {name}, which are not in {path.parent} and could not be downloaded "
+            f"from {url} ({reason}): fetch that file on a machine with internet and copy it into {path.parent} "
+            "(or set TORCH_HOME to a folder whose hub/checkpoints/ holds it)") from None
+    return path
 
 
 def make_lpips(pretrained_backbone: bool = True) -> nn.Module:
@@ -35,12 +61,8 @@ def make_lpips(pretrained_backbone: bool = True) -> nn.Module:
         import lpips
     except ImportError as err:
         raise VaekitError(f"LPIPS needs the lpips package ({err}): pip install lpips") from None
-    if pretrained_backbone and not hub_checkpoint(VGG_FILE).is_file():
-        raise WeightsUnavailable(
-            f"LPIPS needs the VGG16 ImageNet weights {VGG_FILE}, which are not in {hub_checkpoint(VGG_FILE).parent} "
-            f"and cannot be downloaded here: fetch {VGG_URL} on a machine with internet and copy it there "
-            "(or set TORCH_HOME to a folder whose hub/checkpoints/ holds it)"
-        )
+    if pretrained_backbone:
+        fetch_weights(VGG_FILE, VGG_URL, "LPIPS (its VGG16 ImageNet backbone)")
     model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=not pretrained_backbone, verbose=False)
     model.eval()
     for parameter in model.parameters():

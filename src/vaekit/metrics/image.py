@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vaekit.data.base import batch_loader
-from vaekit.losses.perceptual import WeightsUnavailable, hub_checkpoint, make_lpips
+from vaekit.losses.perceptual import WeightsUnavailable, fetch_weights, make_lpips
 from vaekit.moments import Moments
 from vaekit.progress import progress
 
@@ -29,11 +29,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def inception_for_fid():
-    """torchmetrics' FID (torch-fidelity's Inception-v3, 2048 features) when its weights are on disk."""
-    if not hub_checkpoint(INCEPTION_FILE).is_file():
-        raise WeightsUnavailable(
-            f"rFID needs torch-fidelity's Inception weights {INCEPTION_FILE}, which are not in "
-            f"{hub_checkpoint(INCEPTION_FILE).parent}: fetch {INCEPTION_URL} and copy it there")
+    """torchmetrics' FID (torch-fidelity's Inception-v3, 2048 features); its weights are downloaded into
+    torch.hub's cache when they are not there, and ``WeightsUnavailable`` says so when that fails."""
+    fetch_weights(INCEPTION_FILE, INCEPTION_URL, "FID/KID (torch-fidelity's Inception-v3)")
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     return FrechetInceptionDistance(feature=2048, normalize=True)

@@ -33,26 +33,36 @@ NORM_EPS = 1e-6
 @dataclass
 class ConvAutoencoderConfig:
     in_channels: int = 3
+    """Image channels (3 for RGB, 1 for grayscale)."""
     out_channels: int = 3
+    """Channels of the decoded image (as in_channels)."""
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
     """Channels per level; their count sets the downsampling factor f = 2^(levels - 1)."""
     layers_per_block: int = 2
     """ResNet blocks per encoder level (the decoder has one more)."""
     latent_channels: int = 4
+    """Channels c of the latent (c, H/f, W/f)."""
     norm_num_groups: int = 32
+    """GroupNorm groups (every channel count must divide by it)."""
     mid_block_add_attention: bool = True
+    """Self-attention in the middle block (diffusers' and Stable Diffusion's VAE: true)."""
     use_quant_conv: bool = True
+    """The 1×1 convolution after the encoder (diffusers' AutoencoderKL option; true in SD's VAE)."""
     use_post_quant_conv: bool = True
+    """The 1×1 convolution before the decoder (true in SD's VAE)."""
     scaling_factor: float = 0.18215
     """Latents for a diffusion model are (z − shift_factor) · scaling_factor, of unit variance (LDM); see
     ``models.latent_scale`` for the convention."""
     shift_factor: float | None = None
+    """Subtracted from the latents before scaling (SD3/FLUX); null: none."""
     latents_mean: tuple[float, ...] | None = None
     """Per-channel normalisation, diffusers' spelling: latents = (z − latents_mean) · scaling_factor / latents_std."""
     latents_std: tuple[float, ...] | None = None
+    """Per-channel standard deviations, with latents_mean (diffusers' spelling)."""
     sample_size: int = 512
     """Training resolution, recorded for diffusers' config (it sets diffusers' default tile size)."""
     gradient_checkpointing: bool = False
+    """Recompute each level's activations in the backward pass instead of keeping them: less memory, about a third more compute."""
 
     def __post_init__(self) -> None:
         if not self.block_out_channels:

@@ -27,6 +27,7 @@ class MLPAutoencoderConfig:
     hidden_dims: tuple[int, ...] = (512, 256)
     """Widths of the encoder's hidden layers; the decoder mirrors them."""
     latent_dim: int = 8
+    """Dimensions of the latent code z."""
     likelihood: Literal["bernoulli", "continuous-bernoulli", "gaussian"] = "bernoulli"
     """p(x|z): Bernoulli (the usual choice; a density only for binary data), continuous Bernoulli (a
     density on [0, 1]), or Gaussian with one learned scale (a density on the reals)."""

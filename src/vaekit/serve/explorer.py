@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from vaekit.data import build_dataset
+from vaekit.data.ranges import range_map
 from vaekit.errors import VaekitError
+from vaekit.explore.latents import encode_dataset
+from vaekit.io.images import open_rgb, to_channels, to_tensor
+from vaekit.io.models import load_model
+from vaekit.runs import read_run_config
 
 MAX_TEST_CODES = 1000
 """Test examples on the map (and searched for nearest neighbours)."""
@@ -58,8 +64,6 @@ class Explorer:
     """The run's model and test set as the explorer sees them; ``decode``/``encode`` serve requests."""
 
     def __init__(self, model: nn.Module, test, seed: int = 0, device: str | torch.device = "cpu"):
-        from vaekit.data.ranges import range_map
-
         if model.kind != "autoencoder":
             raise VaekitError(f"the explorer shows autoencoders, not a {model.registry_name}")
         self.model, self.test, self.seed, self.device = model.eval(), test, seed, torch.device(device)
@@ -68,10 +72,6 @@ class Explorer:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "Explorer":
-        from vaekit.data import build_dataset
-        from vaekit.io.models import load_model
-        from vaekit.runs import read_run_config
-
         config = read_run_config(run_dir)
         return cls(load_model(run_dir, device=device), build_dataset(config.data, "test"), config.seed, device)
 
@@ -87,8 +87,6 @@ class Explorer:
         return self.test.spread_indices(min(count, len(self.test)), self.seed)
 
     def _vector_info(self, with_decoder: bool) -> dict:
-        from vaekit.explore.latents import encode_dataset
-
         model = self.model
         indices = self._choices(MAX_TEST_CODES)
         from torch.utils.data import Subset
@@ -169,7 +167,6 @@ class Explorer:
     @torch.no_grad()
     def encode_upload(self, data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
         """An uploaded image (bytes) → (latent, image): image autoencoders only; size and pixel limits apply."""
-        from vaekit.io.images import open_rgb, to_channels, to_tensor
 
         if self.layout != "spatial":
             raise RequestError("uploads are for image autoencoders; a small VAE explores its test set")

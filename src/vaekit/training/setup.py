@@ -24,13 +24,15 @@ from vaekit.config import RunConfig, build_run_config, load_config, merge, parse
 from vaekit.data import TrainingBatches, build_dataset
 from vaekit.data.ranges import range_map
 from vaekit.errors import ConfigError, VaekitError
-from vaekit.models import create_model
-from vaekit.registry import LOSSES, MODELS
-from vaekit.runs import CONFIG_FILE, create_run_dir, read_run_config, truncate_log
 from vaekit.io.checkpoints import load_checkpoint, save_checkpoint
 from vaekit.io.layout import latest_checkpoint, remove_unfinished
+from vaekit.models import create_model
+from vaekit.progress import resolve_device
+from vaekit.registry import LOSSES, MODELS
+from vaekit.runs import CONFIG_FILE, create_run_dir, read_run_config, truncate_log
 from vaekit.training.distributed import GlobalBatchNoise, launched_on_cpu, process_state, sync_batch_norm
 from vaekit.training.ema import EMA
+from vaekit.training.pretrained import resolve_init_from
 from vaekit.training.validation import Validator, check_best_metric, restore_best
 
 log = logging.getLogger("vaekit")
@@ -264,7 +266,6 @@ def _resolve(config: RunConfig | dict | str | Path | None, resume: str | Path | 
              overrides: list[str] | tuple[str, ...]) -> tuple[RunConfig, Path | None, Path | None, nn.Module | None]:
     """(config, run directory, checkpoint, pretrained source): a resumed run's saved config (extended by
     ``overrides``) and latest checkpoint, or a new run's config with its ``init_from`` source loaded."""
-    from vaekit.training.pretrained import resolve_init_from
 
     if resume is not None:
         if config is not None:
@@ -288,10 +289,27 @@ def _resolve(config: RunConfig | dict | str | Path | None, resume: str | Path | 
     return config, None, None, source
 
 
+def _accelerator_device(device: str | None) -> bool:
+    """Whether Accelerate must be told ``cpu=True`` for ``device`` ("auto"/None: a GPU when there is one);
+    a numbered GPU becomes the current CUDA device, which Accelerate takes."""
+    if launched_on_cpu():
+        return True
+    if device in (None, "auto"):
+        return False
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and resolved.index is not None:
+        if process_state().num_processes > 1:
+            raise ConfigError(f"--device {device}: with several processes each takes its own GPU; leave --device "
+                              "at auto (or cuda)")
+        torch.cuda.set_device(resolved.index)
+    return resolved.type == "cpu"
+
+
 def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path | None = None,
-              overrides: list[str] | tuple[str, ...] = ()) -> Run:
+              overrides: list[str] | tuple[str, ...] = (), device: str | None = None) -> Run:
     """A new run from ``config``, or the run directory ``resume`` restored from its latest checkpoint
-    (with ``overrides`` that extend it)."""
+    (with ``overrides`` that extend it), on ``device`` (default: a GPU when there is one; with several
+    processes, each process's own)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
@@ -315,7 +333,7 @@ def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path |
     # Accelerate keeps its settings (mixed precision) process-wide; forget them, keeping the process
     # group, so one process can train runs of different precision one after another (sweeps, the API).
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=launched_on_cpu(), mixed_precision=cfg.mixed_precision,
+    accelerator = Accelerator(cpu=_accelerator_device(device), mixed_precision=cfg.mixed_precision,
                               log_with="tensorboard" if cfg.tensorboard else None, project_dir=str(run_dir))
     device = accelerator.device
     model = _model(config, source)

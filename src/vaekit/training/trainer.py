@@ -21,9 +21,10 @@ import torch
 from vaekit.config import RunConfig
 from vaekit.errors import TrainingDiverged, VaekitError
 from vaekit.evaluation import evaluate
-from vaekit.io.models import save_model
-from vaekit.runs import update_metrics
 from vaekit.io.layout import latest_checkpoint
+from vaekit.io.models import load_model, save_model, write_latent_scale
+from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
+from vaekit.runs import BEST_DIR, update_metrics
 from vaekit.training.distributed import any_process
 from vaekit.training.logbook import Logbook
 from vaekit.training.setup import Run, build_run
@@ -37,7 +38,6 @@ log = logging.getLogger("vaekit")
 class TrainingInterrupted(VaekitError):
     """The run was stopped by SIGINT/SIGTERM after saving a checkpoint; it can be resumed."""
 
-
 def train(
     config: RunConfig | dict | str | Path | None = None,
     *,
@@ -45,15 +45,17 @@ def train(
     overrides: list[str] | tuple[str, ...] = (),
     evaluate_at_end: bool = True,
     explore: bool = True,
+    device: str | None = None,
 ) -> Path:
     """Train a model and return its run directory.
 
     ``config``: a RunConfig, a nested dict, a YAML path, or None for the defaults (MLP VAE on shapes).
     ``resume``: a run directory to continue from its latest checkpoint (``config`` must then be None);
     ``overrides`` (``["train.epochs=20"]``) may extend it. ``evaluate_at_end`` / ``explore``: evaluate on
-    the test split / draw the figures and report.
+    the test split / draw the figures and report. ``device``: "cpu", "cuda", "cuda:1", ... (default: a GPU
+    when there is one).
     """
-    run = build_run(config, resume, overrides)
+    run = build_run(config, resume, overrides, device)
     cfg = run.cfg
     step_fn = adversarial_step if run.loss_fn.has_discriminator else autoencoder_step
     clock = time.perf_counter()
@@ -148,11 +150,16 @@ def end_epoch(run: Run, epoch: int) -> None:
 
 
 def finish(run: Run, evaluate_at_end: bool, explore: bool) -> Path:
-    """Measure the latent scale, save the model, record the run; then evaluate and draw its figures."""
+    """Measure the latent scale, save the model, record the run; then evaluate and draw its figures. The
+    best weights (``best/``) get their own measured scale too: their encoder is not the final one's."""
     if run.is_main:
         model = run.saved_model()
         scale = calibrate(run, model)
         save_model(model, run.run_dir / "model")
+        if scale and (run.run_dir / BEST_DIR).is_dir():
+            best = load_model(run.run_dir / BEST_DIR, device=run.device)
+            calibrate(run, best)
+            write_latent_scale(run.run_dir / BEST_DIR, best.latent_norm)
         state = run.state
         update_metrics(run.run_dir, "train", {
             "steps": state.step,
@@ -179,7 +186,6 @@ def calibrate(run: Run, model: torch.nn.Module) -> dict:
     """The latent normalisation (``models.latent_scale``: a scaling factor, with a shift or per-channel
     statistics where the model has them) measured on posterior samples of training examples and stored in
     ``model``; what was done, for metrics.json."""
-    from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 
     mode = run.cfg.calibrate_latents
     if not model.scales_latents or mode == "never":

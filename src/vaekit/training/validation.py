@@ -25,6 +25,7 @@ from torch import nn
 from vaekit.errors import ConfigError
 from vaekit.io.atomic import write_json
 from vaekit.io.models import save_model
+from vaekit.metrics.image import per_image_psnr, ssim
 from vaekit.runs import BEST_DIR
 
 log = logging.getLogger("vaekit")
@@ -120,8 +121,6 @@ class Validator:
         return metrics, shown
 
     def _image(self, model, x):
-        from vaekit.metrics.image import per_image_psnr, ssim
-
         reconstruction = model.decode(model.encode(x).mode(), size=x.shape[2:]).clamp(-1, 1)
         difference = (reconstruction - x).double()
         sums = {"psnr": per_image_psnr(reconstruction, x).sum().item(),
