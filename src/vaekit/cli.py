@@ -293,7 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(commands)
     add_diffusion_commands(commands)
     parser.command_parsers = commands.choices
+    _show_defaults(parser)
     return parser
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and every option's default shown where its help does not give it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, False, argparse.SUPPRESS)
+                or text == argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = HelpFormatter
+    for sub in getattr(parser, "command_parsers", {}).values():
+        _show_defaults(sub)
 
 
 INTERMIXED = (("train",), ("sweep",), ("diffusion", "train"))

@@ -249,9 +249,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_HELP = ("a vaekit model folder or run, a diffusers AutoencoderKL or VQModel folder, an LDM .ckpt/.safetensors, "
+              "or a Hugging Face hub name (owner/name, owner/name/vae): its cache, else a download")
+
+
 def model_options(parser: argparse.ArgumentParser, tiles: bool = True) -> None:
     parser.add_argument("--model", required=True, metavar="M",
-                        help="a vaekit model folder or run, a diffusers AutoencoderKL folder, or an LDM .ckpt/.safetensors")
+                        help=MODEL_HELP)
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     if tiles:
         parser.add_argument("--tile", type=int, default=0, metavar="PIXELS",
@@ -324,7 +328,7 @@ def _add_export(commands) -> None:
     export.add_argument("--num-processes", type=int, default=1, metavar="N",
                         help="run N processes on this machine (one per GPU when there are GPUs)")
     export.add_argument("--model", required=True, metavar="M",
-                        help="a vaekit model folder or run, a diffusers AutoencoderKL folder, or an LDM .ckpt/.safetensors")
+                        help=MODEL_HELP)
     export.add_argument("--device", default="auto",
                         help=DEVICE_HELP + "; with --num-processes, auto is each process's own GPU")
     export.add_argument("--tile", type=int, default=0, metavar="PIXELS",
@@ -341,7 +345,7 @@ def _add_calibrate(commands) -> None:
         "the final model of a run), where `vaekit encode` and `export-latents` read it. A run directory "
         "without --data is measured on its own training examples.")
     calibrate.add_argument("--model", required=True, metavar="M",
-                           help="a vaekit run or model folder, a diffusers AutoencoderKL folder, or an LDM file (with -o)")
+                           help=MODEL_HELP + " (a single LDM file needs -o)")
     calibrate.add_argument("--data", metavar="SOURCE",
                            help="an image folder, a datasets save_to_disk folder, or hf:NAME (default for a run: its "
                            "training data)")

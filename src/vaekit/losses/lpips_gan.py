@@ -78,7 +78,8 @@ def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
 
 @LOSSES.register("lpips-gan", LPIPSGANConfig)
 class LPIPSWithDiscriminator(nn.Module):
-    """LDM's autoencoder loss: L1/L2 + LPIPS + KL + a PatchGAN with the adaptive weight and a delayed start."""
+    """LDM's autoencoder loss: L1/L2 + LPIPS + KL (taming's quantiser terms for VQ) + a PatchGAN with the
+    adaptive weight and a delayed start."""
     has_discriminator = True
 
     def __init__(self, config: LPIPSGANConfig, in_channels: int = 3):

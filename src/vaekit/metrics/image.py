@@ -28,6 +28,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return structural_similarity_index_measure(a, b, data_range=2.0, reduction="none")
 
 
+FID_MIN_IMAGES = 2048
+"""Below this many images (the Inception feature dimension) the covariance FID needs is rank-deficient."""
+
+
 def inception_for_fid():
     """torchmetrics' FID (torch-fidelity's Inception-v3, 2048 features); its weights are downloaded into
     torch.hub's cache when they are not there, and ``WeightsUnavailable`` says so when that fails."""
@@ -147,6 +151,9 @@ def evaluate_reconstruction(model: nn.Module, dataset, batch_size: int = 32, see
     metrics["hf_energy_ratio"] = hf_reconstruction / hf_original if hf_original else math.nan
     metrics["lpips"] = lpips_sum / count if lpips_net is not None else None
     metrics["rfid"] = float(fid.compute()) if fid is not None and count > 1 else None
+    if metrics["rfid"] is not None and count < FID_MIN_IMAGES:
+        metrics["rfid_note"] = (f"over {count} images, fewer than the {FID_MIN_IMAGES} Inception features: the "
+                                "estimate is biased upwards and noisy; compare only runs scored on the same images")
     metrics.update(latent_mean=overall_mean, latent_std=overall_std,
                    scaling_factor_estimate=1 / overall_std if overall_std else math.inf,
                    latent_channel_mean=channel_mean.tolist(), latent_channel_std=channel_std.tolist())
