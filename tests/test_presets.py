@@ -22,17 +22,23 @@ SCRIPT = textwrap.dedent('''
     from pathlib import Path
     import torch
     import vaekit
-    from vaekit.config import build_run_config, merge, parse_overrides
+    import yaml
+    from vaekit.config import build_run_config, merge, parse_overrides, read_yaml
     from vaekit.sweep import read_sweep_config
 
     configs, out = Path(sys.argv[2]), Path(sys.argv[3])
     from vaekit.diffusion.diffusability import write_photo_crops
     photos = out / "my-photos"
-    write_photo_crops(photos, 96, 12)  # a preset that must be told its data gets these
+    write_photo_crops(photos, 96, 12)
     source = vaekit.save_model(vaekit.create_model("autoencoder-kl", block_out_channels=(32, 32), layers_per_block=1),
                                out / "source")
     failed = []
     for preset in sorted(configs.glob("*.yaml")):
+        raw = read_yaml(preset)
+        if raw.get("data", {}).get("name") == "folder-crops" and not raw["data"].get("path"):
+            raw["data"].update(path=str(photos), crop_size=64)  # a preset that must be told its data gets these
+            preset = out / preset.name
+            preset.write_text(yaml.safe_dump(raw))
         raw, grid = read_sweep_config(preset)
         first = grid[0] if isinstance(grid, list) else {key: values[0] for key, values in grid.items()}
         raw = merge(raw, parse_overrides([f"{k}={v}" for k, v in first.items()]))
@@ -41,8 +47,8 @@ SCRIPT = textwrap.dedent('''
                 "explore.map_examples=40", f"output_dir={out}", f"run_name={preset.stem}"]
         if raw.get("model", {}).get("init_from"):
             tiny.append(f"model.init_from={source}")
-        if raw.get("data", {}).get("name") == "folder-crops" and not raw["data"].get("path"):
-            tiny += [f"data.path={photos}", "data.crop_size=64", "train.grad_accumulation=1"]
+        if raw.get("train", {}).get("grad_accumulation", 1) > 1:
+            tiny.append("train.grad_accumulation=1")
         if raw.get("loss", {}).get("name") == "lpips-gan" and raw["loss"].get("perceptual_weight", 1.0) > 0:
             tiny.append("loss.lpips_pretrained=false")  # its VGG weights cannot be downloaded here
         try:

@@ -49,14 +49,14 @@ def image_run(tmp_path_factory):
 
 
 @contextmanager
-def serving(run_dir):
-    """``vaekit serve``'s app in a thread on a free port; yields its URL."""
+def serving_app(app):
+    """An app in a uvicorn server in a thread, on a free loopback port; yields its URL."""
     import uvicorn
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -68,6 +68,13 @@ def serving(run_dir):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def serving(run_dir):
+    """``vaekit serve``'s app in a thread on a free port; yields its URL."""
+    with serving_app(create_app(run_dir)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -336,27 +343,6 @@ def test_hostile_requests_host_names_work_caps_and_a_bounded_queue(image_server,
                                   range(MAX_WAITING + 6)))
         assert set(codes) == {200, 503} and codes.count(200) >= MAX_WAITING + 1
         assert httpx.post(f"{slow_url}/api/decode", json=body, timeout=60).status_code == 200  # and then it serves
-
-
-@contextmanager
-def serving_app(app):
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def _raw_status(url: str, payload: bytes) -> int:

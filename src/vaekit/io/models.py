@@ -155,5 +155,8 @@ def in_hub_cache(path: str | Path) -> bool:
 
 
 def load_source(source: str) -> nn.Module:
-    """The pretrained model ``source`` names, on the CPU, with every tensor checked."""
-    return load_model(locate(source))
+    """The pretrained model ``source`` names (``model.init_from``), on the CPU, with every tensor checked."""
+    try:
+        return load_model(locate(source))
+    except VaekitError as err:
+        raise VaekitError(f"model.init_from {err}") from None
