@@ -51,7 +51,10 @@ def load_latents(path: str | Path) -> LatentsFile:
             latents = [f.get_tensor(f"latent.{i}") for i in range(len(names))]
             logvars = ([f.get_tensor(f"logvar.{i}") for i in range(len(names))]
                        if names and "logvar.0" in f.keys() else None)
-            norm = LatentNorm.from_manifest(json.loads(metadata["norm"]))
+            # files from before per-channel statistics record the two numbers alone
+            recorded = json.loads(metadata["norm"]) if "norm" in metadata else {
+                "scaling_factor": float(metadata["scaling_factor"]), "shift_factor": float(metadata["shift_factor"])}
+            norm = LatentNorm.from_manifest(recorded)
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as err:
         raise VaekitError(f"{path} is not a latents file written by `vaekit encode` ({err})") from None
     return LatentsFile(latents, logvars, names, [tuple(s) for s in sizes], norm)
