@@ -30,8 +30,9 @@ def _installer() -> list[str] | None:
     return None
 
 
-def find_or_install() -> tuple[str, str]:
-    """(chromium, chromedriver) paths; installs them first where possible. Raises RuntimeError with one line."""
+def find_or_install(announce=print) -> tuple[str, str]:
+    """(chromium, chromedriver) paths; installs them first where possible, saying so in one line through
+    ``announce``. Raises RuntimeError with one line."""
     found = _found()
     if found:
         return found
@@ -47,7 +48,5 @@ def find_or_install() -> tuple[str, str]:
     found = _found()
     if not found:
         raise RuntimeError(f"{WHAT}; apt-get installed them but they are not on PATH")
-    # to the real stderr, past pytest's capture: the one line saying what was done to the machine
-    print(f"\n[browser tests] installed Debian's {' and '.join(PACKAGES)} with apt-get ({found[0]})",
-          file=sys.__stderr__)
+    announce(f"[browser tests] installed Debian's {' and '.join(PACKAGES)} with apt-get ({found[0]})")
     return found

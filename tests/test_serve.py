@@ -89,13 +89,19 @@ def image_server(image_run):
         yield url
 
 
+def _say(config, line: str) -> None:
+    """One line on the terminal while a test runs: output capture suspended for it."""
+    with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        config.get_terminal_writer().line(f"\n{line}")
+
+
 @pytest.fixture(scope="module")
-def browser():
+def browser(request):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     try:
-        binary, driver_path = find_or_install()
+        binary, driver_path = find_or_install(lambda line: _say(request.config, line))
     except RuntimeError as err:
         pytest.fail(str(err), pytrace=False)
     options = webdriver.ChromeOptions()
