@@ -57,3 +57,33 @@ def trained_small():
         loss.backward()
         optimizer.step()
     return model.eval(), photo[None]
+
+
+@pytest.fixture(scope="session")
+def weights_server(tmp_path_factory):
+    """A loopback HTTP server holding a seeded random VGG16 state dict under LPIPS's file name and a stand-in
+    Inception file: where the download path is exercised without the internet. Yields (base URL, the VGG
+    state dict); the files are written once per session (the VGG file is 528 MB)."""
+    import functools
+    import http.server
+    import threading
+
+    import torch
+    import torchvision
+
+    from vaekit.losses.perceptual import VGG_FILE
+    from vaekit.metrics.image import INCEPTION_FILE
+
+    served = tmp_path_factory.mktemp("served-weights")
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg16().state_dict()
+    torch.save(vgg, served / VGG_FILE)
+    (served / INCEPTION_FILE).write_bytes(b"inception weights stand-in")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", vgg
+    finally:
+        server.shutdown()

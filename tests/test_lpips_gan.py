@@ -270,43 +270,25 @@ def test_high_frequency_energy_against_closed_forms():
     assert (high_frequency_energy(blurred) < 0.2 * high_frequency_energy(noise)).all()
 
 
-def test_weights_download_into_the_torch_cache_where_the_network_allows(tmp_path, monkeypatch):
+def test_weights_download_into_the_torch_cache_where_the_network_allows(weights_server, tmp_path, monkeypatch):
     """The download path for real, without the internet: a weights file served from the loopback address
     is fetched into $TORCH_HOME/hub/checkpoints by the same call a user's machine makes, and LPIPS then
     runs on exactly those weights. A failed download (nothing listens) gets the message naming the file."""
-    import functools
-    import http.server
     import socket
-    import threading
-
-    import torchvision
 
     from vaekit.losses import perceptual
     from vaekit.metrics.image import INCEPTION_FILE
 
-    served = tmp_path / "served"
-    served.mkdir()
-    torch.manual_seed(0)
-    vgg = torchvision.models.vgg16().state_dict()
-    torch.save(vgg, served / perceptual.VGG_FILE)
-    (served / INCEPTION_FILE).write_bytes(b"inception weights stand-in")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache"))
-        monkeypatch.setattr(perceptual, "VGG_URL", f"{base}/{perceptual.VGG_FILE}")
-        network = make_lpips(pretrained_backbone=True)
-        cached = tmp_path / "cache" / "hub" / "checkpoints" / perceptual.VGG_FILE
-        assert cached.is_file()
-        features = network.net.slice1[0].weight  # LPIPS's VGG: its first convolution
-        assert torch.equal(features, vgg["features.0.weight"])
-        path = perceptual.fetch_weights(INCEPTION_FILE, f"{base}/{INCEPTION_FILE}", "FID")
-        assert path.read_bytes() == b"inception weights stand-in"
-    finally:
-        server.shutdown()
+    base, vgg = weights_server
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(perceptual, "VGG_URL", f"{base}/{perceptual.VGG_FILE}")
+    network = make_lpips(pretrained_backbone=True)
+    cached = tmp_path / "cache" / "hub" / "checkpoints" / perceptual.VGG_FILE
+    assert cached.is_file()
+    features = network.net.slice1[0].weight  # LPIPS's VGG: its first convolution
+    assert torch.equal(features, vgg["features.0.weight"])
+    path = perceptual.fetch_weights(INCEPTION_FILE, f"{base}/{INCEPTION_FILE}", "FID")
+    assert path.read_bytes() == b"inception weights stand-in"
     with socket.socket() as probe:  # a port nothing listens on: the download fails, the message says what
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}/missing.pth"

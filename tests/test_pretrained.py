@@ -35,6 +35,10 @@ def overrides(tmp_path, init_from, **extra):
     return load_config(None, [f"{k}={v}" for k, v in values.items()])
 
 
+def read_metrics_log(run):
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
 def fine_tune(tmp_path, init_from, **extra):
     return vaekit.train(overrides(tmp_path, init_from, **extra), evaluate_at_end=False, explore=False)
 
@@ -194,17 +198,27 @@ def test_every_command_that_takes_a_model_takes_a_hub_name_and_calibrate_copies_
     assert copy.config.scaling_factor != json.loads(before)["scaling_factor"]
 
 
-def test_the_practitioners_chain_fine_tune_convert_and_decode_in_diffusers(source_model, tmp_path):
+@pytest.mark.slow
+def test_the_practitioners_chain_fine_tune_convert_and_decode_in_diffusers(source_model, weights_server, tmp_path,
+                                                                          monkeypatch):
     """docs/training_image_autoencoders.md's end-to-end section on a tiny model: a diffusers folder is
-    fine-tuned decoder-only with validation, converted back to diffusers, loaded by
+    fine-tuned decoder-only with MSE + 0.1 · LPIPS — LPIPS's VGG downloaded on first use, here from the
+    loopback address — and validation, converted back to diffusers, loaded by
     diffusers.AutoencoderKL.from_pretrained, and decodes latents as vaekit does, with vaekit's factor."""
     from diffusers import AutoencoderKL
 
     from vaekit.cli import main
+    from vaekit.losses import perceptual
     from vaekit.models.fastconv import fast_paths
 
+    base, _ = weights_server
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(perceptual, "VGG_URL", f"{base}/{perceptual.VGG_FILE}")
     source = write_source(source_model, "diffusers folder (written by diffusers)", tmp_path / "sd-vae")
-    run = fine_tune(tmp_path, source, **{"train.decoder_only": "true", "train.validate_every": 1})
+    run = fine_tune(tmp_path, source, **{"train.decoder_only": "true", "train.validate_every": 1,
+                                         "loss.pixel": "l2", "loss.perceptual_weight": 0.1})
+    assert (tmp_path / "cache" / "hub" / "checkpoints" / perceptual.VGG_FILE).is_file()  # downloaded
+    assert any("lpips" in record for record in read_metrics_log(run))
     assert (run / "best" / "best.json").is_file()
     assert main(["convert", str(run), "-o", str(tmp_path / "my-vae"), "--format", "diffusers"]) == 0
     theirs = AutoencoderKL.from_pretrained(tmp_path / "my-vae").eval()
