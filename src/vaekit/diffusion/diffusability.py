@@ -40,7 +40,7 @@ from vaekit.io.images import read_image
 from vaekit.io.models import load_model, save_model
 from vaekit.latents import LatentDataset, export_latents, open_source
 from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
-from vaekit.metrics.frechet import train_classifier
+from vaekit.metrics.frechet import features_of, frechet_distance, train_classifier
 from vaekit.metrics.image import inception_for_fid, inception_for_kid, per_image_psnr, ssim
 from vaekit.metrics.latent import equivariance_errors, high_frequency_fraction, radial_power_spectrum
 from vaekit.models.distributions import DiagonalGaussian
@@ -134,12 +134,13 @@ def _unit_scaled_copy(vae, images: torch.Tensor, target: Path, per_channel: bool
     return vae
 
 
-def _held_out_images(latents_dir: Path, folder: Path, budget: Budget) -> tuple[torch.Tensor, set[str]]:
-    """The images of the export's held-out split (the one the denoiser is scored on), and their names."""
-
+def _held_out_images(latents_dir: Path, readable: dict[str, torch.Tensor],
+                     budget: Budget) -> tuple[torch.Tensor, set[str]]:
+    """The images of the export's held-out split (the one the denoiser is scored on), taken from the images
+    already read, and their names."""
     test = latents(LatentsConfig(str(latents_dir), budget.test_fraction), "test")
     sources = [test.latents.items[i][1]["source"] for i in test.items]
-    return torch.cat([read_image(folder / s, resolution=budget.resolution) for s in sources]), set(sources)
+    return torch.cat([readable[s] for s in sources]), set(sources)
 
 
 def _reconstruction(vae, images: torch.Tensor, z: torch.Tensor) -> dict:
@@ -214,7 +215,6 @@ def _inception_metrics(samples_of: dict[str, torch.Tensor], held_out: torch.Tens
 def _readable(folder: Path, names: list[str], resolution: int) -> dict[str, torch.Tensor]:
     """Every image of ``names`` that can be read, ``(1, C, r, r)`` in [-1, 1]; each one that cannot is
     skipped and named (the export skips the same ones), as every other command does."""
-
     images = {}
     for name in names:
         try:
@@ -226,16 +226,15 @@ def _readable(folder: Path, names: list[str], resolution: int) -> dict[str, torc
     return images
 
 
-def _classifier(images: dict[str, torch.Tensor], held_out_names: set[str]):
+def _classifier(readable: dict[str, torch.Tensor], held_out_names: set[str]):
     """A small classifier of the data's labels (the images' sub-folders), trained on the images that are not
     held out, for a Fréchet distance in its feature space; None for unlabelled data."""
-
-    names = list(images)
+    names = list(readable)
     labels, classes = folder_labels(names)
     if labels is None:
         return None
     train = [i for i, name in enumerate(names) if name not in held_out_names]
-    images = torch.cat([images[names[i]] for i in train])
+    images = torch.cat([readable[names[i]] for i in train])
     model, accuracy = train_classifier(images, torch.as_tensor(labels[train]), len(classes), seed=0)
     log.info("diffusability: a classifier of %d classes for the Fréchet distance (training accuracy %.3f)",
              len(classes), accuracy)
@@ -275,12 +274,10 @@ def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | t
         latents_dir = out / "latents" / name
         export_latents(vae, str(folder), latents_dir, resolution=budget.resolution, batch_size=32,
                        model_source=out / "vaes" / name)
-        held_out, held_out_names = _held_out_images(latents_dir, folder, budget)
+        held_out, held_out_names = _held_out_images(latents_dir, readable, budget)
         if not rows:  # the held-out images are the same for every autoencoder: one classifier serves all
             classifier = _classifier(readable, held_out_names)
             if classifier is not None:
-                from vaekit.metrics.frechet import features_of, frechet_distance
-
                 held_out_features = features_of(classifier, held_out)
         signals, spectra[name] = _signals(vae, held_out.to(device))
         row = {"vae": name, "source": str(path), **signals}

@@ -33,6 +33,7 @@ from typing import Iterable, NamedTuple
 import torch
 
 from vaekit.errors import VaekitError
+from vaekit.models.distributions import DiagonalGaussian
 from vaekit.moments import Moments
 
 
@@ -123,10 +124,10 @@ def check_norm(scaling_factor, shift_factor, latents_mean, latents_std) -> None:
 
 def posterior_sample(mean: torch.Tensor, logvar: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
     """mean + exp(logvar / 2) · noise: a posterior sample from stored parameters (the mean when there is no
-    log-variance: a point-mass posterior)."""
+    log-variance: a point-mass posterior), with the posterior's own clamping of the log-variance."""
     if logvar is None:
         return mean
-    return mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
+    return mean + DiagonalGaussian(mean, logvar).std * noise
 
 
 def sample_moments(mean: torch.Tensor, logvar: torch.Tensor | None) -> tuple[float, float]:
@@ -136,7 +137,7 @@ def sample_moments(mean: torch.Tensor, logvar: torch.Tensor | None) -> tuple[flo
     center = mean.mean().item()
     variance = mean.var(correction=0).item()
     if logvar is not None:
-        variance += torch.exp(logvar.double().clamp(-30.0, 20.0)).mean().item()
+        variance += DiagonalGaussian(mean, logvar.double()).var.mean().item()
     return center, math.sqrt(variance)
 
 
