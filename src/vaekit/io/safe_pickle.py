@@ -58,11 +58,21 @@ class Placeholder:
         pass
 
 
+def _placeholder_instance(cls, called: str):
+    """An empty instance of a placeholder class; anything else being constructed is a call: refused."""
+    if not (isinstance(cls, type) and issubclass(cls, Placeholder)):
+        raise RefusedCall(f"{called}({cls!r})")
+    return cls.__new__(cls)
+
+
 def _reconstructor(cls, base, state):
     """copyreg's protocol-0/1 object constructor: an empty placeholder, never the class itself."""
-    if not (isinstance(cls, type) and issubclass(cls, Placeholder)):
-        raise RefusedCall(f"copyreg._reconstructor({cls!r})")
-    return cls.__new__(cls)
+    return _placeholder_instance(cls, "copyreg._reconstructor")
+
+
+def _newobj(cls, *args):
+    """copyreg's ``__newobj__``: the same."""
+    return _placeholder_instance(cls, "copyreg.__newobj__")
 
 
 class Unpickler(pickle.Unpickler):
@@ -74,12 +84,6 @@ class Unpickler(pickle.Unpickler):
         if (module, name) == ("copyreg", "__newobj__"):
             return _newobj
         return type(name, (Placeholder,), {"__module__": module, "__qualname__": name})
-
-
-def _newobj(cls, *args):
-    if not (isinstance(cls, type) and issubclass(cls, Placeholder)):
-        raise RefusedCall(f"copyreg.__newobj__({cls!r})")
-    return cls.__new__(cls)
 
 
 # what torch.load takes as ``pickle_module``
