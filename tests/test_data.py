@@ -290,3 +290,61 @@ def test_a_stream_of_unknown_length_needs_max_images(tmp_path):
     capped = dataset(max_images=3, **common)
     assert len(capped) == 3
     assert [len(x) for x, _ in capped.batches(epoch=0, start_batch=0, batch_size=2)] == [2, 1]
+
+
+def _odd_folder(root):
+    """Images in the modes a photo folder holds: RGB JPEG, grayscale, palette, RGBA and 16-bit PNGs."""
+    rng = np.random.default_rng(1)
+    root.mkdir()
+    smooth = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((160, 120))
+    smooth.save(root / "a.jpg", quality=90)
+    smooth.convert("L").save(root / "b.png")
+    smooth.convert("P").save(root / "c.png")
+    smooth.convert("RGBA").save(root / "d.png")
+    Image.fromarray(rng.integers(0, 65535, (90, 70), dtype=np.uint16)).save(root / "e.png")
+    return root
+
+
+@pytest.mark.parametrize("spec", [dict(name="folder-crops", crop_size=32, short_side=48),
+                                  dict(name="folder-crops", crop_size=40, short_side="null"),
+                                  dict(name="folder", image_size=24, grayscale=True),
+                                  dict(name="folder", image_size=24, grayscale=False)])
+def test_cached_images_give_the_same_pixels_and_spare_the_files(tmp_path, spec):
+    root = _odd_folder(tmp_path / "p")
+    common = dict(path=root, test_fraction=0.2, **spec)
+    cached, plain = dataset(**common), dataset(cache="false", **common)
+    for epoch in (0, 3):
+        cached.set_epoch(epoch), plain.set_epoch(epoch)
+        assert torch.equal(read_all(cached)[0], read_all(plain)[0])
+    for path in root.iterdir():  # every training image is in memory now: the files are not read again
+        path.unlink()
+    cached.set_epoch(4)
+    assert read_all(cached)[0].shape[0] == len(cached) and not cached.skipped
+
+
+def test_the_cache_keeps_what_fits_its_budget_and_decodes_the_rest(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "p").mkdir()
+    for i in range(3):  # 400 × 400 × 3 bytes each: two fit in 1 MiB, the third does not
+        Image.fromarray(rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(tmp_path / "p" / f"{i}.png")
+    train = dataset(name="folder-crops", path=tmp_path / "p", test_path=tmp_path / "p", crop_size=32, cache_mb=1)
+    read_all(train)
+    assert train.source.cached_bytes == 2 * 400 * 400 * 3
+    for path in (tmp_path / "p").iterdir():
+        path.unlink()
+    train.set_epoch(1)
+    read_all(train)
+    assert len(train.skipped) == 1  # the one image beyond the budget is read from its file, now gone
+
+
+def test_folder_crops_take_several_crops_per_image_and_a_separate_test_folder(tmp_path):
+    train_root, test_root = _photo_folder(tmp_path / "train", count=5), _photo_folder(tmp_path / "test", count=3)
+    common = dict(name="folder-crops", path=train_root, test_path=test_root, crop_size=32, crops_per_image=4)
+    train, test = dataset(**common), dataset("test", **common)
+    assert len(train) == 20 and len(test) == 3  # every file of path trains; test_path is the test split
+    assert np.bincount(train.items).tolist() == [4] * 5
+    crops = read_all(train)[0].reshape(5, 4, -1)  # four different crops of each image (their order is items')
+    assert all(len({c.numpy().tobytes() for c in image}) == 4 for image in crops)
+    assert test.name.startswith(f"folder-crops:{test_root}")
+    with pytest.raises(ConfigError, match="crops_per_image must be at least 1"):
+        dataset(name="folder-crops", path=train_root, crops_per_image=0)

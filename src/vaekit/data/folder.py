@@ -32,6 +32,17 @@ def check_fraction(test_fraction: float) -> None:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
 
 
+def check_cache(cache_mb: int) -> None:
+    if cache_mb < 0:
+        raise ValueError(f"cache_mb must be at least 0, got {cache_mb}")
+
+
+def file_source(root: Path, files: list[str], cache: bool, cache_mb: int) -> FileSource:
+    return FileSource(root, files, cache_bytes=cache_mb << 20 if cache else 0)
+
+
+
+
 @dataclass
 class FolderConfig:
     path: str = ""
@@ -43,6 +54,11 @@ class FolderConfig:
     """Share of the examples held out as the test split (a seeded choice)."""
     seed: int = 0
     """Seeds the train/test split of the sorted file list."""
+    cache: bool = True
+    """Keep each decoded (and resized) image in memory after its first read, while they fit in cache_mb;
+    each loader worker (train.num_workers) keeps its own."""
+    cache_mb: int = 2048
+    """The memory budget of data.cache, in MiB."""
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -50,6 +66,7 @@ class FolderConfig:
         if self.image_size < 2:
             raise ValueError(f"image_size must be at least 2, got {self.image_size}")
         check_fraction(self.test_fraction)
+        check_cache(self.cache_mb)
 
 
 def folder_labels(files: list[str]) -> tuple[np.ndarray | None, list[str] | None]:
@@ -69,14 +86,15 @@ def folder(config: FolderConfig, split: str) -> LazyImages:
     labels, class_names = folder_labels(files)
     items = split_items(len(files), config.test_fraction, config.seed, split)
     spec = CropSpec(config.image_size, short_side=config.image_size, grayscale=config.grayscale)
-    return LazyImages(FileSource(root, files), items, spec, config.seed,
+    return LazyImages(file_source(root, files, config.cache, config.cache_mb), items, spec, config.seed,
                       None if labels is None else labels[items], class_names, name=f"folder:{config.path}/{split}")
 
 
 @dataclass
 class FolderCropsConfig:
-    """A folder of photographs (recursive) for image autoencoders: one random crop (with a random flip)
-    of every training file per epoch, new crops each epoch; the centre crop of each held-out file."""
+    """A folder of photographs (recursive) for image autoencoders: crops_per_image random crops (with a
+    random flip) of every training file per epoch, new crops each epoch; the centre crop of each held-out
+    file (a seeded test_fraction of the folder, or every file of test_path)."""
 
     path: str = ""
     crop_size: int = 64
@@ -90,14 +108,27 @@ class FolderCropsConfig:
     """Mirror each crop left-right at random (on by default: a photograph and its mirror image are equally likely)."""
     small_images: Literal["upscale", "skip"] = "upscale"
     """Images smaller than the crop: upscale them to fit, or skip them (named in the run's metrics)."""
+    crops_per_image: int = 1
+    """Random crops of each training image per epoch (a small folder of large photographs wants several)."""
     test_fraction: float = 0.1
-    """Share of the examples held out as the test split (a seeded choice)."""
+    """Share of the examples held out as the test split (a seeded choice); unused with test_path."""
+    test_path: str | None = None
+    """A separate folder of photographs to validate and evaluate on (e.g. another collection, to measure
+    how the autoencoder does on images unlike its training set); then every file of path trains."""
     seed: int = 0
     """Seeds which examples are held out (and any augmentation)."""
+    cache: bool = True
+    """Keep each decoded (and resized) photograph in memory after its first read, while they fit in
+    cache_mb, so later crops of it cost no decoding; each loader worker (train.num_workers) keeps its own."""
+    cache_mb: int = 2048
+    """The memory budget of data.cache, in MiB (a 1024×683 RGB photograph takes 2 MiB)."""
 
     def __post_init__(self) -> None:
         if not self.path:
             raise ValueError("data.path is required: the folder of photographs")
+        if self.crops_per_image < 1:
+            raise ValueError(f"crops_per_image must be at least 1, got {self.crops_per_image}")
+        check_cache(self.cache_mb)
         if self.crop_size < 8:
             raise ValueError(f"crop_size must be at least 8, got {self.crop_size}")
         if self.short_side is not None and self.short_side < self.crop_size:
@@ -108,9 +139,16 @@ class FolderCropsConfig:
 @DATASETS.register("folder-crops", FolderCropsConfig)
 def folder_crops(config: FolderCropsConfig, split: str) -> LazyImages:
     """A folder of photographs (recursive), random crops with flips for image autoencoders."""
-    root, files = list_image_folder(config.path)
-    items = split_items(len(files), config.test_fraction, config.seed, split)
     training = split == "train"
+    path = config.test_path if config.test_path and not training else config.path
+    root, files = list_image_folder(path)
+    if config.test_path:
+        items = np.arange(len(files))
+    else:
+        items = split_items(len(files), config.test_fraction, config.seed, split)
+    if training:
+        items = np.repeat(items, config.crops_per_image)
     spec = CropSpec(config.crop_size, config.short_side, random=training, flip=training and config.flip,
                     small_images=config.small_images)
-    return LazyImages(FileSource(root, files), items, spec, config.seed, name=f"folder-crops:{config.path}/{split}")
+    return LazyImages(file_source(root, files, config.cache, config.cache_mb), items, spec, config.seed,
+                      name=f"folder-crops:{path}/{split}")

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from vaekit.data.base import ImageData, batch_buffer
-from vaekit.data.transforms import CropSpec, crop_array, crop_picture, example_draws, to_batch
+from vaekit.data.transforms import (CropSpec, crop_array, crop_picture, example_draws, fit_image, picture_array,
+                                   to_batch)
 from vaekit.errors import VaekitError
 
 log = logging.getLogger("vaekit")
@@ -62,9 +63,18 @@ class PictureSource:
 
 
 class FileSource(PictureSource):
-    def __init__(self, root: Path, files: Sequence[str]):
+    """Image files below ``root``. With a ``cache_bytes`` budget, each file is decoded once: its fitted
+    picture (decoded, upright, resized as the spec says, ``transforms.fit_image``) is kept in memory while
+    the pictures kept so far fit the budget, and later examples of it are crops of that array (the same
+    pixels as decoding it again). Files beyond the budget are decoded every time they are read."""
+
+    def __init__(self, root: Path, files: Sequence[str], cache_bytes: int = 0):
         self.root = root
         self.files = list(files)
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, np.ndarray] = {}
+        self.cached_bytes = 0
+        self._budget_reported = False
 
     def __len__(self) -> int:
         return len(self.files)
@@ -73,8 +83,24 @@ class FileSource(PictureSource):
         return self.files[item]
 
     def example(self, item: int, spec: CropSpec, draws: tuple[float, float, float] | None) -> np.ndarray:
+        picture = self._cache.get(item)
+        if picture is not None:
+            return crop_array(picture, spec, draws)
         with Image.open(self.root / self.files[item]) as image:
-            return crop_picture(image, spec, draws)
+            if self.cached_bytes >= self.cache_bytes:
+                return crop_picture(image, spec, draws)
+            picture = picture_array(fit_image(image, spec), spec)
+        self._keep(item, picture)
+        return crop_array(picture, spec, draws)
+
+    def _keep(self, item: int, picture: np.ndarray) -> None:
+        if self.cached_bytes + picture.nbytes <= self.cache_bytes:
+            self._cache[item] = picture
+            self.cached_bytes += picture.nbytes
+        elif not self._budget_reported:
+            self._budget_reported = True
+            log.info("data.cache_mb (%d MB) is full after %d of %d images: the others are decoded each time they "
+                     "are read", self.cache_bytes >> 20, len(self._cache), len(self.files))
 
 
 class RowSource(PictureSource):

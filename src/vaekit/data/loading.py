@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from vaekit.data.base import ImageData, batch_loader
+from vaekit.data.lazy import LazyImages
+from vaekit.data.prefetch import prefetch
 
 
 class EpochBatchSampler:
@@ -56,7 +58,12 @@ def batches_per_epoch(num_examples: int, batch_size: int, num_processes: int) ->
 
 class TrainingBatches:
     """The global batches of a training set, epoch by epoch: ``epoch(e, start_batch)`` iterates this
-    process's ``(images, labels)`` share of each batch from ``start_batch`` on."""
+    process's ``(images, labels)`` share of each batch from ``start_batch`` on.
+
+    Without loader workers, a dataset that reads its examples (files, table rows: ``LazyImages``) is read
+    two batches ahead in a background thread, so decoding overlaps the model's compute; starting another
+    epoch stops the reader of the previous one first (a run that ends mid-epoch leaves one behind).
+    """
 
     def __init__(self, dataset, batch_size: int, seed: int, num_processes: int = 1, process_index: int = 0,
                  num_workers: int = 0, pin_memory: bool = False):
@@ -64,6 +71,8 @@ class TrainingBatches:
         self.batch_size = batch_size
         self.num_processes, self.process_index = num_processes, process_index
         self.num_workers = num_workers
+        self.read_ahead = num_workers == 0 and isinstance(dataset, LazyImages)
+        self._reader: Iterator | None = None
         self.batches_per_epoch = batches_per_epoch(len(dataset), batch_size, num_processes)
         if isinstance(dataset, ImageData):
             self.sampler = EpochBatchSampler(len(dataset), batch_size, seed, num_processes, process_index)
@@ -78,8 +87,18 @@ class TrainingBatches:
         if not isinstance(self.dataset, ImageData):  # a stream (data.streaming: true)
             return self.dataset.batches(epoch, start_batch, self.batch_size, self.num_processes, self.process_index,
                                         threads=self.num_workers)
+        self.close()
         self.sampler.set_epoch(epoch, start_batch)
         # Loader workers are started by iter() below with a copy of the dataset as it is now, so the
         # epoch set here is the one they draw the augmentation of.
         self.dataset.set_epoch(epoch)
-        return iter(self.loader)
+        if not self.read_ahead:
+            return iter(self.loader)
+        self._reader = prefetch(iter(self.loader), depth=2)
+        return self._reader
+
+    def close(self) -> None:
+        """Stop the background reader of the last epoch, if it is still running."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

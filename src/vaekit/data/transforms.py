@@ -102,13 +102,14 @@ def target_size(width: int, height: int, spec: CropSpec) -> tuple[int, int] | No
     return max(wanted, round(width * scale)), max(wanted, round(height * scale))
 
 
-def crop_picture(image: Image.Image, spec: CropSpec, draws: tuple[float, float, float] | None) -> np.ndarray:
-    """An opened (not necessarily loaded) PIL image -> ``(size, size, C)`` uint8 (examples stay
-    channels-last until ``to_batch`` converts a whole batch in one pass).
+def fit_image(image: Image.Image, spec: CropSpec) -> Image.Image:
+    """An opened (not necessarily loaded) PIL image, decoded, upright (EXIF orientation) and resized by
+    the spec's short side and small-image policy: the picture a crop is taken from. Its mode is RGB or L
+    (other modes are converted; the spec's own mode is applied to the crop, where that gives the same
+    pixels).
 
-    EXIF orientation is applied. A JPEG that will be shrunk is decoded at a reduced scale (libjpeg's
-    DCT scaling, ``Image.draft``) when that still leaves at least the wanted size. The mode is
-    converted after cropping where that gives the same pixels (plain RGB/L), before it otherwise.
+    A JPEG that will be shrunk is decoded at a reduced scale (libjpeg's DCT scaling, ``Image.draft``)
+    when that still leaves at least the wanted size.
     """
     wanted = target_size(*image.size, spec)
     if wanted is not None and image.format == "JPEG" and wanted[0] < image.size[0]:
@@ -120,15 +121,28 @@ def crop_picture(image: Image.Image, spec: CropSpec, draws: tuple[float, float, 
         image = to_mode(image, spec.grayscale)
     if wanted is not None:
         image = image.resize(wanted, Image.Resampling.BICUBIC)
+    return image
+
+
+def picture_array(image: Image.Image, spec: CropSpec) -> np.ndarray:
+    """A fitted picture (``fit_image``) in the spec's mode as ``(H, W, C)`` uint8, for ``crop_array``."""
+    array = np.asarray(to_mode(image, spec.grayscale), dtype=np.uint8)
+    return array[:, :, None] if spec.grayscale else array
+
+
+def crop_picture(image: Image.Image, spec: CropSpec, draws: tuple[float, float, float] | None) -> np.ndarray:
+    """An opened (not necessarily loaded) PIL image -> ``(size, size, C)`` uint8 (examples stay
+    channels-last until ``to_batch`` converts a whole batch in one pass): ``fit_image``, then the crop,
+    converted to the spec's mode (the same pixels as ``crop_array`` of the whole fitted picture)."""
+    image = fit_image(image, spec)
     place = place_crop(image.height, image.width, spec, draws)
-    patch = to_mode(image.crop((place.left, place.top, place.left + spec.size, place.top + spec.size)), spec.grayscale)
-    array = np.asarray(patch, dtype=np.uint8)
-    array = array[:, :, None] if spec.grayscale else array
+    patch = image.crop((place.left, place.top, place.left + spec.size, place.top + spec.size))
+    array = picture_array(patch, spec)
     return array[:, ::-1] if place.flip else array
 
 
 def crop_array(picture: np.ndarray, spec: CropSpec, draws: tuple[float, float, float] | None) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 picture already at its working size -> a ``(size, size, 3)`` uint8 view."""
+    """An ``(H, W, C)`` uint8 picture already at its working size -> a ``(size, size, C)`` uint8 view."""
     place = place_crop(picture.shape[0], picture.shape[1], spec, draws)
     patch = picture[place.top:place.top + spec.size, place.left:place.left + spec.size]
     return patch[:, ::-1] if place.flip else patch

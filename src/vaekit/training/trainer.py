@@ -87,6 +87,7 @@ def train(
         if run.state.last_validation_step != run.state.step:
             clock = validate(run, logbook, run.state.epoch, clock)
         save_checkpoint(run, clock)
+    run.batches.close()
     return finish(run, evaluate_at_end, explore)
 
 
@@ -201,6 +202,7 @@ def calibrate(run: Run, model: torch.nn.Module) -> dict:
                                         with_shift=model.config.shift_factor is not None,
                                         per_channel=model.config.latents_mean is not None,
                                         max_images=run.cfg.calibration_images)
+    run.batches.close()
     store_latent_scale(model, measured.norm)
     log.info("latent scaling factor %.5g (shift %s) measured on posterior samples of %d training images",
              measured.norm.scaling_factor, measured.norm.shift_factor, measured.images)
