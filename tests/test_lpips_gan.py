@@ -86,6 +86,16 @@ def test_the_discriminator_waits_for_disc_start():
     assert after.item() == pytest.approx(before.item() + logs["d_weight"] * logs["g_loss"], rel=1e-5)
 
 
+def test_the_mean_reduction_is_the_plain_loops_loss():
+    model, x, output = _step_inputs()
+    loss, _ = loss_module(reduction="mean", kl_weight=1e-3)(x, output)
+    # What a diffusers user writes: F.l1_loss (a mean over every pixel) + w · KL summed over the latent, per image
+    expected = torch.nn.functional.l1_loss(output.reconstruction, x) + 1e-3 * output.posterior.kl().mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    summed, _ = loss_module(reduction="sum", kl_weight=1e-3 * x[0].numel())(x, output)
+    assert summed.item() == pytest.approx(x[0].numel() * loss.item(), rel=1e-5)  # the same loss, C·H·W times
+
+
 def test_the_three_defects_cannot_occur():
     # 1. The perceptual term carries gradient to the reconstruction.
     model, x, output = _step_inputs()

@@ -4,7 +4,8 @@ Generator (autoencoder) side, per batch:
 
     rec      = |x − x̂| (or (x − x̂)²) + perceptual_weight · LPIPS(x, x̂)        per pixel
     KL model (LDM's LPIPSWithDiscriminator):
-      nll    = Σ (rec / exp(s) + s) / B          s: a learned scalar log-variance (or fixed 0)
+      nll    = Σ (rec / exp(s) + s) / B          s: a learned scalar log-variance (or fixed 0);
+                                                 reduction=mean: the mean over pixels instead of Σ/B
       loss   = nll + kl_weight · Σ KL / B + λ · [step ≥ disc_start] · (−E[D(x̂)])
     VQ model (taming's VQLPIPSWithDiscriminator):
       nll    = mean(rec)                          a mean over every element, no log-variance
@@ -44,6 +45,10 @@ class LPIPSGANConfig:
     """False: LPIPS on a random VGG (tests only)."""
     kl_weight: float = 1e-6
     """The KL term's weight (KL autoencoders)."""
+    reduction: Literal["sum", "mean"] = "sum"
+    """KL autoencoders' reconstruction term per image: sum over pixels (LDM's, so kl_weight weighs the KL
+    against a per-image sum, C·H·W times less than with mean) or mean over pixels (what a plain loop with
+    F.l1_loss writes). The KL is summed over the latent either way."""
     codebook_weight: float = 1.0
     """The quantiser loss's weight (VQ autoencoders; taming's VQLPIPSWithDiscriminator: 1.0)."""
     learn_logvar: bool = False
@@ -150,7 +155,8 @@ class LPIPSWithDiscriminator(nn.Module):
             logs.update(vq_loss=quantized.loss.item(), commitment=quantized.commitment.item(),
                         perplexity=quantized.perplexity.item())
         else:
-            nll_loss = (rec / torch.exp(self.logvar) + self.logvar).sum() / batch
+            nll = rec / torch.exp(self.logvar) + self.logvar
+            nll_loss = nll.sum() / batch if self.config.reduction == "sum" else nll.mean()
             kl_loss = output.posterior.kl().sum() / batch
             loss = nll_loss + weight * kl_loss
             logs.update(kl=kl_loss.item(), kl_weight=float(weight))
