@@ -93,9 +93,9 @@ def _run_name(combination: dict[str, Any]) -> str:
 
 
 def sweep(config: str | Path | None, items: list[str], output_dir: str | None = None,
-          device: str | None = None) -> Path:
+          device: str | None = None, explore: bool = True) -> Path:
     """Train one run per combination of the grid (on ``device``: default a GPU when there is one); returns
-    the sweep directory."""
+    the sweep directory. ``explore``: draw each run's figures and report (``vaekit explore`` draws them later)."""
     from vaekit.training import train
 
     raw, preset = read_sweep_config(config)
@@ -122,7 +122,7 @@ def sweep(config: str | Path | None, items: list[str], output_dir: str | None = 
     for i, (combination, run_config) in enumerate(zip(combinations, configs), 1):
         log.info("sweep run %d of %d: %s", i, len(configs), run_config.run_name)
         try:
-            run_dir = train(run_config, device=device)
+            run_dir = train(run_config, device=device, explore=explore)
         except VaekitError as err:  # one failed run (e.g. missing LPIPS weights) does not end the sweep
             log.warning("sweep run %s failed: %s", run_config.run_name, err)
             results.append((combination, {"error": str(err)}))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vaekit.config import ComponentConfig
-from vaekit.data import digits, folder, hf, photos, shapes  # noqa: F401  (registers the datasets)
+from vaekit.data import digits, folder, hf, objects, photos, shapes  # noqa: F401  (registers the datasets)
 from vaekit.data.base import ImageData, ImageDataset, batch_loader, collate_batch
 from vaekit.data.loading import TrainingBatches
 from vaekit.registry import DATASETS

@@ -19,8 +19,7 @@ import torch
 from PIL import Image
 
 from vaekit.data.base import ImageData, batch_buffer
-from vaekit.data.transforms import (CropSpec, crop_array, crop_picture, example_draws, fit_image, picture_array,
-                                   to_batch)
+from vaekit.data.transforms import CropSpec, crop_array, crop_picture, example_draws, fit_image, picture_array, to_batch
 from vaekit.errors import VaekitError
 
 log = logging.getLogger("vaekit")

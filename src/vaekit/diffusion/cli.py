@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from vaekit.config import to_dict
 from vaekit.diffusion.config import DEFAULTS, diffusion_config
 from vaekit.diffusion.data import open_latents
-from vaekit.diffusion.diffusability import TABLE, Budget, budget_overrides, compare, sweep_then_compare
+from vaekit.diffusion.diffusability import JSON_FILE, TABLE, Budget, budget_overrides, compare, sweep_then_compare
 from vaekit.diffusion.sampling import decode_latents, load_vae_for, sample_latents
 from vaekit.errors import VaekitError
 from vaekit.io.atomic import save_tensors
@@ -80,6 +81,7 @@ def cmd_diffusability(args: argparse.Namespace) -> int:
         if args.output is None:
             raise VaekitError("give -o OUT, the folder for the comparison")
         page = compare(args.vaes, Budget(**budget_overrides(args)), args.output, resolve_device(args.device))
+    print(json.loads((page.parent / JSON_FILE).read_text())["verdict"])
     print((page.parent / TABLE).read_text().rstrip())
     print(f"diffusability report: {page}")
     return 0
@@ -129,17 +131,20 @@ def add_commands(commands) -> None:
         "diffusability", help="compare image autoencoders by how well a diffusion model learns their latents",
         description="Put autoencoders side by side under one budget (same images, denoiser, steps, seeds): "
         "reconstruction, latent statistics and power spectrum, equivariance errors, and the held-out ε-MSE of "
-        "the same denoiser trained on each one's latents. Give model folders or runs, or one sweep config with "
-        "a diffusability: section (configs/study-diffusability.yaml) to train the autoencoders first.")
+        "the same denoiser trained on each one's latents, and the arbiter: its decoded samples scored against "
+        "held-out images (FID with the Inception weights; offline, on labelled images, a classifier's Fréchet "
+        "distance, precision and recall). The first line printed is the verdict. Give model folders or runs, or "
+        "one sweep config with a diffusability: section (configs/study-diffusability.yaml) to train the "
+        "autoencoders first.")
     report.add_argument("vaes", nargs="*", metavar="VAE",
                         help="autoencoders (folders, runs, hub names), or one sweep config; --model is the same")
     report.add_argument("--model", action="append", default=[], metavar="M",
                         help="an autoencoder to compare (repeat it for each)")
     # The budget's options default to None: what is given overrides a sweep config's diffusability: section too.
-    report.add_argument("--data", help=f"a folder of images, or photos: crops of the built-in photographs "
-                        f"(default {defaults.data})")
+    report.add_argument("--data", help=f"a folder of images (labelled: one sub-folder per class), photos (crops of "
+                        f"the built-in photographs) or objects (the built-in labelled objects) (default {defaults.data})")
     report.add_argument("--resolution", type=int, help=f"image side (default {defaults.resolution})")
-    report.add_argument("--images", type=int, help=f"crops with --data photos (default {defaults.images})")
+    report.add_argument("--images", type=int, help=f"images with --data photos or objects (default {defaults.images})")
     report.add_argument("--test-fraction", type=float,
                         help=f"share of the images held out to score the denoiser and the samples "
                         f"(default {defaults.test_fraction})")
@@ -154,6 +159,12 @@ def add_commands(commands) -> None:
     report.add_argument("--per-channel", action="store_true", default=None,
                         help="normalise each autoencoder's latents per channel (latents_mean/latents_std) instead of "
                         "by one scaling factor")
+    report.add_argument("--class-conditional", action="store_true", default=None,
+                        help="class-conditional denoisers (labelled images): the arbiter also scores the classifier's "
+                        "accuracy on samples of each class")
+    report.add_argument("--control", action="store_true", default=None,
+                        help="add the first autoencoder with its latent positions scrambled: the arbiter must rank it "
+                        "far below the original")
     report.add_argument("-o", "--output", metavar="OUT", help="output folder")
     report.add_argument("--device", default="auto", help=DEVICE_HELP)
     report.set_defaults(func=cmd_diffusability)

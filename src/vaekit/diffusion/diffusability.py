@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import re
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from vaekit.data.folder import folder_labels
 from vaekit.diffusion.config import diffusion_config
 from vaekit.diffusion.data import LatentsConfig, latents
 from vaekit.diffusion.sampling import decode_latents, sample_latents
+from vaekit.diffusion.verdict import SIGNALS, arbiter_of, track_record, verdict
 from vaekit.errors import ConfigError, VaekitError
 from vaekit.evaluation import evaluate
 from vaekit.io.atomic import write_json
@@ -41,6 +43,7 @@ from vaekit.io.models import load_model, save_model
 from vaekit.latents import LatentDataset, export_latents, open_source
 from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
 from vaekit.metrics.frechet import features_of, frechet_distance, train_classifier
+from vaekit.metrics.generation import precision_recall
 from vaekit.metrics.image import inception_for_fid, inception_for_kid, per_image_psnr, ssim
 from vaekit.metrics.latent import equivariance_errors, high_frequency_fraction, radial_power_spectrum
 from vaekit.models.distributions import DiagonalGaussian
@@ -61,10 +64,11 @@ class Budget:
     """What every autoencoder gets: the same images, denoiser, steps and seeds."""
 
     data: str = "photos"
-    """A folder of images, or ``photos`` (random crops of the built-in photographs)."""
+    """A folder of images (labelled when they are in one sub-folder per class), ``photos`` (random crops of
+    the built-in photographs) or ``objects`` (the built-in labelled colour objects)."""
     resolution: int = 32
     images: int = 1024
-    """How many images (crops) to use when ``data`` is ``photos``."""
+    """How many images to use when ``data`` is ``photos`` or ``objects``."""
     test_fraction: float = 0.2
     steps: int = 600
     batch_size: int = 32
@@ -72,9 +76,16 @@ class Budget:
     unet: str = "unet-tiny"
     lr: float = 1e-3
     samples: int = 256
-    """Decoded samples per autoencoder for FID/KID and the classifier's Fréchet distance."""
+    """Decoded samples per autoencoder and denoiser seed for the arbiter (FID/KID, or the classifier's
+    Fréchet distance, precision and recall)."""
     per_channel: bool = False
     """Normalise every autoencoder's latents per channel (latents_mean / latents_std) instead of by one factor."""
+    class_conditional: bool = False
+    """Train class-conditional denoisers (labelled data): the arbiter also scores the classifier's accuracy on
+    samples of each requested class."""
+    control: bool = False
+    """Add a control: the first autoencoder with its latent positions scrambled by a fixed permutation (the
+    same reconstructions, no spatial structure left). The arbiter should rank it far below the original."""
 
     def __post_init__(self) -> None:
         if len(self.seeds) < 1 or self.steps < 1 or self.resolution < 8:
@@ -82,15 +93,31 @@ class Budget:
 
 
 def _image_folder(budget: Budget, out: Path) -> Path:
-    if budget.data != "photos":
+    if budget.data not in ("photos", "objects"):
         folder = Path(budget.data)
         if not folder.is_dir():
-            raise VaekitError(f"--data {budget.data}: no such folder (or give photos for the built-in photographs)")
+            raise VaekitError(f"--data {budget.data}: no such folder (or give photos or objects for built-in images)")
         return folder
     folder = out / "images"
     if not folder.is_dir():
-        write_photo_crops(folder, budget.resolution, budget.images)
+        if budget.data == "photos":
+            write_photo_crops(folder, budget.resolution, budget.images)
+        else:
+            write_objects(folder, budget.resolution, budget.images)
     return folder
+
+
+def write_objects(folder: Path, size: int, count: int) -> None:
+    """``count`` images of the built-in ``objects`` dataset (training stream) as PNGs, one sub-folder per class."""
+    from PIL import Image
+
+    from vaekit.data.objects import CLASS_NAMES, make_objects
+
+    images, labels = make_objects(count, size, seed=0, stream=0)
+    for name in CLASS_NAMES:
+        (folder / name).mkdir(parents=True)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        Image.fromarray(image.transpose(1, 2, 0)).save(folder / CLASS_NAMES[label] / f"{i:05d}.png")
 
 
 def write_photo_crops(folder: Path, size: int, count: int) -> torch.Tensor:
@@ -184,32 +211,63 @@ def _denoiser(latents_dir: Path, budget: Budget, seed: int, runs: Path, name: st
         f"model.name={budget.unet}", f"train.max_steps={budget.steps}", "train.epochs=100000",
         f"train.batch_size={budget.batch_size}", f"train.lr={budget.lr}", "train.validate_every=100000",
         "train.snapshot_examples=0", f"train.checkpoint_every={max(budget.steps // 2, 1)}", "train.progress_bar=false",
-        f"data.test_fraction={budget.test_fraction}", f"seed={seed}", f"output_dir={runs}", f"run_name={name}-seed{seed}"])
+        f"data.test_fraction={budget.test_fraction}", f"seed={seed}", f"output_dir={runs}", f"run_name={name}-seed{seed}",
+        f"model.class_conditional={str(budget.class_conditional).lower()}"])
     run = train(config, evaluate_at_end=False, explore=False, device=str(device))
     return {"run": run, **evaluate(run, device=str(device))}
 
 
-def _samples(run: Path, vae, manifest: dict, count: int, device) -> torch.Tensor:
-    latents, _ = sample_latents(load_model(run, device=device).eval(), count, steps=50, seed=0, device=device)
-    return decode_latents(vae, latents, manifest)
+def _samples(run: Path, vae, manifest: dict, count: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Decoded samples of a denoiser (50 DDIM steps, noise seed 0) and the classes asked for (conditional)."""
+    latents, labels = sample_latents(load_model(run, device=device).eval(), count, steps=50, seed=0, device=device)
+    return decode_latents(vae, latents, manifest), labels
 
 
-def _inception_metrics(samples_of: dict[str, torch.Tensor], held_out: torch.Tensor) -> tuple[dict, str | None]:
-    """{name: {"sample_fid", "sample_kid"}} of each VAE's decoded samples against the held-out images, or
-    None values and the reason (the Inception weights are missing)."""
+class FeatureSpace:
+    """The arbiter's fixed feature space for one comparison: a classifier of the data's labels (offline),
+    and Inception's when its weights are on the machine (FID/KID, preferred by the verdict)."""
 
-    try:
-        inception_for_fid()
-    except WeightsUnavailable as err:
-        return {name: {"sample_fid": None, "sample_kid": None} for name in samples_of}, str(err)
-    out = {}
-    for name, samples in samples_of.items():
-        fid, kid = inception_for_fid(), inception_for_kid(min(len(samples), len(held_out)))
-        for metric in (fid, kid):
-            metric.update((held_out + 1) / 2, real=True)
-            metric.update((samples + 1) / 2, real=False)
-        out[name] = {"sample_fid": float(fid.compute()), "sample_kid": float(kid.compute()[0])}
-    return out, None
+    def __init__(self, held_out: torch.Tensor, classifier=None):
+        self.held_out, self.classifier = held_out, classifier
+        self.held_out_features = None if classifier is None else features_of(classifier, held_out)
+        try:
+            inception_for_fid()
+            self.inception_reason = None
+        except WeightsUnavailable as err:
+            self.inception_reason = str(err)
+
+    def frechet(self, images: torch.Tensor) -> float | None:
+        """FD of ``images`` to the held-out images: Inception's (FID) when present, else the classifier's."""
+        if self.inception_reason is None:
+            return _inception_scores(images, self.held_out)["sample_fid"]
+        if self.classifier is None:
+            return None
+        return frechet_distance(features_of(self.classifier, images), self.held_out_features)
+
+    def scores(self, samples: torch.Tensor, labels: torch.Tensor | None) -> dict:
+        """The arbiter's scores of one denoiser's decoded samples (None where a feature space is missing)."""
+        out = dict.fromkeys(("sample_fid", "sample_kid", "sample_classifier_fd", "sample_precision", "sample_recall"))
+        if self.inception_reason is None:
+            out.update(_inception_scores(samples, self.held_out))
+        if self.classifier is not None:
+            features = features_of(self.classifier, samples)
+            out["sample_classifier_fd"] = frechet_distance(features, self.held_out_features)
+            pr = precision_recall(self.held_out_features, features)
+            out.update(sample_precision=pr["precision"], sample_recall=pr["recall"])
+            if labels is not None:
+                with torch.no_grad():
+                    predicted = torch.cat([self.classifier(samples[i:i + 256]).argmax(1)
+                                           for i in range(0, len(samples), 256)])
+                out["sample_class_accuracy"] = (predicted.cpu() == labels.cpu()).float().mean().item()
+        return out
+
+
+def _inception_scores(images: torch.Tensor, held_out: torch.Tensor) -> dict:
+    fid, kid = inception_for_fid(), inception_for_kid(min(len(images), len(held_out)))
+    for metric in (fid, kid):
+        metric.update((held_out + 1) / 2, real=True)
+        metric.update((images + 1) / 2, real=False)
+    return {"sample_fid": float(fid.compute()), "sample_kid": float(kid.compute()[0])}
 
 
 def _readable(folder: Path, names: list[str], resolution: int) -> dict[str, torch.Tensor]:
@@ -241,19 +299,120 @@ def _classifier(readable: dict[str, torch.Tensor], held_out_names: set[str]):
     return model
 
 
-def _signals(vae, images: torch.Tensor) -> tuple[dict, tuple]:
-    """Reconstruction, latent statistics, spectra and equivariance of ``images`` (on the VAE's device)."""
+NOISE_STD = 0.2
+"""The std of the Gaussian noise added to unit-std latents for ``latent_noise_psnr_drop``."""
+
+
+def _decoded(vae, z: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([vae.decode(z[i:i + 32]).clamp(-1, 1) for i in range(0, len(z), 32)])
+
+
+def _interpolations(vae, mean: torch.Tensor) -> torch.Tensor:
+    """The decoded midpoints between each latent (posterior mean) and its nearest other one, in the
+    normalised latent space (iFID's nearest-neighbour interpolations, at t = ½)."""
+    z = vae.scale_latents(mean)
+    flat = z.flatten(1)
+    distance = torch.cdist(flat, flat)
+    distance.fill_diagonal_(float("inf"))
+    midpoints = 0.5 * (z + z[distance.argmin(dim=1)])
+    return _decoded(vae, vae.unscale_latents(midpoints))
+
+
+def _noise_drop(vae, images: torch.Tensor, mean: torch.Tensor, psnr: float) -> float:
+    """PSNR lost by decoding the normalised latents with Gaussian noise of std NOISE_STD added (seed 0)."""
+    z = vae.scale_latents(mean)
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0)).to(z.device)
+    noisy = _decoded(vae, vae.unscale_latents(z + NOISE_STD * noise))
+    return psnr - per_image_psnr(noisy, images).mean().item()
+
+
+def _signals(vae, images: torch.Tensor, space: FeatureSpace) -> tuple[dict, tuple]:
+    """The cheap signals of ``images`` (on the VAE's device): reconstruction, latent statistics, spectra,
+    equivariance, interpolation and robustness to latent noise."""
     posterior = _encoded(vae, images)
     row = _reconstruction(vae, images, posterior.mean)
     stats, spectra = _latent_statistics(vae, images, posterior)
     row.update(stats)
     row.update(equivariance_errors(lambda x: vae.encode(x).mode(), vae.decode, images))
+    row["interpolation_fd"] = space.frechet(_interpolations(vae, posterior.mean).cpu())
+    row["latent_noise_psnr_drop"] = _noise_drop(vae, images, posterior.mean, row["psnr"])
+    return row, spectra
+
+
+def _control(first: str, out: Path) -> str:
+    """The first autoencoder with its latent positions scrambled (``model.latent_permutation``), saved."""
+    vae = load_model(first)
+    if vae.registry_name != "autoencoder-kl":
+        raise VaekitError(f"the control scrambles a KL autoencoder's latents; {first} holds a {vae.registry_name}")
+    fields = {**dataclasses.asdict(vae.config), "latent_permutation": 1}
+    control = type(vae)(type(vae.config)(**fields))
+    control.load_state_dict(vae.state_dict())
+    target = out / "controls" / f"{_name(first, set())}-permuted"
+    save_model(control, target)
+    return str(target)
+
+
+@dataclass
+class _Shared:
+    """What every autoencoder of one comparison is measured with."""
+
+    budget: Budget
+    out: Path
+    folder: Path
+    readable: dict
+    calibration: torch.Tensor
+    device: torch.device | str
+    space: FeatureSpace | None = None
+
+
+def _seed_scores(row: dict, per_seed: list[dict]) -> None:
+    """Each arbiter score's mean over the denoiser seeds, its per-seed values and their spread."""
+    for key in per_seed[0]:
+        values = [scores[key] for scores in per_seed]
+        if any(v is None for v in values):
+            row[key] = None
+            continue
+        row.update({key: statistics.fmean(values), f"{key}_seeds": values, f"{key}_spread": max(values) - min(values)})
+
+
+def _measure(path: str, name: str, shared: _Shared) -> tuple[dict, tuple]:
+    """One autoencoder: calibrate, export, cheap signals, a denoiser per seed and the arbiter's scores."""
+    budget, out, device = shared.budget, shared.out, shared.device
+    vae = load_model(path, device=device).eval()
+    if vae.kind != "autoencoder" or vae.latent_layout != "spatial":
+        raise VaekitError(f"{path} holds a {vae.registry_name}; the diffusability report compares image autoencoders")
+    log.info("diffusability: %s", name)
+    vae = _unit_scaled_copy(vae, shared.calibration, out / "vaes" / name, budget.per_channel)
+    latents_dir = out / "latents" / name
+    export_latents(vae, str(shared.folder), latents_dir, resolution=budget.resolution, batch_size=32,
+                   model_source=out / "vaes" / name)
+    held_out, held_out_names = _held_out_images(latents_dir, shared.readable, budget)
+    if shared.space is None:  # the held-out images are the same for every autoencoder: one space serves all
+        shared.space = FeatureSpace(held_out, _classifier(shared.readable, held_out_names))
+    signals, spectra = _signals(vae, held_out.to(device), shared.space)
+    row = {"vae": name, "source": str(path), **signals}
+    results = [_denoiser(latents_dir, budget, seed, out / "runs", name, device) for seed in budget.seeds]
+    eps = [r["eps_mse"] for r in results]
+    row.update(eps_mse=statistics.fmean(eps), eps_mse_seeds=eps, eps_mse_spread=max(eps) - min(eps),
+               eps_mse_by_timestep=[statistics.fmean(b) for b in zip(*(r["eps_mse_by_timestep"] for r in results))],
+               timestep_buckets=results[0]["timestep_buckets"])
+    manifest = LatentDataset(latents_dir).manifest
+    per_seed = []
+    for i, result in enumerate(results):
+        samples, labels = _samples(result["run"], vae, manifest, budget.samples, device)
+        if i == 0:
+            save_grid(out / f"samples-{name}.png", square_grid(samples[:16]), value_range=(-1.0, 1.0))
+        per_seed.append(shared.space.scores(samples.cpu(), labels))
+    _seed_scores(row, per_seed)
+    if shared.space.inception_reason:
+        row["sample_fid_unavailable"] = shared.space.inception_reason
     return row, spectra
 
 
 def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | torch.device = "cpu") -> Path:
-    """Run the comparison; returns the HTML page (``diffusability.csv`` and ``.json`` beside it). Every
-    model (the autoencoders, the denoisers) runs on ``device``."""
+    """Run the comparison; returns the HTML page (``diffusability.csv`` and ``.json`` beside it, the verdict
+    first in each). Every model (the autoencoders, the denoisers) runs on ``device``."""
 
     if len(vaes) < 1:
         raise VaekitError("give at least one autoencoder to measure (two or more to compare)")
@@ -261,51 +420,22 @@ def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | t
     out.mkdir(parents=True, exist_ok=True)
     folder = _image_folder(budget, out)
     readable = _readable(folder, open_source(str(folder)).names, budget.resolution)
-    calibration = torch.cat(list(readable.values())[:256])
-    rows, spectra, samples_of, taken = [], {}, {}, set()
-    classifier = held_out = None
-    for path in vaes:
+    shared = _Shared(budget, out, folder, readable, torch.cat(list(readable.values())[:256]), device)
+    paths = list(vaes) + ([_control(vaes[0], out)] if budget.control else [])
+    rows, spectra, taken = [], {}, set()
+    for path in paths:
         name = _name(path, taken)
-        vae = load_model(path, device=device).eval()
-        if vae.kind != "autoencoder" or vae.latent_layout != "spatial":
-            raise VaekitError(f"{path} holds a {vae.registry_name}; the diffusability report compares image autoencoders")
-        log.info("diffusability: %s", name)
-        vae = _unit_scaled_copy(vae, calibration, out / "vaes" / name, budget.per_channel)
-        latents_dir = out / "latents" / name
-        export_latents(vae, str(folder), latents_dir, resolution=budget.resolution, batch_size=32,
-                       model_source=out / "vaes" / name)
-        held_out, held_out_names = _held_out_images(latents_dir, readable, budget)
-        if not rows:  # the held-out images are the same for every autoencoder: one classifier serves all
-            classifier = _classifier(readable, held_out_names)
-            if classifier is not None:
-                held_out_features = features_of(classifier, held_out)
-        signals, spectra[name] = _signals(vae, held_out.to(device))
-        row = {"vae": name, "source": str(path), **signals}
-        results = [_denoiser(latents_dir, budget, seed, out / "runs", name, device) for seed in budget.seeds]
-        eps = [r["eps_mse"] for r in results]
-        row.update(eps_mse=statistics.fmean(eps), eps_mse_seeds=eps, eps_mse_spread=max(eps) - min(eps),
-                   eps_mse_by_timestep=[statistics.fmean(b) for b in zip(*(r["eps_mse_by_timestep"] for r in results))],
-                   timestep_buckets=results[0]["timestep_buckets"])
-        samples_of[name] = _samples(results[0]["run"], vae, LatentDataset(latents_dir).manifest, budget.samples, device)
-        save_grid(out / f"samples-{name}.png", square_grid(samples_of[name][:16]), value_range=(-1.0, 1.0))
-        if classifier is not None:
-            row["sample_classifier_fd"] = frechet_distance(features_of(classifier, samples_of[name]),
-                                                           held_out_features)
+        row, spectra[name] = _measure(path, name, shared)
         rows.append(row)
-    inception, reason = _inception_metrics(samples_of, held_out)
-    for row in rows:
-        row.update(inception[row["vae"]])
-        if reason:
-            row["sample_fid_unavailable"] = reason
-        if classifier is None:
-            row["sample_classifier_fd"] = None
     return _write(out, rows, spectra, budget)
 
 
 COLUMNS = ("vae", "compression_ratio", "psnr", "ssim", "lpips", "scaling_factor", "latent_std",
            "latent_channel_std_range", "latent_hf_fraction",
            "image_hf_fraction", "reconstruction_mse", "equivariance_mse_scale_0.5", "equivariance_mse_rotate_90",
-           "eps_mse", "eps_mse_spread", "sample_fid", "sample_kid", "sample_classifier_fd")
+           "interpolation_fd", "latent_noise_psnr_drop", "eps_mse", "eps_mse_spread", "sample_fid", "sample_kid",
+           "sample_classifier_fd", "sample_classifier_fd_spread", "sample_precision", "sample_recall",
+           "sample_class_accuracy")
 
 
 def _cell(value) -> str:
@@ -316,8 +446,31 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _no_arbiter_reason(rows: list[dict]) -> str:
+    unlabelled = rows[0].get("sample_classifier_fd") is None
+    return ("the images are unlabelled (no class sub-folders) and the Inception weights for FID are missing"
+            if unlabelled else "the arbiter's scores are missing")
+
+
+def seed_free_name(name: str) -> str:
+    """A swept autoencoder's name without its seed: the configuration its seeds share."""
+    return re.sub(r"_?seed=\d+", "", name).strip("_") or name
+
+
+def _track_record_table(rows: list[dict]) -> dict | None:
+    """The meta-study's table (four or more configurations, an arbiter): each cheap signal's rank
+    correlation with the arbiter over the configurations, with its bootstrap interval."""
+    arbiter = arbiter_of(rows)
+    if arbiter is None or len({seed_free_name(row["vae"]) for row in rows}) < 4:
+        return None
+    return track_record(rows, lambda row: seed_free_name(row["vae"]), arbiter)
+
+
 def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
-    write_json(out / JSON_FILE, {"budget": {**vars(budget), "seeds": list(budget.seeds)}, "rows": rows})
+    line = verdict(rows, _no_arbiter_reason(rows))
+    record = _track_record_table(rows)
+    write_json(out / JSON_FILE, {"verdict": line, "budget": {**vars(budget), "seeds": list(budget.seeds)},
+                                 "rows": rows, "track_record": record})
     table = [[_cell(row.get(c)) for c in COLUMNS] for row in rows]
     with open(out / TABLE, "w", newline="") as f:
         writer = csv.writer(f)
@@ -341,8 +494,17 @@ def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
                 for row in rows]
     note = rows[0].get("sample_fid_unavailable")
     title = f"diffusability: {len(rows)} autoencoders, {budget.steps} denoiser steps × {len(budget.seeds)} seeds"
+    extra = None
+    if record is not None:
+        extra = {"title": f"Which cheap signals predict {record['arbiter']}",
+                 "caption": f"Spearman's ρ of each signal (oriented: better first) with the arbiter over "
+                            f"{len(record['groups'])} configurations (means over their seeds), with a 90 % bootstrap "
+                            "interval over configurations.",
+                 "columns": ["signal", "rho", "low", "high", "what it is"],
+                 "rows": [[name, f"{r['rho']:.2f}", f"{r['low']:.2f}", f"{r['high']:.2f}", SIGNALS[name][1]]
+                          for name, r in sorted(record["signals"].items(), key=lambda item: -item[1]["rho"])]}
     return render("sweep.html", out / PAGE, figures, title=title + (f" (sample FID: {note})" if note else ""),
-                  table={"columns": list(COLUMNS), "rows": table}, runs=[])
+                  table={"columns": list(COLUMNS), "rows": table}, runs=[], lead=line, extra=extra)
 
 
 def sweep_then_compare(config_path: str | Path, output: str | Path | None = None,
@@ -355,8 +517,9 @@ def sweep_then_compare(config_path: str | Path, output: str | Path | None = None
     budget = build_dataclass(Budget, {**(raw.pop("diffusability", {}) or {}), **(overrides or {})}, "diffusability")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(raw, f)
+    # the comparison is the report here: each run's own figures are left for `vaekit explore RUN` to draw
     sweep_dir = sweep(f.name, [], output_dir=None if output is None else str(Path(output) / "vaes-trained"),
-                      device=str(device)).parent
+                      device=str(device), explore=False).parent
     Path(f.name).unlink()
     trained = sorted(str(p.parent) for p in sweep_dir.glob("*/model/config.json"))
     if not trained:

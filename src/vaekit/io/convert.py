@@ -196,6 +196,9 @@ def export_diffusers(model: ConvAutoencoder, path: str | Path) -> Path:
                  if k.split(".")[-1] not in ("ema_count", "ema_weight", "usage")}
         save_tensors(path / DIFFUSERS_WEIGHTS[0], state, metadata={"format": "pt"})
         return path
+    if getattr(config, "latent_permutation", None) is not None:
+        raise VaekitError("this autoencoder scrambles its latent positions (model.latent_permutation, a diffusability "
+                          "control), which diffusers' AutoencoderKL cannot express")
     write_json(path / "config.json", {
         "_class_name": "AutoencoderKL",
         "_diffusers_version": DIFFUSERS_VERSION,

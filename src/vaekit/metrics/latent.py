@@ -84,3 +84,17 @@ def equivariance_errors(encode: Callable[[torch.Tensor], torch.Tensor], decode: 
     count = images.numel()
     return {f"equivariance_mse_{name}" if name != "reconstruction" else "reconstruction_mse": value / count
             for name, value in sums.items()}
+
+
+@torch.no_grad()
+def latent_signals(model, images: torch.Tensor) -> dict[str, float]:
+    """The cheap latent signals of an image autoencoder on ``images`` (in [-1, 1]), as the diffusability
+    report measures them: the high-frequency fraction of the latents' spectrum (posterior means) and the
+    ×0.5 and 90° equivariance errors."""
+    z = model.encode(images).mode().float()
+    out = {"latent_hf_fraction": high_frequency_fraction(z)}
+    if min(z.shape[-2:]) < 2:  # nothing to halve
+        return out
+    errors = equivariance_errors(lambda x: model.encode(x).mode(), model.decode, images)
+    out.update({name: value for name, value in errors.items() if name != "reconstruction_mse"})
+    return out

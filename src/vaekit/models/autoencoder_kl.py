@@ -23,6 +23,11 @@ from vaekit.registry import MODELS
 class AutoencoderKLConfig(ConvAutoencoderConfig):
     """diffusers' ``AutoencoderKL`` config (its field names and defaults: Stable Diffusion's VAE)."""
 
+    latent_permutation: int | None = None
+    """A control for diffusability studies, not for use: scramble the latent positions by a fixed random
+    permutation (from this seed) after encoding and restore them before decoding. Reconstructions are
+    unchanged; the latent space loses its spatial structure (what a denoiser's convolutions rely on)."""
+
 
 class AutoencoderKLOutput(NamedTuple):
     posterior: DiagonalGaussian
@@ -59,7 +64,25 @@ class AutoencoderKL(ConvAutoencoder):
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
         """z: ``(B, c, h, w)`` -> images ``(B, C, f·h, f·w)``, cropped to ``size`` = (H, W) when given."""
         self._check_latent(z)
-        return self._decode_trunk(z, size)
+        return self._decode_trunk(self.decoder_input(z), size)
+
+    def _positions(self, z: torch.Tensor) -> torch.Tensor:
+        """The permutation of the ``h·w`` latent positions of ``latent_permutation`` (for z's size)."""
+        generator = torch.Generator().manual_seed(self.config.latent_permutation)
+        return torch.randperm(z.shape[2] * z.shape[3], generator=generator).to(z.device)
+
+    def posterior_from(self, moments: torch.Tensor) -> DiagonalGaussian:
+        if self.config.latent_permutation is not None:
+            flat = moments.flatten(2)
+            moments = flat[:, :, self._positions(moments)].reshape(moments.shape)
+        return super().posterior_from(moments)
+
+    def decoder_input(self, z: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
+        if self.config.latent_permutation is None:
+            return z
+        restored = torch.empty_like(z.flatten(2))
+        restored[:, :, self._positions(z)] = z.flatten(2)
+        return restored.reshape(z.shape)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = True,
                 generator: torch.Generator | None = None) -> AutoencoderKLOutput:

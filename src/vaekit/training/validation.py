@@ -2,7 +2,10 @@
 
 The subset is ``train.validation_examples`` test examples, the same at every validation (picked from the
 seed). Image autoencoders get PSNR and SSIM (the mean over images, as published tables report), L1,
-MSE and LPIPS when its VGG weights are on the machine; VAEs the negative ELBO at β = 1 (one posterior
+MSE, LPIPS when its VGG weights are on the machine, the reconstructions' high-frequency energy over the
+originals' (``hf_energy_ratio``: blur < 1, GAN texture towards 1), and the cheap signals of how well a
+diffusion model will learn the latents (``metrics.latent.latent_signals``, on up to 64 of the images:
+one more encode and three decodes); VAEs the negative ELBO at β = 1 (one posterior
 sample from a fixed generator), its two terms and MSE; plain autoencoders reconstruction and MSE.
 
 The model selected this way is chosen on held-out data that ``vaekit eval`` reports on too: the
@@ -25,19 +28,21 @@ from torch import nn
 from vaekit.errors import ConfigError
 from vaekit.io.atomic import write_json
 from vaekit.io.models import save_model
-from vaekit.metrics.image import per_image_psnr, ssim
+from vaekit.metrics.image import high_frequency_energy, per_image_psnr, ssim
+from vaekit.metrics.latent import latent_signals
 from vaekit.runs import BEST_DIR
 
 log = logging.getLogger("vaekit")
 
-LOWER_IS_BETTER = frozenset({"negative_elbo", "reconstruction", "kl", "mse", "l1", "lpips", "eps_mse"})
+LATENT_SIGNALS = ("latent_hf_fraction", "equivariance_mse_scale_0.5", "equivariance_mse_rotate_90")
+LOWER_IS_BETTER = frozenset({"negative_elbo", "reconstruction", "kl", "mse", "l1", "lpips", "eps_mse", *LATENT_SIGNALS})
 
 
 def metric_names(model: nn.Module) -> tuple[str, ...]:
     if model.kind == "denoiser":
         return ("eps_mse",)
     if not model.has_likelihood:
-        return ("psnr", "ssim", "l1", "mse", "lpips")
+        return ("psnr", "ssim", "l1", "mse", "lpips", *LATENT_SIGNALS)
     if model.deterministic:
         return ("reconstruction", "mse")
     return ("negative_elbo", "reconstruction", "kl", "mse")
@@ -114,8 +119,12 @@ class Validator:
                 sums[key] = sums.get(key, 0.0) + value
             if shown is None:
                 shown = torch.stack([x[:8], reconstruction[:8]]).float().cpu()
-        model.train(was_training)
         metrics = {key: value / len(self.images) for key, value in sums.items()}
+        if "hf_original" in metrics:
+            metrics["hf_energy_ratio"] = metrics.pop("hf_reconstruction") / max(metrics.pop("hf_original"), 1e-30)
+        if not model.has_likelihood and model.latent_layout == "spatial":
+            metrics.update(latent_signals(model, self.images[:64].to(self.device)))
+        model.train(was_training)
         if "mse" in metrics and model.has_likelihood:
             metrics["mse"] /= self.images[0].numel()
         return metrics, shown
@@ -129,6 +138,8 @@ class Validator:
                 "mse": difference.pow(2).flatten(1).mean(1).sum().item()}
         if self.lpips is not None:
             sums["lpips"] = self.lpips(reconstruction.float(), x.float()).sum().item()
+        sums["hf_reconstruction"] = high_frequency_energy(reconstruction.float()).sum().item()
+        sums["hf_original"] = high_frequency_energy(x.float()).sum().item()
         return sums, reconstruction
 
     def _likelihood(self, model, x, labels, generator):
