@@ -30,6 +30,8 @@ class NLayerDiscriminator(nn.Module):
                          nn.BatchNorm2d(channels * multiplier), nn.LeakyReLU(0.2, True)]
         sequence.append(nn.Conv2d(channels * multiplier, 1, 4, stride=1, padding=1))
         self.main = nn.Sequential(*sequence)
+        self.min_side = 3 * 2 ** layers
+        """The smallest image side it takes: each strided layer halves it, the last two layers take 2 off."""
         self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from torch import nn
 
 from vaekit.errors import ConfigError
 from vaekit.losses.discriminator import D_LOSSES, NLayerDiscriminator
+from vaekit.losses.latent_transforms import draw_transform
 from vaekit.registry import LOSSES
 
 
@@ -65,6 +66,13 @@ class LPIPSGANConfig:
     """Channels of the PatchGAN discriminator's first layer (doubled per layer)."""
     disc_lr: float | None = None
     """Discriminator learning rate (default: train.lr)."""
+    eqvae_prob: float = 0.0
+    """EQ-VAE: the share of batches whose latent and image are both scaled by a random s in [0.25, 1) and
+    rotated by a random multiple of 90°, the decoder reconstructing τ(x) from τ(z) (zelaki/eqvae: 0.5;
+    KL autoencoders; losses/latent_transforms.py)."""
+    scale_equivariance_prob: float = 0.0
+    """Scale equivariance (Skorokhodov et al. 2025): the share of batches whose latent and image are both
+    down-sampled ×2 or ×4 (block averages), the decoder reconstructing the small image from the small latent."""
 
 
 def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
@@ -79,6 +87,13 @@ def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
         nll_grad, g_grad = gradient_mean(nll_grad, g_grad)
     weight = torch.norm(nll_grad) / (torch.norm(g_grad) + 1e-4)
     return torch.clamp(weight, 0.0, 1e4).detach() * disc_weight
+
+
+def target_of(output, x: torch.Tensor) -> torch.Tensor:
+    """What the reconstruction is compared with: the transformed image when the forward pass applied a
+    latent transform, else ``x``."""
+    target = getattr(output, "target", None)
+    return x if target is None else target
 
 
 @LOSSES.register("lpips-gan", LPIPSGANConfig)
@@ -106,12 +121,22 @@ class LPIPSWithDiscriminator(nn.Module):
 
     @classmethod
     def for_model(cls, config: LPIPSGANConfig, model: nn.Module) -> "LPIPSWithDiscriminator":
+        if model.regularizer == "vq" and (config.eqvae_prob or config.scale_equivariance_prob):
+            raise ConfigError("loss.eqvae_prob and loss.scale_equivariance_prob transform a KL autoencoder's sampled "
+                              "latent; a VQ model quantises its latent first")
         if model.regularizer == "vq" and config.learn_logvar:
             raise ConfigError("loss.learn_logvar applies to KL autoencoders (LDM's loss); a VQ model's loss is "
                               "taming's mean reconstruction, which has no log-variance")
         loss = cls(config, model.config.out_channels)
         loss.regularizer = model.regularizer  # "kl": the posterior's KL; "vq": the quantiser's loss
         return loss
+
+    def draw_transform(self, x: torch.Tensor, generator: torch.Generator, downsampling_factor: int):
+        """The latent transform of this batch (``losses.latent_transforms``), or None."""
+        if not (self.config.eqvae_prob or self.config.scale_equivariance_prob):
+            return None
+        return draw_transform(self.config.eqvae_prob, self.config.scale_equivariance_prob,
+                              min(x.shape[-2:]) // downsampling_factor, generator)
 
     def last_layer(self, model: nn.Module) -> torch.Tensor:
         """The weight the adaptive weight's gradients are taken at: the decoder's output convolution."""
@@ -122,6 +147,11 @@ class LPIPSWithDiscriminator(nn.Module):
 
     def discriminator_active(self, step: int) -> bool:
         return self.discriminator is not None and step >= self.config.disc_start
+
+    def discriminates(self, step: int, images: torch.Tensor) -> bool:
+        """Whether the adversarial terms run on these images: from disc_start on, when they are at least the
+        discriminator's smallest side (a latent transform may make them smaller: those batches go without)."""
+        return self.discriminator_active(step) and min(images.shape[-2:]) >= self.discriminator.min_side
 
     @contextmanager
     def _frozen_discriminator(self) -> Iterator[None]:
@@ -138,6 +168,7 @@ class LPIPSWithDiscriminator(nn.Module):
         """The autoencoder's loss; ``output`` has ``.reconstruction`` and ``.posterior`` (and ``.quantized``
         for a VQ model). ``gradient_mean``: see ``adaptive_weight``."""
         weight = self.beta if kl_weight is None else kl_weight
+        x = target_of(output, x)
         x_hat = output.reconstruction
         difference = x_hat - x
         rec = difference.abs() if self.config.pixel == "l1" else difference.pow(2)
@@ -160,7 +191,7 @@ class LPIPSWithDiscriminator(nn.Module):
             kl_loss = output.posterior.kl().sum() / batch
             loss = nll_loss + weight * kl_loss
             logs.update(kl=kl_loss.item(), kl_weight=float(weight))
-        if self.discriminator_active(step):
+        if self.discriminates(step, x_hat):
             with self._frozen_discriminator():
                 g_loss = -self.discriminator(x_hat.contiguous()).mean()
             if last_layer is not None and torch.is_grad_enabled():

@@ -33,6 +33,8 @@ class AutoencoderKLOutput(NamedTuple):
     posterior: DiagonalGaussian
     z: torch.Tensor
     reconstruction: torch.Tensor
+    target: torch.Tensor | None = None
+    """The transformed image the reconstruction is compared with, when a latent transform was applied."""
 
 
 @MODELS.register("autoencoder-kl", AutoencoderKLConfig)
@@ -85,10 +87,15 @@ class AutoencoderKL(ConvAutoencoder):
         return restored.reshape(z.shape)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = True,
-                generator: torch.Generator | None = None) -> AutoencoderKLOutput:
+                generator: torch.Generator | None = None, transform=None) -> AutoencoderKLOutput:
+        """Encode, sample (or take the mode), decode. ``transform``: a latent regulariser's τ
+        (``losses.latent_transforms``): the decoder gets τ(z), and ``target`` is τ(x)."""
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample else posterior.mode()
-        return AutoencoderKLOutput(posterior, z, self.decode(z, size=x.shape[2:]))
+        if transform is None:
+            return AutoencoderKLOutput(posterior, z, self.decode(z, size=x.shape[2:]))
+        z, target = transform(z, self.pad_to_multiple(x))
+        return AutoencoderKLOutput(posterior, z, self.decode(z, size=target.shape[2:]), target)
 
 
 def _preset(name: str, channels: tuple[int, ...], latent: int, **extra) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vaekit.losses.lpips_gan import target_of
 from vaekit.losses.schedules import learning_rate_factor, linear_warmup
 from vaekit.training.codebook import CodebookUpdate
 from vaekit.training.distributed import any_process, average_gradients, mean_tensors
@@ -82,6 +83,17 @@ def _update_model(run: Run, logs: dict[str, float], codebook: CodebookUpdate,
     return finite, grad_norm
 
 
+def forward_options(run: Run, x: torch.Tensor) -> dict:
+    """The model's forward arguments for a training batch: the noise source, and the latent transform of a
+    latent regulariser (EQ-VAE, scale equivariance) when the loss draws one for this batch."""
+    options = {"generator": run.noise_source}
+    draw = getattr(run.loss_fn, "draw_transform", None)
+    transform = draw(x, run.noise, run.raw_model.downsampling_factor) if draw is not None else None
+    if transform is not None:
+        options["transform"] = transform
+    return options
+
+
 def autoencoder_step(run: Run, group: list) -> StepResult:
     """One step of the model — and of the loss's own parameters, e.g. LDM's learned log-variance."""
     weight = kl_weight(run)
@@ -90,7 +102,7 @@ def autoencoder_step(run: Run, group: list) -> StepResult:
     for micro, batch in enumerate(group):
         x, labels = run.micro_batch(micro, batch)
         with run.accelerator.autocast():
-            output = run.model(x, labels, generator=run.noise_source)
+            output = run.model(x, labels, **forward_options(run, x))
             loss, micro_logs = run.loss_fn(x, output, weight)
         run.accelerator.backward(loss / len(group))
         codebook.add(output)
@@ -105,21 +117,23 @@ def adversarial_step(run: Run, group: list) -> StepResult:
     reconstructions. The discriminator is frozen while the generator's loss runs, and its own loss sees
     no autoencoder graph, so neither network's gradients reach the other."""
     step, weight = run.state.step, kl_weight(run)
-    discriminator_on = run.loss_fn.discriminator_active(step)
+    discriminator_on = False  # whether any micro-batch ran the discriminator (too small ones do not)
     last_layer = run.loss_fn.last_layer(run.raw_model)
     logs: dict[str, float] = {}
     codebook = CodebookUpdate(run.raw_model, run.encoder_frozen)
     for micro, batch in enumerate(group):
         x, labels = run.micro_batch(micro, batch)
         with run.accelerator.autocast():
-            output = run.model(x, labels, generator=run.noise_source)
+            output = run.model(x, labels, **forward_options(run, x))
             loss, micro_logs = run.loss_fn(x, output, weight, step=step, last_layer=last_layer,
                                            gradient_mean=mean_tensors)
         run.accelerator.backward(loss / len(group))
         codebook.add(output)
-        if discriminator_on:
+        if run.loss_fn.discriminates(step, output.reconstruction):
+            discriminator_on = True
             with run.accelerator.autocast():
-                d_loss, d_logs = run.loss_fn.discriminator_step_loss(x, output.reconstruction.detach())
+                d_loss, d_logs = run.loss_fn.discriminator_step_loss(target_of(output, x),
+                                                                     output.reconstruction.detach())
             run.accelerator.backward(d_loss / len(group))
             micro_logs.update(d_logs)
         _add_means(logs, micro_logs, len(group))
