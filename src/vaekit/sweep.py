@@ -142,7 +142,7 @@ def sweep(config: str | Path | None, items: list[str], output_dir: str | None = 
         writer = csv.writer(f)
         writer.writerow(columns)
         writer.writerows(rows)
-    for run_dir in runs:  # each run's report now carries the sweep table
+    for run_dir in runs if explore else []:  # each run's report now carries the sweep table
         render_run_report(run_dir)
     return write_sweep_report(sweep_dir, swept, [c for c, _ in results], runs, rows, reported)
 
