@@ -359,6 +359,8 @@ def test_the_diffusability_report_compares_autoencoders_under_one_budget(tmp_pat
                  "--resolution", "16", "--steps", "3", "--batch-size", "8", "--seeds", "0,1", "--samples", "24",
                  "-o", str(tmp_path / "out")])
     assert code == 0 and "skipped: " in caplog.text and "truncated.png" in caplog.text
+    verdict = capsys.readouterr().out.splitlines()[0]  # labelled images: the classifier arbitrates, first line
+    assert verdict.startswith("verdict: ") and "by sample_classifier_fd" in verdict
     out = tmp_path / "out"
     rows = json.loads((out / JSON_FILE).read_text())["rows"]
     assert [row["vae"] for row in rows] == ["first", "second"]
