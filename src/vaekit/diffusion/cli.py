@@ -125,7 +125,11 @@ def add_commands(commands) -> None:
     sample.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     sample.add_argument("--device", default="auto", help=DEVICE_HELP)
     sample.set_defaults(func=cmd_sample)
+    _add_diffusability(commands)
 
+
+def _add_diffusability(commands) -> None:
+    """``vaekit diffusability``: its options are the budget's (``Budget``)."""
     defaults = Budget()
     report = commands.add_parser(
         "diffusability", help="compare image autoencoders by how well a diffusion model learns their latents",

@@ -239,7 +239,7 @@ class FeatureSpace:
     def frechet(self, images: torch.Tensor) -> float | None:
         """FD of ``images`` to the held-out images: Inception's (FID) when present, else the classifier's."""
         if self.inception_reason is None:
-            return _inception_scores(images, self.held_out)["sample_fid"]
+            return _inception_scores(images, self.held_out, kid=False)["sample_fid"]
         if self.classifier is None:
             return None
         return frechet_distance(features_of(self.classifier, images), self.held_out_features)
@@ -255,19 +255,24 @@ class FeatureSpace:
             pr = precision_recall(self.held_out_features, features)
             out.update(sample_precision=pr["precision"], sample_recall=pr["recall"])
             if labels is not None:
-                with torch.no_grad():
-                    predicted = torch.cat([self.classifier(samples[i:i + 256]).argmax(1)
-                                           for i in range(0, len(samples), 256)])
+                with torch.no_grad():  # the head on the features already computed: the classifier's logits
+                    predicted = self.classifier.head(features).argmax(1)
                 out["sample_class_accuracy"] = (predicted.cpu() == labels.cpu()).float().mean().item()
         return out
 
 
-def _inception_scores(images: torch.Tensor, held_out: torch.Tensor) -> dict:
-    fid, kid = inception_for_fid(), inception_for_kid(min(len(images), len(held_out)))
-    for metric in (fid, kid):
+def _inception_scores(images: torch.Tensor, held_out: torch.Tensor, kid: bool = True) -> dict:
+    """FID (and KID) of ``images`` against ``held_out``, both in [-1, 1]."""
+    metrics = {"sample_fid": inception_for_fid()}
+    if kid:
+        metrics["sample_kid"] = inception_for_kid(min(len(images), len(held_out)))
+    for metric in metrics.values():
         metric.update((held_out + 1) / 2, real=True)
         metric.update((images + 1) / 2, real=False)
-    return {"sample_fid": float(fid.compute()), "sample_kid": float(kid.compute()[0])}
+    scores = {"sample_fid": float(metrics["sample_fid"].compute())}
+    if kid:
+        scores["sample_kid"] = float(metrics["sample_kid"].compute()[0])
+    return scores
 
 
 def _readable(folder: Path, names: list[str], resolution: int) -> dict[str, torch.Tensor]:
