@@ -238,3 +238,20 @@ def test_sweep_argument_errors(capsys):
     assert "nothing to sweep" in capsys.readouterr().err
     assert main(["sweep", "model.latent_dim=2,x"]) == 1
     assert "model.latent_dim must be an integer, got 'x'" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_stops_the_whole_sweep(tmp_path, monkeypatch):
+    import vaekit.training
+    from vaekit.sweep import sweep
+    from vaekit.training.trainer import TrainingInterrupted
+
+    started = []
+
+    def interrupted(config, **_):  # Ctrl-C during the first run: it saved a checkpoint and stopped
+        started.append(config.run_name)
+        raise TrainingInterrupted("stopped at step 3 of 10")
+
+    monkeypatch.setattr(vaekit.training, "train", interrupted)
+    with pytest.raises(TrainingInterrupted):
+        sweep(None, ["model.latent_dim=2,3", *tiny_overrides(tmp_path)], output_dir=str(tmp_path / "sweeps"))
+    assert started == ["latent_dim=2"]  # the second run never started

@@ -97,6 +97,7 @@ def sweep(config: str | Path | None, items: list[str], output_dir: str | None = 
     """Train one run per combination of the grid (on ``device``: default a GPU when there is one); returns
     the sweep directory. ``explore``: draw each run's figures and report (``vaekit explore`` draws them later)."""
     from vaekit.training import train
+    from vaekit.training.trainer import TrainingInterrupted
 
     raw, preset = read_sweep_config(config)
     cli_grid, fixed = parse_sweep_args(items)
@@ -123,6 +124,10 @@ def sweep(config: str | Path | None, items: list[str], output_dir: str | None = 
         log.info("sweep run %d of %d: %s", i, len(configs), run_config.run_name)
         try:
             run_dir = train(run_config, device=device, explore=explore)
+        except TrainingInterrupted:  # Ctrl-C or SIGTERM stops the sweep, not just its current run
+            log.warning("sweep stopped at run %d of %d (%s); the runs before it are in %s", i, len(configs),
+                        run_config.run_name, sweep_dir)
+            raise
         except VaekitError as err:  # one failed run (e.g. missing LPIPS weights) does not end the sweep
             log.warning("sweep run %s failed: %s", run_config.run_name, err)
             results.append((combination, {"error": str(err)}))
