@@ -11,8 +11,11 @@ sampled latent and to the image alike, so that the loss compares D(τ(z)) with �
   the latent and of the image: the decoder must rebuild the down-sampled image from the down-sampled
   latent, which penalises high-frequency content in the latents that the image does not have.
 
-A batch gets at most one of them (EQ-VAE first). A KL autoencoder applies τ in its forward pass
-(``AutoencoderKL.forward(..., transform=τ)``); the KL term stays that of the untransformed posterior.
+- **Latent denoising** (l-DeTok): ``LatentDenoising`` below corrupts the latent alone, the target stays x.
+
+A batch gets at most one of them (EQ-VAE first, then scale equivariance; latent denoising takes every batch
+neither took). A KL autoencoder applies τ in its forward pass (``AutoencoderKL.forward(..., transform=τ)``);
+the KL term stays that of the untransformed posterior.
 """
 
 from __future__ import annotations
@@ -71,3 +74,51 @@ def draw_transform(eqvae_prob: float, scale_equivariance_prob: float, latent_sid
         pool = 2 if _uniform(generator) < 0.5 or latent_side < 4 else 4
         return LatentTransform(pool=pool) if latent_side >= 2 else None
     return None
+
+
+@dataclass(frozen=True)
+class LatentDenoising:
+    """Latent denoising (l-DeTok, Yang et al. 2025; Jiawei-Yang/DeTok, ``models/detok.py``): the decoder gets a
+    corrupted latent and must still reconstruct the clean image, so the latent space it learns tolerates the
+    errors a denoiser's samples carry.
+
+    - Interpolative noise: per image a level t ~ U(0, 1), z ← (1 − t)·z + t·γ·ε with ε ~ N(0, I)
+      (DeTok: γ = 3; ``noise_gamma``, 0 for none).
+    - Masking: per image a ratio r = max(0, u), u ~ U(−0.1, ``mask_ratio``) (DeTok's draw, theirs up to 0.7),
+      and that share of latent positions (all channels) is replaced by pure noise γ·ε (t = 1; zero without
+      noise). DeTok's ViT encoder drops masked patches and its decoder puts a learned mask token there; a
+      convolutional autoencoder keeps every position, so here the decoder alone sees the mask.
+    """
+
+    noise_gamma: float
+    mask_ratio: float
+    generator: torch.Generator
+
+    def corrupt(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(corrupted z, each image's noise level t (B,), the mask (B, 1, h, w), 1 where replaced)."""
+        batch, device = z.shape[0], z.device
+        noise = torch.randn(z.shape, generator=self.generator, device=self.generator.device).to(device, z.dtype)
+        noise = noise * self.noise_gamma
+        level = torch.zeros(batch, device=device, dtype=z.dtype)
+        if self.noise_gamma > 0:
+            level = torch.rand(batch, generator=self.generator, device=self.generator.device).to(device, z.dtype)
+        t = level.view(-1, 1, 1, 1)
+        corrupted = (1 - t) * z + t * noise
+        mask = torch.zeros(batch, 1, *z.shape[-2:], device=device, dtype=z.dtype)
+        if self.mask_ratio > 0:
+            mask = self._mask(batch, z.shape[-2:]).to(device, z.dtype)
+            corrupted = torch.where(mask.bool(), noise, corrupted)
+        return corrupted, level, mask
+
+    def _mask(self, batch: int, side: tuple[int, int]) -> torch.Tensor:
+        positions = side[0] * side[1]
+        draw = torch.rand(batch, generator=self.generator, device=self.generator.device).cpu()
+        ratios = (draw * (self.mask_ratio + 0.1) - 0.1).clamp(min=0.0)
+        order = torch.rand(batch, positions, generator=self.generator, device=self.generator.device).cpu()
+        ranks = order.argsort(dim=1).argsort(dim=1)  # each position's place in a random order
+        kept = torch.ceil(positions * (1 - ratios)).long()
+        return (ranks >= kept[:, None]).float().view(batch, 1, *side)
+
+    def __call__(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the corrupted latent, the clean image it must still decode to)."""
+        return self.corrupt(z)[0], x

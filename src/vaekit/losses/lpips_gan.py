@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from vaekit.errors import ConfigError
+from vaekit.losses.alignment import VisionAlignment, load_backbone
 from vaekit.losses.discriminator import D_LOSSES, NLayerDiscriminator
-from vaekit.losses.latent_transforms import draw_transform
+from vaekit.losses.latent_transforms import LatentDenoising, draw_transform
 from vaekit.registry import LOSSES
 
 
@@ -73,11 +74,32 @@ class LPIPSGANConfig:
     scale_equivariance_prob: float = 0.0
     """Scale equivariance (Skorokhodov et al. 2025): the share of batches whose latent and image are both
     down-sampled ×2 or ×4 (block averages), the decoder reconstructing the small image from the small latent."""
+    latent_noise_gamma: float = 0.0
+    """Latent denoising (l-DeTok): the decoder reconstructs x from (1 − t)·z + t·γ·ε, t ~ U(0, 1) per image;
+    this is γ (DeTok: 3.0; 0: off). Applies to the batches no latent transform took."""
+    latent_mask_ratio: float = 0.0
+    """Latent denoising (l-DeTok): the largest share of latent positions replaced by noise, per image a
+    ratio max(0, U(−0.1, this)) (DeTok: 0.7; 0: off)."""
+    vf_model: str | None = None
+    """VA-VAE's alignment of the latents to a frozen vision model: timm:NAME or a transformers hub name or
+    folder (VA-VAE: DINOv2 ViT-L/14, timm:vit_large_patch14_dinov2.lvd142m); None: off. losses/alignment.py."""
+    vf_weight: float = 0.1
+    """The alignment term's weight (VA-VAE: 0.1), times the adaptive weight when vf_adaptive."""
+    vf_adaptive: bool = True
+    """Scale the alignment term by ‖∇ rec‖ / ‖∇ vf‖ at the encoder's last layer (VA-VAE's adaptive_vf)."""
+    vf_cos_margin: float = 0.5
+    """Margin of the per-position cosine term (VA-VAE: 0.5)."""
+    vf_distmat_margin: float = 0.25
+    """Margin of the similarity-matrix term (VA-VAE: 0.25)."""
+    vf_image_size: int = 224
+    """Side the images are resized to for the vision model (VA-VAE's DINOv2: 224)."""
+    vf_pretrained: bool = True
+    """False: a timm backbone with random weights (tests only)."""
 
 
 def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
-                    disc_weight: float, gradient_mean=None) -> torch.Tensor:
-    """disc_weight · ‖∇nll‖ / (‖∇g‖ + 1e-4), clamped to [0, 1e4], gradients at ``last_layer`` (detached).
+                    disc_weight: float, gradient_mean=None, limit: float = 1e4) -> torch.Tensor:
+    """disc_weight · ‖∇nll‖ / (‖∇g‖ + 1e-4), clamped to [0, limit], gradients at ``last_layer`` (detached).
 
     ``gradient_mean``: the training loop's average over processes (``training.distributed.mean_tensors``),
     applied to both gradients first, so the weight is the one of the global batch, as with one process."""
@@ -86,7 +108,7 @@ def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
     if gradient_mean is not None:
         nll_grad, g_grad = gradient_mean(nll_grad, g_grad)
     weight = torch.norm(nll_grad) / (torch.norm(g_grad) + 1e-4)
-    return torch.clamp(weight, 0.0, 1e4).detach() * disc_weight
+    return torch.clamp(weight, 0.0, limit).detach() * disc_weight
 
 
 def target_of(output, x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +116,10 @@ def target_of(output, x: torch.Tensor) -> torch.Tensor:
     latent transform, else ``x``."""
     target = getattr(output, "target", None)
     return x if target is None else target
+
+
+def _latent_options(config: LPIPSGANConfig) -> tuple[float, ...]:
+    return (config.eqvae_prob, config.scale_equivariance_prob, config.latent_noise_gamma, config.latent_mask_ratio)
 
 
 @LOSSES.register("lpips-gan", LPIPSGANConfig)
@@ -118,32 +144,64 @@ class LPIPSWithDiscriminator(nn.Module):
                               if config.disc_weight > 0 else None)
         self.d_loss = D_LOSSES[config.disc_loss]
         self.regularizer = "kl"
+        self.alignment: VisionAlignment | None = None
+        self._encoder_layer: list[torch.Tensor] = []  # the encoder's last weight, for the adaptive VF weight
 
     @classmethod
     def for_model(cls, config: LPIPSGANConfig, model: nn.Module) -> "LPIPSWithDiscriminator":
-        if model.regularizer == "vq" and (config.eqvae_prob or config.scale_equivariance_prob):
-            raise ConfigError("loss.eqvae_prob and loss.scale_equivariance_prob transform a KL autoencoder's sampled "
-                              "latent; a VQ model quantises its latent first")
+        if model.regularizer == "vq" and any(_latent_options(config)):
+            raise ConfigError("loss.eqvae_prob, loss.scale_equivariance_prob, loss.latent_noise_gamma and "
+                              "loss.latent_mask_ratio change a KL autoencoder's sampled latent; a VQ model quantises "
+                              "its latent first")
+        if not 0 <= config.latent_mask_ratio < 1 or config.latent_noise_gamma < 0:
+            raise ConfigError(f"loss.latent_mask_ratio must be in [0, 1) and loss.latent_noise_gamma ≥ 0, got "
+                              f"{config.latent_mask_ratio} and {config.latent_noise_gamma}")
         if model.regularizer == "vq" and config.learn_logvar:
             raise ConfigError("loss.learn_logvar applies to KL autoencoders (LDM's loss); a VQ model's loss is "
                               "taming's mean reconstruction, which has no log-variance")
         loss = cls(config, model.config.out_channels)
         loss.regularizer = model.regularizer  # "kl": the posterior's KL; "vq": the quantiser's loss
+        if config.vf_model is not None:
+            if model.regularizer == "vq":
+                raise ConfigError("loss.vf_model aligns a KL autoencoder's sampled latent; use it with autoencoder-kl")
+            backbone = load_backbone(config.vf_model, config.vf_pretrained, config.vf_image_size)
+            loss.alignment = VisionAlignment(backbone, model.config.latent_channels, config.vf_cos_margin,
+                                             config.vf_distmat_margin)
+            loss._encoder_layer.append(model.encoder.conv_out.weight)
         return loss
 
     def draw_transform(self, x: torch.Tensor, generator: torch.Generator, downsampling_factor: int):
         """The latent transform of this batch (``losses.latent_transforms``), or None."""
-        if not (self.config.eqvae_prob or self.config.scale_equivariance_prob):
-            return None
-        return draw_transform(self.config.eqvae_prob, self.config.scale_equivariance_prob,
-                              min(x.shape[-2:]) // downsampling_factor, generator)
+        config = self.config
+        transform = None
+        if config.eqvae_prob or config.scale_equivariance_prob:
+            transform = draw_transform(config.eqvae_prob, config.scale_equivariance_prob,
+                                       min(x.shape[-2:]) // downsampling_factor, generator)
+        if transform is None and (config.latent_noise_gamma or config.latent_mask_ratio):
+            transform = LatentDenoising(config.latent_noise_gamma, config.latent_mask_ratio, generator)
+        return transform
 
     def last_layer(self, model: nn.Module) -> torch.Tensor:
         """The weight the adaptive weight's gradients are taken at: the decoder's output convolution."""
         return model.decoder.conv_out.weight
 
     def generator_parameters(self) -> list[nn.Parameter]:
-        return [self.logvar] if self.config.learn_logvar else []
+        """The loss's own parameters that train with the autoencoder: LDM's log-variance, VA-VAE's projection."""
+        own = [self.logvar] if self.config.learn_logvar else []
+        return own + (list(self.alignment.parameters()) if self.alignment is not None else [])
+
+    def _alignment_term(self, images: torch.Tensor, output, nll_loss: torch.Tensor,
+                        gradient_mean) -> tuple[torch.Tensor, dict[str, float]]:
+        """vf_weight (adaptive) · L_vf on the untransformed latent (the posterior's mode when a latent
+        transform took this batch's sample)."""
+        z = output.z if getattr(output, "target", None) is None else output.posterior.mode()
+        vf, logs = self.alignment(z, images)
+        weight = torch.tensor(self.config.vf_weight)
+        if self.config.vf_adaptive and self._encoder_layer and torch.is_grad_enabled() and vf.requires_grad:
+            weight = adaptive_weight(nll_loss, vf, self._encoder_layer[0], self.config.vf_weight, gradient_mean,
+                                     limit=1e8)
+        logs.update(vf_loss=vf.item(), vf_weight=float(weight))
+        return weight * vf, logs
 
     def discriminator_active(self, step: int) -> bool:
         return self.discriminator is not None and step >= self.config.disc_start
@@ -168,7 +226,7 @@ class LPIPSWithDiscriminator(nn.Module):
         """The autoencoder's loss; ``output`` has ``.reconstruction`` and ``.posterior`` (and ``.quantized``
         for a VQ model). ``gradient_mean``: see ``adaptive_weight``."""
         weight = self.beta if kl_weight is None else kl_weight
-        x = target_of(output, x)
+        images, x = x, target_of(output, x)
         x_hat = output.reconstruction
         difference = x_hat - x
         rec = difference.abs() if self.config.pixel == "l1" else difference.pow(2)
@@ -191,6 +249,10 @@ class LPIPSWithDiscriminator(nn.Module):
             kl_loss = output.posterior.kl().sum() / batch
             loss = nll_loss + weight * kl_loss
             logs.update(kl=kl_loss.item(), kl_weight=float(weight))
+            if self.alignment is not None:
+                aligned, alignment_logs = self._alignment_term(images, output, nll_loss, gradient_mean)
+                loss = loss + aligned
+                logs.update(alignment_logs)
         if self.discriminates(step, x_hat):
             with self._frozen_discriminator():
                 g_loss = -self.discriminator(x_hat.contiguous()).mean()

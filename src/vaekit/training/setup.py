@@ -25,6 +25,7 @@ from vaekit.data import TrainingBatches, build_dataset
 from vaekit.data.ranges import range_map
 from vaekit.errors import ConfigError, VaekitError
 from vaekit.io.checkpoints import load_checkpoint, save_checkpoint
+from vaekit.losses.alignment import check_alignment_settings
 from vaekit.io.layout import latest_checkpoint, remove_unfinished
 from vaekit.models import create_model
 from vaekit.progress import resolve_device
@@ -283,6 +284,7 @@ def _resolve(config: RunConfig | dict | str | Path | None, resume: str | Path | 
     if config.model.init_from is not None:
         model_section, source = resolve_init_from(config.model)
         config = dataclasses.replace(config, model=model_section)
+    check_alignment_settings(getattr(config.loss.params, "vf_model", None), config.train.decoder_only)
     if config.train.decoder_only and config.model.init_from is None:
         raise ConfigError("train.decoder_only=true freezes the encoder, which is only meaningful for a pretrained "
                           "one: set model.init_from to the model to fine-tune (a folder, checkpoint or hub name)")

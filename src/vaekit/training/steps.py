@@ -94,6 +94,12 @@ def forward_options(run: Run, x: torch.Tensor) -> dict:
     return options
 
 
+def loss_options(run: Run) -> dict:
+    """Extra arguments of a loss with an adaptive weight outside the adversarial step (VA-VAE's alignment):
+    the average over processes its gradient norms take."""
+    return {"gradient_mean": mean_tensors} if getattr(run.loss_fn, "alignment", None) is not None else {}
+
+
 def autoencoder_step(run: Run, group: list) -> StepResult:
     """One step of the model — and of the loss's own parameters, e.g. LDM's learned log-variance."""
     weight = kl_weight(run)
@@ -103,7 +109,7 @@ def autoencoder_step(run: Run, group: list) -> StepResult:
         x, labels = run.micro_batch(micro, batch)
         with run.accelerator.autocast():
             output = run.model(x, labels, **forward_options(run, x))
-            loss, micro_logs = run.loss_fn(x, output, weight)
+            loss, micro_logs = run.loss_fn(x, output, weight, **loss_options(run))
         run.accelerator.backward(loss / len(group))
         codebook.add(output)
         _add_means(logs, micro_logs, len(group))
