@@ -131,6 +131,39 @@ def test_the_verdict_names_the_winner_the_spread_and_the_signals_that_agreed():
     line = verdict(unlabelled, "the images are unlabelled")
     assert line.startswith("no verdict") and "the images are unlabelled" in line
     assert verdict(rows[:1]).startswith("verdict: one autoencoder")
+    # the fallback quotes the shipped meta-study record of the best-recorded signal every row has
+    from vaekit.diffusion.verdict import load_track_record
+
+    record = load_track_record()["signals"]
+    best = max(record, key=lambda name: record[name]["rho"])
+    unmeasured = [{"vae": "a", "sample_classifier_fd": None, best: 0.5, "eps_mse": 0.1},
+                  {"vae": "b", "sample_classifier_fd": None, best: 0.4, "eps_mse": 0.2}]
+    line = verdict(unmeasured, "no labels")
+    assert line.startswith(f"no verdict (no labels): falling back on {best}, whose rank correlation")
+    from vaekit.diffusion.verdict import SIGNALS
+
+    order = "a < b" if SIGNALS[best][0] else "b < a"  # a has the higher value
+    assert f"ρ = {record[best]['rho']:.2f}" in line and line.endswith(f"{order} (better first)")
+
+
+def test_seeds_of_one_configuration_are_pooled_before_the_verdict():
+    from vaekit.diffusion.diffusability import seed_free_name
+    from vaekit.diffusion.verdict import configurations, verdict
+
+    rows = [_row("seed=0", [30.0, 32.0], psnr=25.0), _row("seed=1", [34.0, 36.0], psnr=27.0),
+            _row("eqvae_prob=0.5_seed=0", [20.0, 21.0], psnr=24.0), _row("eqvae_prob=0.5_seed=1", [22.0, 25.0], psnr=22.0)]
+    for row in rows:
+        row["sample_classifier_fd_spread"] = max(row["sample_classifier_fd_seeds"]) - min(row["sample_classifier_fd_seeds"])
+    grouped = configurations(rows, lambda row: seed_free_name(row["vae"]))
+    assert [g["vae"] for g in grouped] == ["base", "eqvae_prob=0.5"]
+    base = grouped[0]
+    assert base["members"] == ["seed=0", "seed=1"] and base["psnr"] == 26.0
+    assert base["sample_classifier_fd_seeds"] == [30.0, 32.0, 34.0, 36.0] and base["sample_classifier_fd"] == 33.0
+    assert base["sample_classifier_fd_spread"] == 6.0  # over every seed of both autoencoders
+    line = verdict(grouped)
+    assert line.startswith("verdict: eqvae_prob=0.5 generates best by sample_classifier_fd (22, seeds 20–25 against "
+                           "base's 33, seeds 30–36)") and "beyond the seed spread" in line
+    assert configurations(rows[:1] + rows[2:3], lambda row: seed_free_name(row["vae"])) is None  # one seed each
 
 
 def test_validation_logs_the_latent_signals_and_the_high_frequency_ratio(tmp_path):
@@ -159,6 +192,7 @@ def test_validation_logs_the_latent_signals_and_the_high_frequency_ratio(tmp_pat
         assert validation["latent_hf_fraction"] == pytest.approx(high_frequency_fraction(model.encode(x).mode()), rel=1e-5)
     assert validation["equivariance_mse_rotate_90"] == pytest.approx(expected["equivariance_mse_rotate_90"], rel=1e-5)
     assert 0 < validation["hf_energy_ratio"] < 10
+    assert "equivariance_mse_scale_0.5" not in validation  # the meta-study did not find it predictive
 
 
 @pytest.mark.slow

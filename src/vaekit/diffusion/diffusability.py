@@ -34,7 +34,7 @@ from vaekit.data.folder import folder_labels
 from vaekit.diffusion.config import diffusion_config
 from vaekit.diffusion.data import LatentsConfig, latents
 from vaekit.diffusion.sampling import decode_latents, sample_latents
-from vaekit.diffusion.verdict import SIGNALS, arbiter_of, track_record, verdict
+from vaekit.diffusion.verdict import SIGNALS, arbiter_of, configurations, track_record, verdict
 from vaekit.errors import ConfigError, VaekitError
 from vaekit.evaluation import evaluate
 from vaekit.io.atomic import write_json
@@ -42,7 +42,7 @@ from vaekit.io.images import read_image
 from vaekit.io.models import load_model, save_model
 from vaekit.latents import LatentDataset, export_latents, open_source
 from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
-from vaekit.metrics.frechet import features_of, frechet_distance, train_classifier
+from vaekit.metrics.frechet import classifier_accuracy, features_of, frechet_distance, train_classifier
 from vaekit.metrics.generation import precision_recall
 from vaekit.metrics.image import inception_for_fid, inception_for_kid, per_image_psnr, ssim
 from vaekit.metrics.latent import equivariance_errors, high_frequency_fraction, radial_power_spectrum
@@ -57,6 +57,8 @@ from vaekit.viz.report import Figure, render
 log = logging.getLogger("vaekit")
 
 TABLE, JSON_FILE, PAGE = "diffusability.csv", "diffusability.json", "diffusability.html"
+CONFIGURATIONS_TABLE = "configurations.csv"
+"""With several seeds per configuration (a sweep): one row per configuration, means over its seeds."""
 
 
 @dataclass
@@ -297,10 +299,13 @@ def _classifier(readable: dict[str, torch.Tensor], held_out_names: set[str]):
     if labels is None:
         return None
     train = [i for i, name in enumerate(names) if name not in held_out_names]
+    held = [i for i, name in enumerate(names) if name in held_out_names]
     images = torch.cat([readable[names[i]] for i in train])
     model, accuracy = train_classifier(images, torch.as_tensor(labels[train]), len(classes), seed=0)
-    log.info("diffusability: a classifier of %d classes for the Fréchet distance (training accuracy %.3f)",
-             len(classes), accuracy)
+    held_accuracy = classifier_accuracy(model, torch.cat([readable[names[i]] for i in held]),
+                                        torch.as_tensor(labels[held])) if held else float("nan")
+    log.info("diffusability: a classifier of %d classes for the Fréchet distance (accuracy %.3f on its training "
+             "images, %.3f held out)", len(classes), accuracy, held_accuracy)
     return model
 
 
@@ -458,8 +463,9 @@ def _no_arbiter_reason(rows: list[dict]) -> str:
 
 
 def seed_free_name(name: str) -> str:
-    """A swept autoencoder's name without its seed: the configuration its seeds share."""
-    return re.sub(r"_?seed=\d+", "", name).strip("_") or name
+    """A swept autoencoder's name without its seed: the configuration its seeds share ("base" when the seed
+    was all that changed)."""
+    return re.sub(r"_?seed=\d+", "", name).strip("_") or "base"
 
 
 def _track_record_table(rows: list[dict]) -> dict | None:
@@ -471,16 +477,24 @@ def _track_record_table(rows: list[dict]) -> dict | None:
     return track_record(rows, lambda row: seed_free_name(row["vae"]), arbiter)
 
 
-def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
-    line = verdict(rows, _no_arbiter_reason(rows))
-    record = _track_record_table(rows)
-    write_json(out / JSON_FILE, {"verdict": line, "budget": {**vars(budget), "seeds": list(budget.seeds)},
-                                 "rows": rows, "track_record": record})
+def _write_table(path: Path, rows: list[dict]) -> list[list[str]]:
     table = [[_cell(row.get(c)) for c in COLUMNS] for row in rows]
-    with open(out / TABLE, "w", newline="") as f:
+    with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         writer.writerows(table)
+    return table
+
+
+def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
+    grouped = configurations(rows, lambda row: seed_free_name(row["vae"]))
+    line = verdict(grouped or rows, _no_arbiter_reason(rows))
+    record = _track_record_table(rows)
+    write_json(out / JSON_FILE, {"verdict": line, "budget": {**vars(budget), "seeds": list(budget.seeds)},
+                                 "rows": rows, "configurations": grouped, "track_record": record})
+    table = _write_table(out / TABLE, rows)
+    if grouped is not None:  # the page shows the configurations, each over its autoencoders' seeds
+        table = _write_table(out / CONFIGURATIONS_TABLE, grouped)
     plots.spectra(out / "spectra.png", {name: latent for name, (latent, _) in spectra.items()},
                   {name: image for name, (_, image) in spectra.items()})
     plots.lines(out / "eps_by_timestep.png", [f"{lo}" for lo, _ in rows[0]["timestep_buckets"]],
@@ -499,6 +513,8 @@ def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
                 for row in rows]
     note = rows[0].get("sample_fid_unavailable")
     title = f"diffusability: {len(rows)} autoencoders, {budget.steps} denoiser steps × {len(budget.seeds)} seeds"
+    if grouped is not None:
+        title += f"; the table: {len(grouped)} configurations, means over their autoencoders"
     extra = None
     if record is not None:
         extra = {"title": f"Which cheap signals predict {record['arbiter']}",

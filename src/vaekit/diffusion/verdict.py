@@ -145,3 +145,28 @@ def track_record(rows: list[dict], group_of, arbiter: str) -> dict:
         low, high = bootstrap_interval(signal, target)
         out[name] = {"rho": spearman(signal, target), "low": low, "high": high}
     return {"arbiter": arbiter, "groups": list(groups), "signals": out}
+
+
+def configurations(rows: list[dict], group_of) -> list[dict] | None:
+    """One row per configuration when some configuration was trained with several seeds (else None): each
+    number the mean over its autoencoders, each score's per-seed values pooled over them (so the seed range
+    and spread cover the autoencoders' seeds and the denoiser's), ``members`` the autoencoders."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(group_of(row), []).append(row)
+    if all(len(members) == 1 for members in groups.values()):
+        return None
+    out = []
+    for name, members in groups.items():
+        merged: dict = {"vae": name, "members": [m["vae"] for m in members]}
+        for key in members[0]:
+            values = [m.get(key) for m in members]
+            if key.endswith("_seeds") and all(isinstance(v, list) for v in values):
+                merged[key] = [x for v in values for x in v]
+            elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                merged[key] = statistics.fmean(values)
+        for key in list(merged):
+            if key.endswith("_seeds") and f"{key[:-6]}_spread" in merged:
+                merged[f"{key[:-6]}_spread"] = max(merged[key]) - min(merged[key])
+        out.append(merged)
+    return out
