@@ -15,9 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent('''
     import sys
+    import importlib.metadata as metadata
     blocked = sys.argv[1].split(",")
     for name in blocked:
         sys.modules[name] = None  # as if not installed: `import name` fails, find_spec(name) is None
+    installed = metadata.distribution
+    hidden = {name.lower().replace("_", "-") for name in blocked}
+
+    def distribution(name):  # nor any metadata: libraries that probe for an optional package (torchmetrics
+        if name.lower().replace("_", "-") in hidden:  # for transformers) must find it absent, as it would be
+            raise metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    metadata.distribution = distribution
     import dataclasses, traceback
     from pathlib import Path
     import torch
