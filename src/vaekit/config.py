@@ -71,6 +71,11 @@ class TrainConfig:
     epoch for the small models, every 500 steps for image autoencoders."""
     validation_examples: int = 256
     """Size of the fixed held-out subset validated on (taken from the test split)."""
+    validation_batch_size: int | None = None
+    """Held-out examples validated at a time. null: for image autoencoders, the most whose estimated
+    encode + decode memory fits the device's available memory (chosen at the first validation and logged;
+    see docs/gpu.md), for the other models eval.batch_size. An out-of-memory error during validation halves
+    the batch and tries again, down to 1."""
     best_metric: str | None = None
     """Validation metric whose best value keeps a copy of the weights in RUN_DIR/best/; default psnr for
     image autoencoders, negative_elbo for VAEs, reconstruction for plain autoencoders."""
@@ -99,7 +104,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accumulation", "checkpoint_every", "log_every",
                      "max_nonfinite_steps", "max_steps", "validate_every", "validation_examples",
-                     "calibration_images"):
+                     "validation_batch_size", "calibration_images"):
             minimum = 0 if name == "epochs" else 1
             value = getattr(self, name)
             if value is not None and value < minimum:

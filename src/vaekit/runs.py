@@ -80,13 +80,16 @@ def read_log(run_dir: str | Path) -> list[dict]:
     return records
 
 
-def truncate_log(run_dir: str | Path, step: int) -> None:
-    """Keep only the records up to ``step`` (a resumed run writes the later ones again)."""
+def truncate_log(run_dir: str | Path, step: int, validated: bool = True) -> None:
+    """Keep only the records up to ``step`` (a resumed run writes the later ones again); ``validated``
+    False: a validation record of ``step`` itself goes too (the checkpoint was written before that
+    validation, which the resumed run does again)."""
     from vaekit.io.atomic import write_text
 
     path = Path(run_dir) / LOG_FILE
     if path.is_file():
-        kept = [json.dumps(r) for r in read_log(run_dir) if r.get("step", 0) <= step]
+        kept = [json.dumps(r) for r in read_log(run_dir)
+                if r.get("step", 0) < step or (r.get("step", 0) == step and (validated or "validation" not in r))]
         write_text(path, "".join(line + "\n" for line in kept))
 
 

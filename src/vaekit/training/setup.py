@@ -33,6 +33,7 @@ from vaekit.registry import LOSSES, MODELS
 from vaekit.runs import CONFIG_FILE, create_run_dir, read_run_config, truncate_log
 from vaekit.training.distributed import GlobalBatchNoise, launched_on_cpu, process_state, sync_batch_norm
 from vaekit.training.ema import EMA
+from vaekit.training.memory import log_memory_estimates
 from vaekit.training.pretrained import resolve_init_from
 from vaekit.training.validation import Validator, check_best_metric, restore_best
 
@@ -123,9 +124,10 @@ class Run:
     def finished(self) -> bool:
         return self.state.step >= self.total_steps
 
-    def due(self, every: int) -> bool:
-        """Whether the step just taken is a multiple of ``every`` or the last one."""
-        return self.state.step % every == 0 or self.state.step == self.total_steps
+    def due(self, every: int, step: int | None = None) -> bool:
+        """Whether the step just taken (or ``step``) is a multiple of ``every`` or the last one."""
+        step = self.state.step if step is None else step
+        return step % every == 0 or step == self.total_steps
 
     def saved_model(self) -> nn.Module:
         """What is validated, evaluated and saved: the EMA weights when there are any."""
@@ -359,9 +361,7 @@ def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path |
               cfg.validate_every or max(1, default_every))
     run.state.num_processes = accelerator.num_processes
     if run.is_main:
-        run.validator = Validator(raw_model, test_data, cfg.validation_examples, cfg.best_metric, config.seed,
-                                  config.eval.batch_size, device,
-                                  range_map(test_data.value_range, raw_model.value_range))
+        run.validator = _validator(run, test_data)
         if cfg.snapshot_examples > 0:
             x, labels = test_data.__getitems__(test_data.spread_indices(cfg.snapshot_examples, config.seed))
             run.snapshot = (range_map(test_data.value_range, raw_model.value_range)(x).to(device),
@@ -373,12 +373,33 @@ def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path |
     return run
 
 
+def owes_validation(run: Run, state: TrainState) -> bool:
+    """Whether a validation fell due at ``state``'s step but had not run when its checkpoint was written (the
+    trainer checkpoints first, so that a validation that fails loses no steps)."""
+    return state.step > 0 and state.last_validation_step != state.step and run.due(run.validate_every, state.step)
+
+
+def _validator(run: Run, test_data) -> Validator:
+    """The validator, with its batch size (for image autoencoders, by default, chosen at the first
+    validation from the memory available then); for image autoencoders, the memory estimates logged."""
+    config, cfg, model = run.config, run.cfg, run.raw_model
+    image_autoencoder = model.kind == "autoencoder" and not model.has_likelihood
+    batch_size = cfg.validation_batch_size or (None if image_autoencoder else config.eval.batch_size)
+    validator = Validator(model, test_data, cfg.validation_examples, cfg.best_metric, config.seed, batch_size,
+                          run.device, range_map(test_data.value_range, model.value_range))
+    if image_autoencoder:
+        micro_batch = math.ceil(cfg.batch_size / run.accelerator.num_processes)
+        log_memory_estimates(model, run.train_data.image_shape, micro_batch, cfg.decoder_only, run.ema is not None,
+                             validator.bytes_per_image, cfg.validation_batch_size, run.device, cfg.mixed_precision)
+    return validator
+
+
 def _restore(run: Run, checkpoint: Path) -> None:
     meta = load_checkpoint(checkpoint, run.raw_model, run.optimizers, {"noise": run.noise}, run.stateful_modules(),
                            scaler=run.scaler)
     state = TrainState.from_checkpoint(meta)
     if run.is_main:
-        truncate_log(run.run_dir, state.step)
+        truncate_log(run.run_dir, state.step, validated=not owes_validation(run, state))
         restore_best(run.run_dir)
         remove_unfinished(run.checkpoint_dir)
         log.info("resuming %s from %s (step %d of %d)", run.run_dir, checkpoint.name, state.step, run.total_steps)

@@ -27,7 +27,7 @@ from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 from vaekit.runs import BEST_DIR, update_metrics
 from vaekit.training.distributed import any_process
 from vaekit.training.logbook import Logbook
-from vaekit.training.setup import Run, build_run
+from vaekit.training.setup import Run, build_run, owes_validation
 from vaekit.training.snapshots import save_snapshot
 from vaekit.training.steps import adversarial_step, autoencoder_step, set_learning_rates
 from vaekit.training.validation import better, save_best
@@ -60,6 +60,8 @@ def train(
     step_fn = adversarial_step if run.loss_fn.has_discriminator else autoencoder_step
     clock = time.perf_counter()
     with Logbook(run) as logbook, stop_on_signal() as stop_requested:
+        if owes_validation(run, run.state):
+            clock = validate(run, logbook, run.state.epoch, clock)
         for epoch in range(run.state.epoch, cfg.epochs):
             if run.finished and run.state.batch_in_epoch == 0:
                 break
@@ -72,10 +74,12 @@ def train(
                 logbook.step(result)
                 if run.due(cfg.log_every):
                     logbook.write_interval(epoch)
-                if run.due(run.validate_every):
-                    clock = validate(run, logbook, epoch, clock)
+                # Checkpoint first: a validation that fails (out of memory) then loses no steps. A best it
+                # finds is written with the next checkpoint (see validate); a resumed run does it again.
                 if run.due(cfg.checkpoint_every):
                     clock = save_checkpoint(run, clock)
+                if run.due(run.validate_every):
+                    clock = validate(run, logbook, epoch, clock)
                 if any_process(stop_requested.is_set(), run.device):
                     save_checkpoint(run, clock)
                     raise TrainingInterrupted(f"stopped at step {run.state.step} of {run.total_steps}; checkpoint "

@@ -31,6 +31,8 @@ from vaekit.io.models import save_model
 from vaekit.metrics.image import high_frequency_energy, per_image_psnr, ssim
 from vaekit.metrics.latent import latent_signals
 from vaekit.runs import BEST_DIR
+from vaekit.training.memory import (ValidationOutOfMemory, available_bytes, choose_validation_batch,
+                                    is_out_of_memory, validation_bytes_per_image)
 
 log = logging.getLogger("vaekit")
 
@@ -73,10 +75,14 @@ def better(metric: str, value: float, best: float | None) -> bool:
 
 
 class Validator:
-    """Scores a model on the fixed subset; ``images`` holds the subset in the model's value range."""
+    """Scores a model on the fixed subset; ``images`` holds the subset in the model's value range.
+
+    ``batch_size`` None (image autoencoders only): the batch is chosen at the first validation from
+    ``bytes_per_image`` (estimated here) and the memory the device has then. An out-of-memory error
+    halves the batch, for this validation and the later ones, down to 1."""
 
     def __init__(self, model: nn.Module, test_data, count: int, best_metric: str | None, seed: int,
-                 batch_size: int, device: torch.device, to_model_range):
+                 batch_size: int | None, device: torch.device, to_model_range):
         self.metric = check_best_metric(model, best_metric)
         self.test_data = test_data
         self.indices = test_data.spread_indices(count, seed)
@@ -94,6 +100,43 @@ class Validator:
                 log.info("validation without LPIPS: %s", err)
             if self.metric == "lpips" and self.lpips is None:
                 raise ConfigError("train.best_metric=lpips needs LPIPS's VGG weights, which are not on this machine")
+            self.bytes_per_image = validation_bytes_per_image(model, tuple(self.images.shape[1:]), self.lpips)
+        elif batch_size is None:
+            raise ValueError(f"{model.registry_name} has no memory estimate: give its validation a batch size")
+        else:
+            self.bytes_per_image = None
+
+    def _chosen_batch_size(self) -> int:
+        if self.batch_size is None:
+            budget, where = available_bytes(self.device)
+            self.batch_size = choose_validation_batch(self.bytes_per_image, budget, len(self.images))
+            log.info("validation batch: %d image(s) of %s (about %.0f MiB each, estimated; %s)", self.batch_size,
+                     "×".join(str(s) for s in self.images.shape[1:]), self.bytes_per_image / 2 ** 20, where)
+        return self.batch_size
+
+    def _halving_on_oom(self, score):
+        """``score(batch_size)``, tried again with half the batch after an out-of-memory error, down to 1
+        image; the halved size is kept for later validations."""
+        while True:
+            batch_size = self._chosen_batch_size()
+            try:
+                return score(batch_size)
+            except Exception as err:  # only out-of-memory errors are handled; the rest go up unchanged
+                if not is_out_of_memory(err):
+                    raise
+                if batch_size == 1:
+                    raise ValidationOutOfMemory(
+                        f"validation ran out of memory on {self.device} even one image at a time "
+                        f"({'×'.join(str(s) for s in self.images.shape[1:])}): free memory on the device (other "
+                        "processes on it?) or validate smaller images. The last checkpoint is intact (one due at "
+                        "this step is written before validating): resume with vaekit train --resume RUN_DIR "
+                        f"({type(err).__name__}: {err})") from err
+            # Outside the except clause: the failed attempt's tensors (held by the traceback) are gone.
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.batch_size = batch_size // 2
+            log.warning("validation ran out of memory with a batch of %d; trying again with %d", batch_size,
+                        self.batch_size)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> tuple[dict[str, float], torch.Tensor]:
@@ -105,17 +148,30 @@ class Validator:
             from vaekit.diffusion.evaluation import held_out_eps_mse
 
             subset = Subset(self.test_data, self.indices)
-            metrics = held_out_eps_mse(model, subset, draws=4, seed=self.seed, batch_size=self.batch_size,
-                                       device=self.device)
+            metrics = self._halving_on_oom(lambda batch_size: held_out_eps_mse(
+                model, subset, draws=4, seed=self.seed, batch_size=batch_size, device=self.device))
             return {"eps_mse": metrics["eps_mse"]}, None
         was_training = model.training
         model.eval()
+        metrics, shown = self._halving_on_oom(lambda batch_size: self._scores(model, batch_size))
+        if not model.has_likelihood and model.latent_layout == "spatial":
+            signals = latent_signals(model, self.images[:64].to(self.device))
+            metrics.update({name: value for name, value in signals.items() if name in LATENT_SIGNALS})
+        model.train(was_training)
+        if "mse" in metrics and model.has_likelihood:
+            metrics["mse"] /= self.images[0].numel()
+        return metrics, shown
+
+    def _scores(self, model: nn.Module, batch_size: int) -> tuple[dict[str, float], torch.Tensor]:
+        """The means over the subset of the per-batch metrics, and the images shown; the same for any
+        ``batch_size`` (up to rounding; the VAEs' posterior samples come from one generator, so they
+        depend on how it is split)."""
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         sums: dict[str, float] = {}
         shown = None
-        for start in range(0, len(self.images), self.batch_size):
-            x = self.images[start:start + self.batch_size].to(self.device)
-            labels = self.labels[start:start + self.batch_size].to(self.device) if self.conditional else None
+        for start in range(0, len(self.images), batch_size):
+            x = self.images[start:start + batch_size].to(self.device)
+            labels = self.labels[start:start + batch_size].to(self.device) if self.conditional else None
             batch, reconstruction = (self._likelihood(model, x, labels, generator) if model.has_likelihood
                                      else self._image(model, x))
             for key, value in batch.items():
@@ -125,12 +181,6 @@ class Validator:
         metrics = {key: value / len(self.images) for key, value in sums.items()}
         if "hf_original" in metrics:
             metrics["hf_energy_ratio"] = metrics.pop("hf_reconstruction") / max(metrics.pop("hf_original"), 1e-30)
-        if not model.has_likelihood and model.latent_layout == "spatial":
-            signals = latent_signals(model, self.images[:64].to(self.device))
-            metrics.update({name: value for name, value in signals.items() if name in LATENT_SIGNALS})
-        model.train(was_training)
-        if "mse" in metrics and model.has_likelihood:
-            metrics["mse"] /= self.images[0].numel()
         return metrics, shown
 
     def _image(self, model, x):
