@@ -23,6 +23,22 @@ def tiny_overrides(tmp_path, **extra) -> list[str]:
     return [f"{key}={value}" for key, value in values.items() if value is not None]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def judge_cache(tmp_path_factory):
+    """Trained judges (the diffusability report's classifier of the built-in objects, once per size) are kept
+    for the session in a folder of its own, never in the user's cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("vaekit-cache")
+    previous = os.environ.get("VAEKIT_CACHE")
+    os.environ["VAEKIT_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("VAEKIT_CACHE", None)
+    else:
+        os.environ["VAEKIT_CACHE"] = previous
+
+
 @pytest.fixture
 def tiny(tmp_path):
     def make(**extra):

@@ -339,9 +339,12 @@ def test_equivariance_errors_are_zero_for_an_equivariant_autoencoder_and_not_oth
 
 
 @pytest.mark.slow
-def test_the_diffusability_report_compares_autoencoders_under_one_budget(tmp_path, capsys, caplog):
+def test_the_diffusability_report_compares_autoencoders_under_one_budget(tmp_path, capsys, caplog, monkeypatch):
+    from huggingface_hub import constants
+
     from vaekit.diffusion.diffusability import JSON_FILE, PAGE, TABLE
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # FD_DINOv2 unavailable at once
     for seed, name in ((0, "first"), (1, "second")):
         torch.manual_seed(seed)
         vaekit.save_model(vaekit.create_model("autoencoder-kl", block_out_channels=(16, 16), layers_per_block=1,
@@ -424,3 +427,36 @@ def test_the_frechet_distance_against_its_closed_form():
     assert frechet_distance(a, a + shift) == pytest.approx((shift ** 2).sum().item(), rel=1e-6)  # same covariance
     scaled = frechet_distance(torch.randn(20000, 2, generator=generator), 2 * torch.randn(20000, 2, generator=generator))
     assert scaled == pytest.approx(2 * (1 + 4 - 2 * 2), rel=0.05)  # N(0, I) against N(0, 4I): Tr = 2·(1 + 4 − 2·2)
+
+
+@pytest.mark.slow
+def test_the_report_refuses_a_verdict_from_a_judge_below_its_bar(tmp_path, capsys, monkeypatch):
+    """Labels that say nothing about the images (crops of one photograph dealt at random into 10 folders):
+    the judge cannot beat chance on the held-out ones, so the command prints its accuracy and gives no
+    verdict by it."""
+    from huggingface_hub import constants
+    from skimage import data
+
+    from vaekit.diffusion.judge import ACCURACY_BAR
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    torch.manual_seed(0)
+    vaekit.save_model(vaekit.create_model("autoencoder-kl", block_out_channels=(16, 16), layers_per_block=1,
+                                          norm_num_groups=8, latent_channels=3), tmp_path / "vae")
+    photo, rng = data.astronaut(), np.random.default_rng(0)
+    for i in range(80):
+        folder = tmp_path / "images" / f"class{rng.integers(10)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        top, left = rng.integers(0, photo.shape[0] - 32, 2)
+        Image.fromarray(photo[top:top + 32:2, left:left + 32:2]).save(folder / f"{i}.png")
+    code = main(["diffusability", str(tmp_path / "vae"), "--control", "--data", str(tmp_path / "images"),
+                 "--resolution", "16", "--steps", "3", "--batch-size", "8", "--seeds", "0", "--samples", "16",
+                 "-o", str(tmp_path / "out")])
+    assert code == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("no verdict (the judge's classifier reached") and f"bar of {ACCURACY_BAR}" in printed[0]
+    assert printed[1].startswith("judge: a classifier of 10 classes trained on") and "held-out accuracy" in printed[1]
+    report = json.loads((tmp_path / "out" / "diffusability.json").read_text())
+    assert report["judge"]["classifier_held_out_accuracy"] < ACCURACY_BAR and report["judge"]["decided_by"] is None
+    assert "sample_classifier_fd" in report["judge"]["refused"]
+    assert all(row["floor_sample_classifier_fd"] > 0 for row in report["rows"])  # the floor is reported all the same

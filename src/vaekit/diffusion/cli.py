@@ -81,7 +81,9 @@ def cmd_diffusability(args: argparse.Namespace) -> int:
         if args.output is None:
             raise VaekitError("give -o OUT, the folder for the comparison")
         page = compare(args.vaes, Budget(**budget_overrides(args)), args.output, resolve_device(args.device))
-    print(json.loads((page.parent / JSON_FILE).read_text())["verdict"])
+    report = json.loads((page.parent / JSON_FILE).read_text())
+    print(report["verdict"])
+    print("\n".join(report["judge"]["lines"]))
     print((page.parent / TABLE).read_text().rstrip())
     print(f"diffusability report: {page}")
     return 0
@@ -136,8 +138,10 @@ def _add_diffusability(commands) -> None:
         description="Put autoencoders side by side under one budget (same images, denoiser, steps, seeds): "
         "reconstruction, latent statistics and power spectrum, equivariance errors, and the held-out ε-MSE of "
         "the same denoiser trained on each one's latents, and the arbiter: its decoded samples scored against "
-        "held-out images (FID with the Inception weights; offline, on labelled images, a classifier's Fréchet "
-        "distance, precision and recall). The first line printed is the verdict. Give model folders or runs, or "
+        "held-out images no autoencoder or denoiser trained on (FD_DINOv2, else FID, their weights downloaded on "
+        "first use; on labelled images, also a classifier's Fréchet distance, KID, precision and recall, which "
+        "decides offline when its held-out accuracy reaches the bar), each beside its real-vs-real floor. The "
+        "first line printed is the verdict, the next ones say what judged. Give model folders or runs, or "
         "one sweep config with a diffusability: section (configs/study-diffusability.yaml) to train the "
         "autoencoders first.")
     report.add_argument("vaes", nargs="*", metavar="VAE",
@@ -166,6 +170,8 @@ def _add_diffusability(commands) -> None:
     report.add_argument("--class-conditional", action="store_true", default=None,
                         help="class-conditional denoisers (labelled images): the arbiter also scores the classifier's "
                         "accuracy on samples of each class")
+    report.add_argument("--dinov2", metavar="NAME",
+                        help=f"the timm DINOv2 model of the FD_DINOv2 judge, '' to leave it out (default {defaults.dinov2})")
     report.add_argument("--control", action="store_true", default=None,
                         help="add the first autoencoder with its latent positions scrambled: the arbiter must rank it "
                         "far below the original")

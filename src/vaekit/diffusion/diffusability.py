@@ -26,6 +26,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vaekit.config import build_dataclass, load_config, read_yaml
@@ -42,10 +43,10 @@ from vaekit.io.images import read_image
 from vaekit.io.models import load_model, save_model
 from vaekit.latents import LatentDataset, export_latents, open_source
 from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
-from vaekit.metrics.frechet import classifier_accuracy, features_of, frechet_distance, train_classifier
-from vaekit.metrics.generation import precision_recall
-from vaekit.metrics.image import inception_for_fid, inception_for_kid, per_image_psnr, ssim
-from vaekit.metrics.latent import equivariance_errors, high_frequency_fraction, radial_power_spectrum
+from vaekit.diffusion.judge import (ACCURACY_BAR, DINOV2_MODEL, OBJECTS_IMAGES, Classifier, Judge, classifier_accuracy,
+                                   folder_judge, in_class_order, objects_judge)
+from vaekit.metrics.image import per_image_psnr, ssim
+from vaekit.metrics.latent import high_frequency_fraction, latent_signals, radial_power_spectrum
 from vaekit.models.distributions import DiagonalGaussian
 from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 from vaekit.sweep import sweep
@@ -85,6 +86,8 @@ class Budget:
     class_conditional: bool = False
     """Train class-conditional denoisers (labelled data): the arbiter also scores the classifier's accuracy on
     samples of each requested class."""
+    dinov2: str = DINOV2_MODEL
+    """The timm DINOv2 model of the FD_DINOv2 judge (downloaded on first use; "" leaves it out)."""
     control: bool = False
     """Add a control: the first autoencoder with its latent positions scrambled by a fixed permutation (the
     same reconstructions, no spatial structure left). The arbiter should rank it far below the original."""
@@ -103,19 +106,25 @@ def _image_folder(budget: Budget, out: Path) -> Path:
     folder = out / "images"
     if not folder.is_dir():
         if budget.data == "photos":
-            write_photo_crops(folder, budget.resolution, budget.images)
+            write_held_out_photos(folder, budget.resolution, budget.images)
         else:
             write_objects(folder, budget.resolution, budget.images)
     return folder
 
 
-def write_objects(folder: Path, size: int, count: int) -> None:
-    """``count`` images of the built-in ``objects`` dataset (training stream) as PNGs, one sub-folder per class."""
+REPORT_STREAM = 2
+"""The ``objects`` stream of the report's images: no autoencoder trains on it (training is stream 0, testing
+1), nor the judge (``judge.OBJECTS_STREAM``)."""
+
+
+def write_objects(folder: Path, size: int, count: int, stream: int = REPORT_STREAM) -> None:
+    """``count`` images of the built-in ``objects`` dataset (the report's own stream) as PNGs, one sub-folder
+    per class."""
     from PIL import Image
 
     from vaekit.data.objects import CLASS_NAMES, make_objects
 
-    images, labels = make_objects(count, size, seed=0, stream=0)
+    images, labels = make_objects(count, size, seed=0, stream=stream)
     for name in CLASS_NAMES:
         (folder / name).mkdir(parents=True)
     for i, (image, label) in enumerate(zip(images, labels)):
@@ -133,6 +142,21 @@ def write_photo_crops(folder: Path, size: int, count: int) -> torch.Tensor:
     for i, image in enumerate(images):
         Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / f"{i:05d}.png")
     return images
+
+
+def write_held_out_photos(folder: Path, size: int, count: int) -> int:
+    """Up to ``count`` non-overlapping ``size``² tiles of the ``photos`` dataset's held-out photographs (which
+    no autoencoder trained on ``photos`` ever sees) written to ``folder`` as PNGs; returns how many."""
+    from PIL import Image
+
+    config = load_config(None, ["data.name=photos", f"data.crop_size={size}"])
+    tiles = build_dataset(config.data, "test").images[:count]
+    if len(tiles) < count:
+        log.info("diffusability: the held-out photographs give %d tiles of %d², not %d", len(tiles), size, count)
+    folder.mkdir(parents=True)
+    for i, tile in enumerate(tiles):
+        Image.fromarray(np.ascontiguousarray(tile.numpy().transpose(1, 2, 0))).save(folder / f"{i:05d}.png")
+    return len(tiles)
 
 
 def _name(path: str, taken: set[str]) -> str:
@@ -164,12 +188,12 @@ def _unit_scaled_copy(vae, images: torch.Tensor, target: Path, per_channel: bool
 
 
 def _held_out_images(latents_dir: Path, readable: dict[str, torch.Tensor],
-                     budget: Budget) -> tuple[torch.Tensor, set[str]]:
+                     budget: Budget) -> tuple[torch.Tensor, list[str]]:
     """The images of the export's held-out split (the one the denoiser is scored on), taken from the images
-    already read, and their names."""
+    already read, and their names in the same order."""
     test = latents(LatentsConfig(str(latents_dir), budget.test_fraction), "test")
     sources = [test.latents.items[i][1]["source"] for i in test.items]
-    return torch.cat([readable[s] for s in sources]), set(sources)
+    return torch.cat([readable[s] for s in sources]), sources
 
 
 def _reconstruction(vae, images: torch.Tensor, z: torch.Tensor) -> dict:
@@ -201,7 +225,6 @@ def _latent_statistics(vae, images: torch.Tensor, posterior: DiagonalGaussian) -
              "latent_channel_mean": latents.mean(dim=(0, 2, 3)).tolist(),
              "latent_channel_std": latents.std(dim=(0, 2, 3)).tolist(),
              "latent_channel_std_range": "{:.3g}–{:.3g}".format(*latents.std(dim=(0, 2, 3)).aminmax()),
-             "latent_hf_fraction": high_frequency_fraction(latents),
              "image_hf_fraction": high_frequency_fraction(small),
              "compression_ratio": images[0].numel() / latents[0].numel(),
              "latent_shape": list(latents.shape[1:])}
@@ -225,58 +248,6 @@ def _samples(run: Path, vae, manifest: dict, count: int, device) -> tuple[torch.
     return decode_latents(vae, latents, manifest), labels
 
 
-class FeatureSpace:
-    """The arbiter's fixed feature space for one comparison: a classifier of the data's labels (offline),
-    and Inception's when its weights are on the machine (FID/KID, preferred by the verdict)."""
-
-    def __init__(self, held_out: torch.Tensor, classifier=None):
-        self.held_out, self.classifier = held_out, classifier
-        self.held_out_features = None if classifier is None else features_of(classifier, held_out)
-        try:
-            inception_for_fid()
-            self.inception_reason = None
-        except WeightsUnavailable as err:
-            self.inception_reason = str(err)
-
-    def frechet(self, images: torch.Tensor) -> float | None:
-        """FD of ``images`` to the held-out images: Inception's (FID) when present, else the classifier's."""
-        if self.inception_reason is None:
-            return _inception_scores(images, self.held_out, kid=False)["sample_fid"]
-        if self.classifier is None:
-            return None
-        return frechet_distance(features_of(self.classifier, images), self.held_out_features)
-
-    def scores(self, samples: torch.Tensor, labels: torch.Tensor | None) -> dict:
-        """The arbiter's scores of one denoiser's decoded samples (None where a feature space is missing)."""
-        out = dict.fromkeys(("sample_fid", "sample_kid", "sample_classifier_fd", "sample_precision", "sample_recall"))
-        if self.inception_reason is None:
-            out.update(_inception_scores(samples, self.held_out))
-        if self.classifier is not None:
-            features = features_of(self.classifier, samples)
-            out["sample_classifier_fd"] = frechet_distance(features, self.held_out_features)
-            pr = precision_recall(self.held_out_features, features)
-            out.update(sample_precision=pr["precision"], sample_recall=pr["recall"])
-            if labels is not None:
-                with torch.no_grad():  # the head on the features already computed: the classifier's logits
-                    predicted = self.classifier.head(features).argmax(1)
-                out["sample_class_accuracy"] = (predicted.cpu() == labels.cpu()).float().mean().item()
-        return out
-
-
-def _inception_scores(images: torch.Tensor, held_out: torch.Tensor, kid: bool = True) -> dict:
-    """FID (and KID) of ``images`` against ``held_out``, both in [-1, 1]."""
-    metrics = {"sample_fid": inception_for_fid()}
-    if kid:
-        metrics["sample_kid"] = inception_for_kid(min(len(images), len(held_out)))
-    for metric in metrics.values():
-        metric.update((held_out + 1) / 2, real=True)
-        metric.update((images + 1) / 2, real=False)
-    scores = {"sample_fid": float(metrics["sample_fid"].compute())}
-    if kid:
-        scores["sample_kid"] = float(metrics["sample_kid"].compute()[0])
-    return scores
-
-
 def _readable(folder: Path, names: list[str], resolution: int) -> dict[str, torch.Tensor]:
     """Every image of ``names`` that can be read, ``(1, C, r, r)`` in [-1, 1]; each one that cannot is
     skipped and named (the export skips the same ones), as every other command does."""
@@ -291,22 +262,31 @@ def _readable(folder: Path, names: list[str], resolution: int) -> dict[str, torc
     return images
 
 
-def _classifier(readable: dict[str, torch.Tensor], held_out_names: set[str]):
-    """A small classifier of the data's labels (the images' sub-folders), trained on the images that are not
-    held out, for a Fréchet distance in its feature space; None for unlabelled data."""
+def _classifier(budget: Budget, readable: dict[str, torch.Tensor], held_out: torch.Tensor,
+                held_out_names: list[str], device) -> Classifier | None:
+    """The judge's classifier of the data's labels (the images' sub-folders; None for unlabelled data): for
+    the built-in objects, the one trained on their own stream; for a folder, one trained on its images that
+    are not held out. Its accuracy is measured on the held-out images."""
     names = list(readable)
     labels, classes = folder_labels(names)
     if labels is None:
         return None
-    train = [i for i, name in enumerate(names) if name not in held_out_names]
-    held = [i for i, name in enumerate(names) if name in held_out_names]
-    images = torch.cat([readable[names[i]] for i in train])
-    model, accuracy = train_classifier(images, torch.as_tensor(labels[train]), len(classes), seed=0)
-    held_accuracy = classifier_accuracy(model, torch.cat([readable[names[i]] for i in held]),
-                                        torch.as_tensor(labels[held])) if held else float("nan")
-    log.info("diffusability: a classifier of %d classes for the Fréchet distance (accuracy %.3f on its training "
-             "images, %.3f held out)", len(classes), accuracy, held_accuracy)
-    return model
+    label_of = dict(zip(names, labels.tolist()))
+    held_labels = torch.as_tensor([label_of[name] for name in held_out_names])
+    if budget.data == "objects":  # its classes in the folder's (sorted) order, not the generator's
+        from vaekit.data.objects import CLASS_NAMES
+
+        model = in_class_order(objects_judge(budget.resolution, device), list(CLASS_NAMES), list(classes))
+        trained_on = f"{OBJECTS_IMAGES:,} objects of their own stream at {budget.resolution}²"
+    else:
+        train = [name for name in names if name not in set(held_out_names)]
+        model = folder_judge(torch.cat([readable[n] for n in train]), torch.as_tensor([label_of[n] for n in train]),
+                             len(classes), device)
+        trained_on = f"{len(train)} of the folder's images (early-stopped on a tenth of them)"
+    accuracy = classifier_accuracy(model, held_out.to(model.mean.device), held_labels)
+    classifier = Classifier(model, accuracy, len(classes), trained_on)
+    log.info("diffusability: %s", classifier.describe())
+    return classifier
 
 
 NOISE_STD = 0.2
@@ -337,15 +317,15 @@ def _noise_drop(vae, images: torch.Tensor, mean: torch.Tensor, psnr: float) -> f
     return psnr - per_image_psnr(noisy, images).mean().item()
 
 
-def _signals(vae, images: torch.Tensor, space: FeatureSpace) -> tuple[dict, tuple]:
+def _signals(vae, images: torch.Tensor, judge: Judge) -> tuple[dict, tuple]:
     """The cheap signals of ``images`` (on the VAE's device): reconstruction, latent statistics, spectra,
-    equivariance, interpolation and robustness to latent noise."""
+    the latent signals validation logs too (``latent_signals``), interpolation and robustness to latent noise."""
     posterior = _encoded(vae, images)
     row = _reconstruction(vae, images, posterior.mean)
     stats, spectra = _latent_statistics(vae, images, posterior)
     row.update(stats)
-    row.update(equivariance_errors(lambda x: vae.encode(x).mode(), vae.decode, images))
-    row["interpolation_fd"] = space.frechet(_interpolations(vae, posterior.mean).cpu())
+    row.update(latent_signals(vae, images, baseline=True))
+    row["interpolation_fd"] = judge.frechet(_interpolations(vae, posterior.mean).cpu())
     row["latent_noise_psnr_drop"] = _noise_drop(vae, images, posterior.mean, row["psnr"])
     return row, spectra
 
@@ -373,7 +353,7 @@ class _Shared:
     readable: dict
     calibration: torch.Tensor
     device: torch.device | str
-    space: FeatureSpace | None = None
+    judge: Judge | None = None
 
 
 def _seed_scores(row: dict, per_seed: list[dict]) -> None:
@@ -398,9 +378,9 @@ def _measure(path: str, name: str, shared: _Shared) -> tuple[dict, tuple]:
     export_latents(vae, str(shared.folder), latents_dir, resolution=budget.resolution, batch_size=32,
                    model_source=out / "vaes" / name)
     held_out, held_out_names = _held_out_images(latents_dir, shared.readable, budget)
-    if shared.space is None:  # the held-out images are the same for every autoencoder: one space serves all
-        shared.space = FeatureSpace(held_out, _classifier(shared.readable, held_out_names))
-    signals, spectra = _signals(vae, held_out.to(device), shared.space)
+    if shared.judge is None:  # the held-out images are the same for every autoencoder: one judge serves all
+        shared.judge = _judge(budget, shared.readable, held_out, held_out_names, device)
+    signals, spectra = _signals(vae, held_out.to(device), shared.judge)
     row = {"vae": name, "source": str(path), **signals}
     results = [_denoiser(latents_dir, budget, seed, out / "runs", name, device) for seed in budget.seeds]
     eps = [r["eps_mse"] for r in results]
@@ -413,11 +393,22 @@ def _measure(path: str, name: str, shared: _Shared) -> tuple[dict, tuple]:
         samples, labels = _samples(result["run"], vae, manifest, budget.samples, device)
         if i == 0:
             save_grid(out / f"samples-{name}.png", square_grid(samples[:16]), value_range=(-1.0, 1.0))
-        per_seed.append(shared.space.scores(samples.cpu(), labels))
+        per_seed.append(shared.judge.scores(samples.cpu(), labels))
     _seed_scores(row, per_seed)
-    if shared.space.inception_reason:
-        row["sample_fid_unavailable"] = shared.space.inception_reason
+    row.update(shared.judge.floor)
+    if shared.judge.inception_reason:
+        row["sample_fid_unavailable"] = shared.judge.inception_reason
     return row, spectra
+
+
+def _judge(budget: Budget, readable: dict[str, torch.Tensor], held_out: torch.Tensor, held_out_names: list[str],
+           device) -> Judge:
+    """The comparison's judge: the held-out images its reference; as many real images disjoint from them as
+    there are samples (the denoisers' training images) for the real-vs-real floor."""
+    held = set(held_out_names)
+    others = [image for name, image in readable.items() if name not in held][:budget.samples]
+    classifier = _classifier(budget, readable, held_out, held_out_names, device)
+    return Judge.load(held_out, torch.cat(others), classifier, device, budget.dinov2 or None)
 
 
 def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | torch.device = "cpu") -> Path:
@@ -437,15 +428,18 @@ def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | t
         name = _name(path, taken)
         row, spectra[name] = _measure(path, name, shared)
         rows.append(row)
-    return _write(out, rows, spectra, budget)
+    return _write(out, rows, spectra, budget, shared.judge)
 
 
 COLUMNS = ("vae", "compression_ratio", "psnr", "ssim", "lpips", "scaling_factor", "latent_std",
            "latent_channel_std_range", "latent_hf_fraction",
            "image_hf_fraction", "reconstruction_mse", "equivariance_mse_scale_0.5", "equivariance_mse_rotate_90",
-           "interpolation_fd", "latent_noise_psnr_drop", "eps_mse", "eps_mse_spread", "sample_fid", "sample_kid",
-           "sample_classifier_fd", "sample_classifier_fd_spread", "sample_precision", "sample_recall",
-           "sample_class_accuracy")
+           "interpolation_fd", "latent_noise_psnr_drop", "eps_mse", "eps_mse_spread",
+           "sample_fd_dinov2", "floor_sample_fd_dinov2", "sample_kid_dinov2", "sample_fid", "floor_sample_fid",
+           "sample_kid", "sample_classifier_fd", "floor_sample_classifier_fd", "sample_classifier_fd_spread",
+           "sample_classifier_kid", "sample_precision", "sample_recall", "sample_class_accuracy")
+"""The table's columns: each FD with its real-vs-real floor (``floor_``: two disjoint real sets of the
+samples' size), what a perfect generator would score."""
 
 
 def _cell(value) -> str:
@@ -468,10 +462,10 @@ def seed_free_name(name: str) -> str:
     return re.sub(r"_?seed=\d+", "", name).strip("_") or "base"
 
 
-def _track_record_table(rows: list[dict]) -> dict | None:
-    """The meta-study's table (four or more configurations, an arbiter): each cheap signal's rank
+def _track_record_table(rows: list[dict], refused: dict[str, str]) -> dict | None:
+    """The meta-study's table (four or more configurations, an arbiter not refused): each cheap signal's rank
     correlation with the arbiter over the configurations, with its bootstrap interval."""
-    arbiter = arbiter_of(rows)
+    arbiter = arbiter_of(rows, refused)
     if arbiter is None or len({seed_free_name(row["vae"]) for row in rows}) < 4:
         return None
     return track_record(rows, lambda row: seed_free_name(row["vae"]), arbiter)
@@ -486,11 +480,16 @@ def _write_table(path: Path, rows: list[dict]) -> list[list[str]]:
     return table
 
 
-def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
+def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget, judge: Judge) -> Path:
     grouped = configurations(rows, lambda row: seed_free_name(row["vae"]))
-    line = verdict(grouped or rows, _no_arbiter_reason(rows))
-    record = _track_record_table(rows)
-    write_json(out / JSON_FILE, {"verdict": line, "budget": {**vars(budget), "seeds": list(budget.seeds)},
+    refused = judge.refused()
+    line = verdict(grouped or rows, _no_arbiter_reason(rows), refused,
+                   {"data": budget.data, "resolution": budget.resolution})
+    record = _track_record_table(rows, refused)
+    judged = {"lines": judge.describe(), "decided_by": arbiter_of(grouped or rows, refused), "refused": refused,
+              "accuracy_bar": ACCURACY_BAR,
+              "classifier_held_out_accuracy": judge.classifier.held_out_accuracy if judge.classifier else None}
+    write_json(out / JSON_FILE, {"verdict": line, "judge": judged, "budget": {**vars(budget), "seeds": list(budget.seeds)},
                                  "rows": rows, "configurations": grouped, "track_record": record})
     table = _write_table(out / TABLE, rows)
     if grouped is not None:  # the page shows the configurations, each over its autoencoders' seeds
@@ -512,6 +511,7 @@ def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget) -> Path:
                        "autoencoder.")
                 for row in rows]
     note = rows[0].get("sample_fid_unavailable")
+    line += " — " + "; ".join(judge.describe())
     title = f"diffusability: {len(rows)} autoencoders, {budget.steps} denoiser steps × {len(budget.seeds)} seeds"
     if grouped is not None:
         title += f"; the table: {len(grouped)} configurations, means over their autoencoders"

@@ -1,24 +1,33 @@
-"""What the diffusability report concludes: which autoencoder generates better by the arbiter, by how much
-and beyond which spread, which cheap signals ranked them the same way — and, from a meta-study of many
-autoencoders, how far each cheap signal can be trusted to predict the arbiter.
+"""What the diffusability report concludes: which autoencoder generates best by the arbiter, whether it is
+told apart from every other one by a stated test, which cheap signals ranked them the same way — and, from
+a meta-study of many autoencoders, how far each cheap signal can be trusted to predict the arbiter.
 
-The arbiter is a score of decoded Stage B samples against held-out images in a fixed feature space: FID
-(Inception; its weights are needed), else the Fréchet distance in the features of a classifier trained on
-the data's labels. Without either there is no verdict: the report names the cheap signal with the best
-measured track record and that record, and ranks by it, saying that it is a fallback.
+The arbiter is a score of decoded Stage B samples against held-out images in a judge's feature space
+(``judge.py``: FD_DINOv2, FID, or a classifier's FD). A separation is claimed only from at least
+``MIN_VALUES`` values a side (autoencoder seeds × denoiser seeds, pooled), by a two-sided permutation test
+of the means, Holm-adjusted over the winner's comparisons with every other autoencoder. Without a judge
+allowed to decide there is no verdict: the report falls back on the cheap signal with the best measured
+track record that tells the autoencoders apart, names where that record was measured, and says it is a
+fallback.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import statistics
 from importlib import resources
 
+import numpy as np
+
 from vaekit.metrics.generation import bootstrap_interval, spearman
 
-ARBITERS = {"sample_fid": False, "sample_classifier_fd": False}
-"""Arbiter scores in order of preference; the value says whether higher is better."""
-SCORES = {"sample_fid": False, "sample_kid": False, "sample_classifier_fd": False, "sample_precision": True,
+ARBITERS = {"sample_fd_dinov2": False, "sample_fid": False, "sample_classifier_fd": False}
+"""Arbiter scores in order of preference (FD_DINOv2, FID, the classifier's FD); the value says whether higher
+is better."""
+SCORES = {"sample_fd_dinov2": False, "sample_kid_dinov2": False, "sample_fid": False, "sample_kid": False,
+          "sample_classifier_fd": False, "sample_classifier_kid": False, "sample_precision": True,
           "sample_recall": True, "sample_class_accuracy": True}
 """Every score of the samples (per denoiser seed), with its direction."""
 SIGNALS = {
@@ -40,10 +49,10 @@ TRACK_RECORD_FILE = "track_record.json"
 """The meta-study's measured rank correlation of each signal with the arbiter (``configs/study-signals.yaml``)."""
 
 
-def arbiter_of(rows: list[dict]) -> str | None:
-    """The arbiter score every row has (FID first), or None."""
+def arbiter_of(rows: list[dict], refused: dict[str, str] | None = None) -> str | None:
+    """The first arbiter score (in ``ARBITERS``' order) that every row has and that was not ``refused``, or None."""
     for name in ARBITERS:
-        if rows and all(row.get(name) is not None for row in rows):
+        if name not in (refused or {}) and rows and all(row.get(name) is not None for row in rows):
             return name
     return None
 
@@ -51,11 +60,6 @@ def arbiter_of(rows: list[dict]) -> str | None:
 def _oriented(value: float, higher_is_better: bool) -> float:
     """A value where lower is always better."""
     return -value if higher_is_better else value
-
-
-def _seed_range(row: dict, key: str) -> str:
-    values = row.get(f"{key}_seeds") or [row[key]]
-    return f"{min(values):.3g}–{max(values):.3g}" if len(values) > 1 else f"{values[0]:.3g}"
 
 
 def _rounded(value: float) -> float:
@@ -76,34 +80,109 @@ def agreement(rows: list[dict], arbiter: str) -> dict[str, float]:
     return out
 
 
-def separated(best: dict, other: dict, arbiter: str) -> bool:
-    """Whether every seed of ``best`` scored better than every seed of ``other`` (lower, for a lower-is-better
-    arbiter)."""
-    higher = ARBITERS[arbiter]
-    b = [_oriented(v, higher) for v in best.get(f"{arbiter}_seeds") or [best[arbiter]]]
-    o = [_oriented(v, higher) for v in other.get(f"{arbiter}_seeds") or [other[arbiter]]]
-    return max(b) < min(o)
+MIN_VALUES = 3
+"""The fewest values a side (autoencoder seeds × denoiser seeds, pooled) for which the verdict tests a difference:
+with two a side, two of the six equally likely orderings put one side wholly below the other by chance alone."""
+ALPHA = 0.05
+"""The significance level of each of the winner's comparisons, after Holm's adjustment over all of them."""
+EXACT_LIMIT = 200_000
+"""Up to this many ways to split the pooled values, the permutation test enumerates them all."""
+TEST_NAME = "two-sided permutation test of the means, Holm-adjusted over the winner's comparisons"
 
 
-def verdict(rows: list[dict], reason: str = "") -> str:
+def _values(row: dict, key: str) -> list[float]:
+    return list(row.get(f"{key}_seeds") or [row[key]])
+
+
+def permutation_p_value(a, b, resamples: int = 20_000, seed: int = 0) -> float:
+    """The two-sided permutation test of equal means: the share of all splits of the pooled values into groups
+    of ``len(a)`` and ``len(b)`` whose difference of means is at least the observed one in absolute value
+    (exact when there are at most ``EXACT_LIMIT`` splits; else ``resamples`` seeded random splits, counted as
+    (hits + 1) / (resamples + 1))."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    pooled, n = np.concatenate([a, b]), len(a)
+    observed = abs(a.mean() - b.mean())
+    tolerance = 1e-9 * max(np.abs(pooled).max(), 1e-300)  # splits equal to the observed up to rounding count
+    total = pooled.sum()
+    if math.comb(len(pooled), n) <= EXACT_LIMIT:
+        splits = np.array(list(itertools.combinations(range(len(pooled)), n)))
+        sums = pooled[splits].sum(axis=1)
+        differences = np.abs(sums / n - (total - sums) / len(b))
+        return float((differences >= observed - tolerance).mean())
+    rng = np.random.default_rng(seed)
+    sums = np.array([pooled[rng.permutation(len(pooled))[:n]].sum() for _ in range(resamples)])
+    hits = (np.abs(sums / n - (total - sums) / len(b)) >= observed - tolerance).sum()
+    return float((hits + 1) / (resamples + 1))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (family-wise error over all of them), in their order."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def comparisons(best: dict, others: list[dict], arbiter: str) -> list[dict]:
+    """The winner against each other row: ``{"vae", "p"}`` with the Holm-adjusted p-value, ``p`` None where a
+    side has fewer than ``MIN_VALUES`` values (the spread was not measured)."""
+    mine = _values(best, arbiter)
+    tested = [o for o in others if len(mine) >= MIN_VALUES and len(_values(o, arbiter)) >= MIN_VALUES]
+    adjusted = holm([permutation_p_value(mine, _values(o, arbiter)) for o in tested]) if tested else []
+    p_of = {id(o): p for o, p in zip(tested, adjusted)}
+    return [{"vae": o["vae"], "p": p_of.get(id(o))} for o in others]
+
+
+def _described(row: dict, arbiter: str) -> str:
+    values = _values(row, arbiter)
+    spread = f", {len(values)} values {min(values):.3g}–{max(values):.3g}" if len(values) > 1 else ", 1 value"
+    floor = row.get(f"floor_{arbiter}")
+    return f"{row[arbiter]:.4g}{spread}" + (f"; real-vs-real floor {floor:.3g}" if floor is not None else "")
+
+
+def _against(row: dict, result: dict, arbiter: str) -> str:
+    head = f"{row['vae']} ({_described(row, arbiter)})"
+    if result["p"] is None:
+        return f"{head}: the spread was not measured (a test needs at least {MIN_VALUES} values a side)"
+    told = "told apart" if result["p"] < ALPHA else "not told apart"
+    return f"{head}: {told}, p = {result['p']:.2g}"
+
+
+def arbiter_line(rows: list[dict], arbiter: str) -> str:
+    """The verdict of ``arbiter``: the best row by its mean, compared with every other row."""
+    ordered = sorted(rows, key=lambda row: _oriented(row[arbiter], ARBITERS[arbiter]))
+    best, others = ordered[0], ordered[1:]
+    results = comparisons(best, others, arbiter)
+    apart = all(r["p"] is not None and r["p"] < ALPHA for r in results)
+    claim = "generates best" if apart else "scored best"
+    line = f"verdict: {best['vae']} {claim} by {arbiter} ({_described(best, arbiter)}); against "
+    line += "; ".join(_against(row, result, arbiter) for row, result in zip(others, results))
+    if any(r["p"] is not None for r in results):
+        line += f" ({TEST_NAME}, α = {ALPHA})"
+    if not apart:
+        line += f"; {best['vae']} is not shown better than every other at this budget"
+    return line
+
+
+def verdict(rows: list[dict], reason: str = "", refused: dict[str, str] | None = None,
+            setting: dict | None = None) -> str:
     """One line: the verdict of the arbiter, or the fallback and its track record. ``reason``: why the
-    arbiter is missing, when it is."""
+    arbiter is missing, when it is; ``refused``: arbiter scores that may not decide, with why (a judge below
+    its accuracy bar); ``setting``: the data and resolution compared, which the fallback checks its record's
+    against."""
     if len(rows) < 2:
         return "verdict: one autoencoder, nothing to compare"
-    arbiter = arbiter_of(rows)
+    arbiter = arbiter_of(rows, refused)
     if arbiter is None:
-        return _fallback(rows, reason)
-    ordered = sorted(rows, key=lambda row: _oriented(row[arbiter], ARBITERS[arbiter]))
-    best, second = ordered[0], ordered[1]
-    apart = separated(best, second, arbiter)
+        reasons = [reason] if reason and not refused else []
+        return _fallback(rows, "; ".join(reasons + list((refused or {}).values())) or reason, setting)
     agree = agreement(rows, arbiter)
     with_it = [name for name, rho in agree.items() if rho > 0.5]
     against = [name for name, rho in agree.items() if rho < -0.5]
-    line = (f"verdict: {best['vae']} generates best by {arbiter} ({best[arbiter]:.4g}, seeds {_seed_range(best, arbiter)}"
-            f" against {second['vae']}'s {second[arbiter]:.4g}, seeds {_seed_range(second, arbiter)}); ")
-    line += ("the difference is beyond the seed spread" if apart else
-             f"the seeds overlap, so {best['vae']} and {second['vae']} are not told apart at this budget")
     tied = [name for name, rho in agree.items() if rho != rho]
+    line = arbiter_line(rows, arbiter)
     line += f"; cheap signals that ranked them the same way: {', '.join(with_it) or 'none'}"
     line += f"; the other way: {', '.join(against)}" if against else ""
     return line + (f"; no difference: {', '.join(tied)}" if tied else "")
@@ -115,19 +194,52 @@ def load_track_record() -> dict | None:
     return json.loads(source.read_text()) if source.is_file() else None
 
 
-def _fallback(rows: list[dict], reason: str) -> str:
+def _order_by(rows: list[dict], name: str) -> str | None:
+    """The rows ranked by cheap signal ``name``, better first, ties joined by "=" ("a < b = c"); None when
+    every row ties (the signal gives no order)."""
+    keyed = sorted((_rounded(_oriented(row[name], SIGNALS[name][0])), row["vae"]) for row in rows)
+    if keyed[0][0] == keyed[-1][0]:
+        return None
+    parts = [keyed[0][1]]
+    for (previous, _), (value, vae) in zip(keyed, keyed[1:]):
+        parts.append(f"{'=' if value == previous else '<'} {vae}")
+    return " ".join(parts)
+
+
+def _setting_note(record: dict, setting: dict | None) -> str:
+    """Where the record was measured, and whether this comparison's setting differs."""
+    where = record.get("setting") or {}
+    text = ", ".join(f"{key} {value}" for key, value in where.items()) or "an unrecorded setting"
+    differs = {key: setting[key] for key in where if setting and key in setting and setting[key] != where[key]}
+    if differs:
+        text += " — not this comparison's (" + ", ".join(f"{k} {v}" for k, v in differs.items()) + \
+                "), so the record may not carry over"
+    return f"measured on {text}"
+
+
+def _fallback(rows: list[dict], reason: str, setting: dict | None = None) -> str:
+    """Without an arbiter: the order of the measured cheap signal with the best positive track record that
+    tells the rows apart (a signal tied on every row gives no order, and the next is tried)."""
     record = load_track_record()
     if record is None:
         return f"no verdict: {reason}"
-    usable = {name: r for name, r in record["signals"].items()
-              if all(isinstance(row.get(name), (int, float)) for row in rows)}
-    if not usable:
-        return f"no verdict: {reason}; and no cheap signal with a track record was measured"
-    name, r = max(usable.items(), key=lambda item: item[1]["rho"])
-    order = sorted(rows, key=lambda row: _oriented(row[name], SIGNALS[name][0]))
+    candidates = sorted(((name, r) for name, r in record["signals"].items() if r["rho"] > 0 and name in SIGNALS
+                         and all(isinstance(row.get(name), (int, float)) for row in rows)),
+                        key=lambda item: -item[1]["rho"])
+    if not candidates:
+        return f"no verdict: {reason}; and no cheap signal with a positive track record was measured"
+    tied = []
+    for name, r in candidates:
+        order = _order_by(rows, name)
+        if order is not None:
+            break
+        tied.append(name)
+    else:
+        return f"no verdict: {reason}; every cheap signal with a track record ties them ({', '.join(tied)})"
+    skipped = f"; {', '.join(tied)} tied every autoencoder" if tied else ""
     return (f"no verdict ({reason}): falling back on {name}, whose rank correlation with the arbiter in the "
             f"meta-study was ρ = {r['rho']:.2f} (90 % bootstrap interval {r['low']:.2f} to {r['high']:.2f}, "
-            f"{record['study']}); by it: {' < '.join(row['vae'] for row in order)} (better first)")
+            f"{_setting_note(record, setting)}){skipped}; by it: {order} (better first)")
 
 
 def track_record(rows: list[dict], group_of, arbiter: str) -> dict:

@@ -64,37 +64,49 @@ def _even_crop(x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def equivariance_errors(encode: Callable[[torch.Tensor], torch.Tensor], decode: Callable[[torch.Tensor], torch.Tensor],
-                        images: torch.Tensor, batch_size: int = 16) -> dict[str, float]:
-    """For each transform τ of ``TRANSFORMS``: the mean squared error ‖D(τ(E(x))) − τ(x)‖² per pixel over
-    ``images`` ``(N, C, H, W)`` in [-1, 1] (decodings clipped to it), and, as a baseline, the plain
-    reconstruction error ‖D(E(x)) − x‖². An autoencoder whose latent space is equivariant to τ scores the
-    two about alike; zero for an exactly equivariant one."""
-    sums = {name: 0.0 for name in ("reconstruction", *TRANSFORMS)}
+                        images: torch.Tensor, batch_size: int = 16, transforms: tuple[str, ...] = tuple(TRANSFORMS),
+                        baseline: bool = True) -> dict[str, float]:
+    """For each transform τ named in ``transforms`` (keys of ``TRANSFORMS``): the mean squared error
+    ‖D(τ(E(x))) − τ(x)‖² per pixel over ``images`` ``(N, C, H, W)`` in [-1, 1] (decodings clipped to it), and,
+    with ``baseline``, the plain reconstruction error ‖D(E(x)) − x‖². An autoencoder whose latent space is
+    equivariant to τ scores the two about alike; zero for an exactly equivariant one. ×0.5 is left out when
+    the latents have a side under 2. One encode per batch, one decode per asked-for error."""
+    sums: dict[str, float] = {}
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size]
         z = encode(x)
-        sums["reconstruction"] += (decode(z).clamp(-1, 1) - x).double().pow(2).sum().item()
-        for name, transform in TRANSFORMS.items():
+        if baseline:
+            sums["reconstruction"] = sums.get("reconstruction", 0.0) + (decode(z).clamp(-1, 1) - x).double().pow(2).sum().item()
+        for name in transforms:
+            if name == "scale_0.5" and min(z.shape[-2:]) < 2:
+                continue
             # ×0.5 needs even latent sides: an odd side loses its last row/column, and the image the
             # matching f pixels
             pixels, latent = (_even_crop(x, z) if name == "scale_0.5" else (x, z))
-            target = transform(pixels)
-            error = (decode(transform(latent)).clamp(-1, 1) - target).double().pow(2).sum().item()
-            sums[name] += error * x[0].numel() / target[0].numel()  # per pixel of its own (smaller) image
+            target = TRANSFORMS[name](pixels)
+            error = (decode(TRANSFORMS[name](latent)).clamp(-1, 1) - target).double().pow(2).sum().item()
+            sums[name] = sums.get(name, 0.0) + error * x[0].numel() / target[0].numel()  # per pixel of its own image
     count = images.numel()
     return {f"equivariance_mse_{name}" if name != "reconstruction" else "reconstruction_mse": value / count
             for name, value in sums.items()}
 
 
 @torch.no_grad()
-def latent_signals(model, images: torch.Tensor) -> dict[str, float]:
-    """The cheap latent signals of an image autoencoder on ``images`` (in [-1, 1]), as the diffusability
-    report measures them: the high-frequency fraction of the latents' spectrum (posterior means) and the
-    ×0.5 and 90° equivariance errors."""
-    z = model.encode(images).mode().float()
-    out = {"latent_hf_fraction": high_frequency_fraction(z)}
-    if min(z.shape[-2:]) < 2:  # nothing to halve
-        return out
-    errors = equivariance_errors(lambda x: model.encode(x).mode(), model.decode, images)
-    out.update({name: value for name, value in errors.items() if name != "reconstruction_mse"})
-    return out
+def latent_signals(model, images: torch.Tensor, transforms: tuple[str, ...] = tuple(TRANSFORMS),
+                   baseline: bool = False, seed: int = 0, batch_size: int = 16) -> dict[str, float]:
+    """The cheap latent signals of an image autoencoder on ``images`` ``(N, C, H, W)`` in [-1, 1], measured on
+    what a diffusion model trains on, posterior samples (one draw, seeded), the same way for validation and
+    the diffusability report: ``latent_hf_fraction`` of the samples in the model's latent normalisation
+    (``scale_latents``, where it has one), and ``equivariance_errors`` of the same samples for ``transforms``
+    (with the plain reconstruction error when ``baseline``). Each image is encoded once."""
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    drawn = []
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        drawn.append(model.encode(x).sample(generator))
+        return drawn[-1]
+
+    out = equivariance_errors(encode, model.decode, images, batch_size, transforms, baseline)
+    z = torch.cat(drawn)
+    scaled = model.scale_latents(z) if hasattr(model, "scale_latents") else z
+    return {"latent_hf_fraction": high_frequency_fraction(scaled.float()), **out}
