@@ -2,6 +2,7 @@
 against hand computations, their draws' distributions, and training with each."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from vaekit.config import load_config
 from vaekit.errors import ConfigError
 from vaekit.losses import LPIPSGANConfig, LPIPSWithDiscriminator
 from vaekit.losses.alignment import IMAGENET_MEAN, IMAGENET_STD, load_backbone, vf_loss
-from vaekit.losses.latent_transforms import LatentDenoising, LatentTransform, draw_transform
-from vaekit.losses.perceptual import WeightsUnavailable
+from vaekit.losses.latent_transforms import (BatchRegularisers, LatentDenoising, LatentTransform, downsample_pair,
+                                             draw_downsampling, draw_eqvae, draw_mask)
+from vaekit.losses.perceptual import LPIPS_MIN_SIDE, WeightsUnavailable
 
 
 def test_halving_bilinearly_is_two_by_two_averaging_and_the_rotation_is_applied_to_both():
@@ -25,20 +27,46 @@ def test_halving_bilinearly_is_two_by_two_averaging_and_the_rotation_is_applied_
     assert torch.allclose(x_t, torch.rot90(F.avg_pool2d(x, 2), 1, dims=(-2, -1)), atol=1e-6)
     z_t, x_t = LatentTransform(scale=5 / 8, quarter_turns=3)(z, x)
     assert z_t.shape[-2:] == (5, 5) and x_t.shape[-2:] == (20, 20)  # the image stays f times the latent
-    z_p, x_p = LatentTransform(pool=4)(torch.randn(1, 4, 6, 6), torch.randn(1, 3, 24, 24))
-    assert z_p.shape[-2:] == (1, 1) and x_p.shape[-2:] == (4, 4)  # odd blocks cut off, as the metric does
 
 
-def test_draws_follow_eqvae_s_distribution():
+def _central_means(t, factor):
+    """Bilinear ×1/factor by hand: output pixel i samples input coordinate (i + ½)·factor − ½, for factor 4
+    the midpoint of pixels 4i + 1 and 4i + 2, so the mean of each 4×4 block's central 2×2 (factor 2: the
+    whole 2×2 block)."""
+    lo, hi = factor // 2 - 1, factor // 2
+    return (t[..., lo::factor, lo::factor] + t[..., lo::factor, hi::factor] + t[..., hi::factor, lo::factor]
+            + t[..., hi::factor, hi::factor]) / 4
+
+
+def test_scale_equivariance_downsamples_latent_and_image_bilinearly_by_the_same_factor():
+    z, x = torch.randn(2, 4, 8, 8), torch.randn(2, 3, 32, 32)
+    for factor in (2, 4):
+        small_z, small_x = downsample_pair(z, x, factor)
+        assert small_z.shape[-2:] == (8 // factor,) * 2 and small_x.shape[-2:] == (32 // factor,) * 2
+        assert torch.allclose(small_z, _central_means(z, factor), atol=1e-6)
+        assert torch.allclose(small_x, _central_means(x, factor), atol=1e-6)
+
+
+def test_draws_follow_eqvae_s_distribution_and_scale_equivariance_s_factors():
     generator = torch.Generator().manual_seed(0)
-    draws = [draw_transform(0.5, 0.0, 32, generator) for _ in range(4000)]
+    draws = [draw_eqvae(0.5, 32, generator) for _ in range(4000)]
     applied = [d for d in draws if d is not None]
-    assert abs(len(applied) / 4000 - 0.5) < 0.03
+    assert abs(len(applied) / 4000 - 0.5) < 0.03  # sd of the share: 0.008
     assert {round(d.scale * 32) for d in applied} == set(range(8, 32))  # s = k/32, k in 8 … 31 (zelaki/eqvae)
     assert {d.quarter_turns for d in applied} == {1, 2, 3}
-    pools = [draw_transform(0.0, 1.0, 8, generator).pool for _ in range(400)]
-    assert set(pools) == {2, 4} and abs(pools.count(2) / 400 - 0.5) < 0.1
-    assert draw_transform(0.0, 0.0, 8, generator) is None
+    factors = [draw_downsampling(8, generator) for _ in range(400)]
+    assert set(factors) == {2, 4} and abs(factors.count(2) / 400 - 0.5) < 0.1  # sd: 0.025
+    assert {draw_downsampling(3, generator) for _ in range(20)} == {2} and draw_downsampling(1, generator) is None
+    assert draw_eqvae(0.0, 8, generator) is None
+
+
+def test_with_eqvae_and_scale_equivariance_on_every_batch_gets_the_added_term_and_half_get_eqvae():
+    loss_fn = LPIPSWithDiscriminator(LPIPSGANConfig(perceptual_weight=0.0, eqvae_prob=0.5, scale_equivariance_weight=1.0))
+    generator, x = torch.Generator().manual_seed(0), torch.zeros(2, 3, 32, 32)
+    draws = [loss_fn.draw_transform(x, generator, 4) for _ in range(2000)]
+    assert all(d.downsample in (2, 4) for d in draws)  # the added term's share is 1, whatever EQ-VAE drew
+    eqvae = sum(isinstance(d.transform, LatentTransform) for d in draws) / 2000
+    assert abs(eqvae - 0.5) < 0.04  # EQ-VAE's share is its own probability (sd 0.011)
 
 
 def _model():
@@ -51,7 +79,7 @@ def test_the_loss_compares_the_decoded_transformed_latent_with_the_transformed_i
     model = _model()
     loss_fn = LPIPSWithDiscriminator(LPIPSGANConfig(perceptual_weight=0.0, eqvae_prob=1.0))
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    transform = LatentTransform(scale=0.75, quarter_turns=2)
+    transform = BatchRegularisers(LatentTransform(scale=0.75, quarter_turns=2))
     output = model(x, generator=torch.Generator().manual_seed(1), transform=transform)
     loss, _ = loss_fn(x, output)
     z = model.encode(x).sample(torch.Generator().manual_seed(1))
@@ -60,9 +88,62 @@ def test_the_loss_compares_the_decoded_transformed_latent_with_the_transformed_i
                                        dims=(-2, -1)))
     expected = (decoded - target).abs().sum() / 2 + 1e-6 * model.encode(x).kl().sum() / 2  # the KL: untransformed
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.equal(output.z, z)  # the sampled latent, not the one the decoder got
 
 
-@pytest.mark.parametrize("option", ["loss.eqvae_prob=0.5", "loss.scale_equivariance_prob=0.5",
+def test_scale_equivariance_adds_the_downsampled_reconstruction_to_the_usual_loss():
+    model = _model()  # f = 2: 16² images, 8² latents
+    loss_fn = LPIPSWithDiscriminator(LPIPSGANConfig(perceptual_weight=0.0, scale_equivariance_weight=0.25))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    output = model(x, generator=torch.Generator().manual_seed(1), transform=BatchRegularisers(downsample=4))
+    loss, logs = loss_fn(x, output)
+    z = model.encode(x).sample(torch.Generator().manual_seed(1))
+    usual = (model.decode(z) - x).abs().sum() / 2 + 1e-6 * model.encode(x).kl().sum() / 2
+    added = (model.decode(_central_means(z, 4)) - _central_means(x, 4)).abs().sum() / 2  # 2² latent, 4² image
+    assert output.target is None and torch.allclose(output.reconstruction, model.decode(z), atol=1e-6)
+    assert logs["scale_equivariance"] == pytest.approx(added.item(), rel=1e-5)
+    assert loss.item() == pytest.approx((usual + 0.25 * added).item(), rel=1e-5)
+
+
+def test_lpips_applies_to_transformed_pairs_from_its_smallest_side_and_is_left_out_below():
+    loss_fn = LPIPSWithDiscriminator(LPIPSGANConfig(perceptual_weight=1.0, lpips_pretrained=False, disc_weight=0))
+    lpips_network = loss_fn._perceptual[0]
+    for side in (8, 12, 16, 24):
+        x, x_hat = torch.rand(2, 3, side, side) * 2 - 1, torch.rand(2, 3, side, side) * 2 - 1
+        logs = {}
+        rec = loss_fn._per_pixel(x, x_hat, logs)
+        expected = (x_hat - x).abs()
+        if side >= LPIPS_MIN_SIDE:  # the lpips package's own value, broadcast over the pixels
+            expected = expected + lpips_network(x, x_hat)
+        assert ("lpips" in logs) == (side >= 16) and torch.allclose(rec, expected, atol=1e-6)
+
+
+KL_F8_TINY_32 = ["model.name=kl-f8-tiny", "data.name=objects", "data.image_size=32", "data.num_train=48",
+                 "data.num_test=8", "loss.perceptual_weight=1", "loss.lpips_pretrained=false", "loss.disc_start=0",
+                 "train.max_steps=20", "train.epochs=1", "train.batch_size=2", "train.snapshot_examples=0",
+                 "train.validation_examples=4", "train.calibration_images=4", "train.progress_bar=false",
+                 "train.log_every=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["loss.eqvae_prob=1.0", "loss.scale_equivariance_weight=1.0",
+                                    "loss.latent_noise_gamma=3.0,loss.latent_mask_ratio=0.7", "vf"])
+def test_kl_f8_tiny_at_32_trains_20_steps_with_lpips_and_each_regulariser(option, tmp_path):
+    # at f = 8 a 32² image has a 4² latent: EQ-VAE's s = 1/4 and scale equivariance's ×4 make 8² images,
+    # below LPIPS-VGG's 16 and the PatchGAN's 24
+    options = option.split(",")
+    if option == "vf":
+        options = [f"loss.vf_model={_tiny_dinov2(tmp_path / 'dino')}", "loss.vf_image_size=32"]
+    config = load_config(None, KL_F8_TINY_32 + options + [f"output_dir={tmp_path}", "run_name=r"])
+    run = vaekit.train(config, evaluate_at_end=False, explore=False, device="cpu")
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r and "step" in r]
+    assert steps and max(r["step"] for r in steps) == 20 and all(math.isfinite(r["loss"]) for r in steps)
+    if option.startswith("loss.scale"):
+        assert all("scale_equivariance" in r for r in steps)
+
+
+@pytest.mark.parametrize("option", ["loss.eqvae_prob=0.5", "loss.scale_equivariance_weight=1.0",
                                     "loss.latent_noise_gamma=3.0", "loss.latent_mask_ratio=0.7"])
 def test_training_with_a_latent_regulariser(option, tmp_path):
     config = load_config(None, ["model.name=autoencoder-kl", "model.block_out_channels=[16,16]", "model.layers_per_block=1",
@@ -85,41 +166,72 @@ def test_training_with_a_latent_regulariser(option, tmp_path):
 
 def test_interpolative_noise_is_the_published_mixture_with_one_level_per_image():
     z = torch.randn(64, 4, 16, 16)
-    corrupted, level, mask = LatentDenoising(3.0, 0.0, torch.Generator().manual_seed(0)).corrupt(z)
-    assert not mask.any() and level.shape == (64,) and 0 <= level.min() and level.max() < 1
+    corrupted, level = LatentDenoising(3.0, torch.Generator().manual_seed(0)).corrupt(z)
+    assert level.shape == (64,) and 0 <= level.min() and level.max() < 1
     t = level.view(-1, 1, 1, 1)
     epsilon = (corrupted - (1 - t) * z) / (3.0 * t)  # what was mixed in must be a standard normal draw
     # 65,536 draws: the mean's standard error is 1/256, the std's about 1/362; 0.03 is over 7 of them
     assert abs(epsilon.mean().item()) < 0.03 and abs(epsilon.std().item() - 1) < 0.03
     # the same generator state gives the same noise whatever the latent: the noise does not depend on z
-    again, _, _ = LatentDenoising(3.0, 0.0, torch.Generator().manual_seed(0)).corrupt(z + 5)
+    again, _ = LatentDenoising(3.0, torch.Generator().manual_seed(0)).corrupt(z + 5)
     assert torch.allclose(again - corrupted, 5 * (1 - t).expand_as(z), atol=1e-5)
 
 
-def test_masking_follows_detok_s_ratio_draw_and_replaces_whole_positions_by_noise():
-    z = torch.full((4000, 2, 4, 8), 7.0)  # 32 positions per image
-    corrupted, _, mask = LatentDenoising(0.0, 0.7, torch.Generator().manual_seed(0)).corrupt(z)
-    masked = mask.flatten(1).sum(1)
-    # r = max(0, u), u ~ U(-0.1, 0.7); ceil(32 (1 − r)) positions kept, so floor(32 r) masked: none when
+def test_masking_draws_one_ratio_per_batch_by_detok_s_formula():
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.stack([draw_mask(4, (4, 8), 0.7, generator) for _ in range(4000)])  # (4000, 4, 1, 4, 8)
+    counts = masks.flatten(2).sum(2)  # masked positions, per batch and image (of 32)
+    assert (counts == counts[:, :1]).all()  # one ratio for the whole batch
+    assert (masks[:, 0] != masks[:, 1]).any()  # which positions: drawn per image
+    # r = max(0, u), u ~ U(−0.1, 0.7); ceil(32 (1 − r)) positions kept, so floor(32 r) masked: none when
     # u < 1/32, P = (0.1 + 1/32) / 0.8; E[r] = 0.7² / 2 / 0.8, less about half a position for the floor
-    assert abs((masked == 0).float().mean().item() - (0.1 + 1 / 32) / 0.8) < 0.025  # sd of the share: 0.006
-    assert abs(masked.mean().item() / 32 - (0.30625 - 0.875 * 0.5 / 32)) < 0.01  # sd: 0.2 / 32 / 63 = 1e-4
-    assert masked.max() <= 32 - int(torch.ceil(torch.tensor(32 * 0.3)))
-    replaced = mask.bool().expand_as(z)
-    assert (corrupted[replaced] == 0).all() and (corrupted[~replaced] == 7).all()  # γ = 0: the noise is zero
-    noisy, _, noisy_mask = LatentDenoising(2.0, 0.7, torch.Generator().manual_seed(0)).corrupt(z)
-    # pure γ·ε where masked: 4000 images × ~9 positions × 2 channels, the std's relative sd is below 0.01
-    assert noisy[noisy_mask.bool().expand_as(z)].std().item() == pytest.approx(2.0, rel=0.05)
+    per_batch = counts[:, 0]
+    assert abs((per_batch == 0).float().mean().item() - (0.1 + 1 / 32) / 0.8) < 0.025  # sd of the share: 0.006
+    assert abs(per_batch.mean().item() / 32 - (0.30625 - 0.875 * 0.5 / 32)) < 0.01  # sd: 0.2 / 63 = 0.003
+    assert per_batch.max() <= 32 - 10  # at most floor(32 × 0.7) = 22 masked
 
 
-def test_the_decoder_is_asked_for_the_clean_image_from_the_corrupted_latent():
+def test_masked_patches_are_hidden_from_the_encoder_and_the_decoder_gets_the_mask_token_there():
+    mask = torch.zeros(1, 1, 2, 2)
+    mask[0, 0, 0, 1] = 1  # the top-right latent position
+    token = torch.tensor([1.0, 2.0, 3.0])
+    denoising = LatentDenoising(0.0, torch.Generator(), mask, token)
+    x = torch.rand(1, 3, 8, 8) + 1
+    hidden = denoising.encoder_input(x)
+    assert (hidden[..., :4, 4:] == 0).all() and torch.equal(hidden[..., 4:, :], x[..., 4:, :])  # its 4×4 patch
+    assert torch.equal(hidden[..., :4, :4], x[..., :4, :4])
+    z = torch.randn(1, 3, 2, 2)
+    corrupted, _ = denoising.corrupt(z)
+    assert torch.equal(corrupted[0, :, 0, 1], token) and torch.equal(corrupted[0, :, 1], z[0, :, 1])
+
+
+def test_the_decoder_is_asked_for_the_clean_image_from_the_corrupted_latent_of_the_masked_image():
     model = _model()
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    denoising = LatentDenoising(3.0, 0.5, torch.Generator().manual_seed(2))
-    output = model(x, generator=torch.Generator().manual_seed(1), transform=denoising)
-    z = model.encode(x).sample(torch.Generator().manual_seed(1))
-    corrupted, _, _ = LatentDenoising(3.0, 0.5, torch.Generator().manual_seed(2)).corrupt(z)
-    assert torch.equal(output.target, x) and torch.allclose(output.reconstruction, model.decode(corrupted), atol=1e-6)
+    mask = draw_mask(2, (8, 8), 0.7, torch.Generator().manual_seed(3))
+    token = torch.randn(3)
+    denoising = LatentDenoising(3.0, torch.Generator().manual_seed(2), mask, token)
+    output = model(x, generator=torch.Generator().manual_seed(1), transform=BatchRegularisers(denoising))
+    hidden = x * (1 - mask.repeat_interleave(2, -2).repeat_interleave(2, -1))  # f = 2
+    z = model.encode(hidden).sample(torch.Generator().manual_seed(1))
+    corrupted, _ = LatentDenoising(3.0, torch.Generator().manual_seed(2), mask, token).corrupt(z)
+    assert torch.equal(output.target, x) and torch.allclose(output.z, z, atol=1e-6)
+    assert torch.allclose(output.reconstruction, model.decode(corrupted), atol=1e-6)
+
+
+def test_the_mask_token_is_trained_with_the_autoencoder():
+    model = _model()
+    loss_fn = LPIPSWithDiscriminator.for_model(LPIPSGANConfig(perceptual_weight=0.0, disc_weight=0,
+                                                              latent_mask_ratio=0.7), model)
+    assert loss_fn.mask_token.shape == (3,) and loss_fn.generator_parameters() == [loss_fn.mask_token]
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    generator = torch.Generator().manual_seed(0)
+    transform = loss_fn.draw_transform(x, generator, 2)
+    while not transform.transform.mask.any():  # a batch whose drawn ratio masked something
+        transform = loss_fn.draw_transform(x, generator, 2)
+    loss, _ = loss_fn(x, model(x, transform=transform))
+    loss.backward()
+    assert loss_fn.mask_token.grad is not None and loss_fn.mask_token.grad.abs().sum() > 0
 
 
 # ------------------------------------------------------------------------------------ VA-VAE alignment
@@ -138,6 +250,25 @@ def test_the_vf_loss_on_a_hand_computed_case():
     again, _ = vf_loss(3 * projected, 0.1 * features, 0.5, 0.25)
     assert again.item() == pytest.approx(0.625)
     assert vf_loss(features, features, 0.5, 0.25)[0].item() == 0
+
+
+def test_alignment_receives_the_sampled_latent_whatever_the_decoder_got():
+    model = _model()
+    loss_fn = LPIPSWithDiscriminator(LPIPSGANConfig(perceptual_weight=0.0, disc_weight=0, vf_adaptive=False))
+    received = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, z, images):
+            received.append(z)
+            return z.sum() * 0, {}
+
+    loss_fn.alignment = Recorder()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    transform = BatchRegularisers(LatentTransform(scale=0.5, quarter_turns=1), downsample=2)
+    loss_fn(x, model(x, generator=torch.Generator().manual_seed(1), transform=transform))
+    posterior = model.encode(x)
+    z = posterior.sample(torch.Generator().manual_seed(1))  # VA-VAE: z = posterior.sample(), always
+    assert torch.allclose(received[0], z, atol=1e-6) and not torch.allclose(received[0], posterior.mode(), atol=1e-3)
 
 
 def _tiny_dinov2(folder):
@@ -206,7 +337,7 @@ def test_the_eqvae_preset_fine_tunes_a_whole_diffusers_autoencoder(tmp_path):
     from diffusers import AutoencoderKL as DiffusersKL
 
     from vaekit.config import merge, parse_overrides, read_yaml
-    from vaekit.diffusion.diffusability import write_photo_crops
+    from vaekit.diffusion.images import write_photo_crops
 
     torch.manual_seed(0)
     DiffusersKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,

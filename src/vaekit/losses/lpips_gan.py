@@ -33,7 +33,9 @@ from torch import nn
 from vaekit.errors import ConfigError
 from vaekit.losses.alignment import VisionAlignment, load_backbone
 from vaekit.losses.discriminator import D_LOSSES, NLayerDiscriminator
-from vaekit.losses.latent_transforms import LatentDenoising, draw_transform
+from vaekit.losses.latent_transforms import (BatchRegularisers, LatentDenoising, draw_downsampling, draw_eqvae,
+                                             draw_mask)
+from vaekit.losses.perceptual import LPIPS_MIN_SIDE
 from vaekit.registry import LOSSES
 
 
@@ -68,18 +70,19 @@ class LPIPSGANConfig:
     disc_lr: float | None = None
     """Discriminator learning rate (default: train.lr)."""
     eqvae_prob: float = 0.0
-    """EQ-VAE: the share of batches whose latent and image are both scaled by a random s in [0.25, 1) and
-    rotated by a random multiple of 90°, the decoder reconstructing τ(x) from τ(z) (zelaki/eqvae: 0.5;
-    KL autoencoders; losses/latent_transforms.py)."""
-    scale_equivariance_prob: float = 0.0
-    """Scale equivariance (Skorokhodov et al. 2025): the share of batches whose latent and image are both
-    down-sampled ×2 or ×4 (block averages), the decoder reconstructing the small image from the small latent."""
+    """EQ-VAE: the share of batches whose sampled latent and image are both scaled by a random s in [0.25, 1)
+    and rotated by a random multiple of 90°, the decoder reconstructing τ(x) from τ(z) instead of x from z
+    (zelaki/eqvae: 0.5; KL autoencoders; losses/latent_transforms.py)."""
+    scale_equivariance_weight: float = 0.0
+    """Scale equivariance (Skorokhodov et al. 2025): on every batch, the weight of an added reconstruction
+    term of the image down-sampled ×2 or ×4 (bilinear) from the latent down-sampled alike (0: off)."""
     latent_noise_gamma: float = 0.0
     """Latent denoising (l-DeTok): the decoder reconstructs x from (1 − t)·z + t·γ·ε, t ~ U(0, 1) per image;
-    this is γ (DeTok: 3.0; 0: off). Applies to the batches no latent transform took."""
+    this is γ (DeTok: 3.0; 0: off). Applies to the batches EQ-VAE did not take."""
     latent_mask_ratio: float = 0.0
-    """Latent denoising (l-DeTok): the largest share of latent positions replaced by noise, per image a
-    ratio max(0, U(−0.1, this)) (DeTok: 0.7; 0: off)."""
+    """Latent denoising (l-DeTok): the largest share of latent positions masked, one ratio max(0, U(−0.1,
+    this)) per batch: their image patches are hidden from the encoder and the decoder gets a learned token
+    there (DeTok: 0.7; 0: off). Applies to the batches EQ-VAE did not take."""
     vf_model: str | None = None
     """VA-VAE's alignment of the latents to a frozen vision model: timm:NAME or a transformers hub name or
     folder (VA-VAE: DINOv2 ViT-L/14, timm:vit_large_patch14_dinov2.lvd142m); None: off. losses/alignment.py."""
@@ -119,7 +122,7 @@ def target_of(output, x: torch.Tensor) -> torch.Tensor:
 
 
 def _latent_options(config: LPIPSGANConfig) -> tuple[float, ...]:
-    return (config.eqvae_prob, config.scale_equivariance_prob, config.latent_noise_gamma, config.latent_mask_ratio)
+    return (config.eqvae_prob, config.scale_equivariance_weight, config.latent_noise_gamma, config.latent_mask_ratio)
 
 
 @LOSSES.register("lpips-gan", LPIPSGANConfig)
@@ -146,21 +149,26 @@ class LPIPSWithDiscriminator(nn.Module):
         self.regularizer = "kl"
         self.alignment: VisionAlignment | None = None
         self._encoder_layer: list[torch.Tensor] = []  # the encoder's last weight, for the adaptive VF weight
+        self.mask_token: nn.Parameter | None = None  # latent denoising's, sized by for_model
 
     @classmethod
     def for_model(cls, config: LPIPSGANConfig, model: nn.Module) -> "LPIPSWithDiscriminator":
         if model.regularizer == "vq" and any(_latent_options(config)):
-            raise ConfigError("loss.eqvae_prob, loss.scale_equivariance_prob, loss.latent_noise_gamma and "
+            raise ConfigError("loss.eqvae_prob, loss.scale_equivariance_weight, loss.latent_noise_gamma and "
                               "loss.latent_mask_ratio change a KL autoencoder's sampled latent; a VQ model quantises "
                               "its latent first")
-        if not 0 <= config.latent_mask_ratio < 1 or config.latent_noise_gamma < 0:
-            raise ConfigError(f"loss.latent_mask_ratio must be in [0, 1) and loss.latent_noise_gamma ≥ 0, got "
-                              f"{config.latent_mask_ratio} and {config.latent_noise_gamma}")
+        if not 0 <= config.latent_mask_ratio < 1 or min(config.latent_noise_gamma, config.scale_equivariance_weight) < 0:
+            raise ConfigError(f"loss.latent_mask_ratio must be in [0, 1), loss.latent_noise_gamma and "
+                              f"loss.scale_equivariance_weight ≥ 0, got {config.latent_mask_ratio}, "
+                              f"{config.latent_noise_gamma} and {config.scale_equivariance_weight}")
         if model.regularizer == "vq" and config.learn_logvar:
             raise ConfigError("loss.learn_logvar applies to KL autoencoders (LDM's loss); a VQ model's loss is "
                               "taming's mean reconstruction, which has no log-variance")
         loss = cls(config, model.config.out_channels)
         loss.regularizer = model.regularizer  # "kl": the posterior's KL; "vq": the quantiser's loss
+        if config.latent_mask_ratio > 0:
+            # DeTok's learned mask token, here in the latent the decoder reads; it starts at the prior's mean
+            loss.mask_token = nn.Parameter(torch.zeros(model.config.latent_channels))
         if config.vf_model is not None:
             if model.regularizer == "vq":
                 raise ConfigError("loss.vf_model aligns a KL autoencoder's sampled latent; use it with autoencoder-kl")
@@ -170,16 +178,21 @@ class LPIPSWithDiscriminator(nn.Module):
             loss._encoder_layer.append(model.encoder.conv_out.weight)
         return loss
 
-    def draw_transform(self, x: torch.Tensor, generator: torch.Generator, downsampling_factor: int):
-        """The latent transform of this batch (``losses.latent_transforms``), or None."""
+    def draw_transform(self, x: torch.Tensor, generator: torch.Generator,
+                       downsampling_factor: int) -> BatchRegularisers | None:
+        """This batch's latent regularisers (``losses.latent_transforms``), drawn from ``generator``, or None."""
         config = self.config
-        transform = None
-        if config.eqvae_prob or config.scale_equivariance_prob:
-            transform = draw_transform(config.eqvae_prob, config.scale_equivariance_prob,
-                                       min(x.shape[-2:]) // downsampling_factor, generator)
+        latent_size = (-(-x.shape[-2] // downsampling_factor), -(-x.shape[-1] // downsampling_factor))
+        transform = draw_eqvae(config.eqvae_prob, min(latent_size), generator)
         if transform is None and (config.latent_noise_gamma or config.latent_mask_ratio):
-            transform = LatentDenoising(config.latent_noise_gamma, config.latent_mask_ratio, generator)
-        return transform
+            mask = None
+            if self.mask_token is not None:
+                mask = draw_mask(x.shape[0], latent_size, config.latent_mask_ratio, generator)
+            transform = LatentDenoising(config.latent_noise_gamma, generator, mask, self.mask_token)
+        downsample = draw_downsampling(min(latent_size), generator) if config.scale_equivariance_weight else None
+        if transform is None and downsample is None:
+            return None
+        return BatchRegularisers(transform, downsample)
 
     def last_layer(self, model: nn.Module) -> torch.Tensor:
         """The weight the adaptive weight's gradients are taken at: the decoder's output convolution."""
@@ -188,14 +201,14 @@ class LPIPSWithDiscriminator(nn.Module):
     def generator_parameters(self) -> list[nn.Parameter]:
         """The loss's own parameters that train with the autoencoder: LDM's log-variance, VA-VAE's projection."""
         own = [self.logvar] if self.config.learn_logvar else []
+        own += [self.mask_token] if self.mask_token is not None else []
         return own + (list(self.alignment.parameters()) if self.alignment is not None else [])
 
     def _alignment_term(self, images: torch.Tensor, output, nll_loss: torch.Tensor,
                         gradient_mean) -> tuple[torch.Tensor, dict[str, float]]:
-        """vf_weight (adaptive) · L_vf on the untransformed latent (the posterior's mode when a latent
-        transform took this batch's sample)."""
-        z = output.z if getattr(output, "target", None) is None else output.posterior.mode()
-        vf, logs = self.alignment(z, images)
+        """vf_weight (adaptive) · L_vf on the sampled latent (VA-VAE's ``z = posterior.sample()``, before any
+        other regulariser changed what the decoder got)."""
+        vf, logs = self.alignment(output.z, images)
         weight = torch.tensor(self.config.vf_weight)
         if self.config.vf_adaptive and self._encoder_layer and torch.is_grad_enabled() and vf.requires_grad:
             weight = adaptive_weight(nll_loss, vf, self._encoder_layer[0], self.config.vf_weight, gradient_mean,
@@ -221,6 +234,34 @@ class LPIPSWithDiscriminator(nn.Module):
             for p, flag in zip(self.discriminator.parameters(), flags):
                 p.requires_grad_(flag)
 
+    def _per_pixel(self, x: torch.Tensor, x_hat: torch.Tensor, logs: dict[str, float], prefix: str = "") -> torch.Tensor:
+        """|x − x̂| (or its square) + perceptual_weight · LPIPS, per pixel. LPIPS-VGG is defined from
+        ``LPIPS_MIN_SIDE`` pixels (its fourth max-pool leaves no pixel below); a smaller pair — only a latent
+        regulariser's transform makes one — goes without it (docs/training_image_autoencoders.md)."""
+        difference = x_hat - x
+        rec = difference.abs() if self.config.pixel == "l1" else difference.pow(2)
+        logs[prefix + "pixel"] = rec.mean().item()
+        if self._perceptual and min(x.shape[-2:]) >= LPIPS_MIN_SIDE:
+            network = self._perceptual[0].to(x.device)
+            perceptual = network(x.contiguous(), x_hat.contiguous())  # (B, 1, 1, 1), carries gradient to x̂
+            rec = rec + self.config.perceptual_weight * perceptual
+            logs[prefix + "lpips"] = perceptual.mean().item()
+        return rec
+
+    def _nll(self, rec: torch.Tensor) -> torch.Tensor:
+        """LDM's nll = rec / exp(s) + s, summed over pixels per image (or their mean), averaged over the batch."""
+        nll = rec / torch.exp(self.logvar) + self.logvar
+        return nll.sum() / rec.shape[0] if self.config.reduction == "sum" else nll.mean()
+
+    def _scale_equivariance_term(self, output, logs: dict[str, float]) -> torch.Tensor | float:
+        """α · nll(down(x), D(down(z))): the same reconstruction loss on scale equivariance's pair (0 without)."""
+        small = getattr(output, "downsampled_reconstruction", None)
+        if small is None:
+            return 0.0
+        term = self._nll(self._per_pixel(output.downsampled_target, small, logs, prefix="downsampled_"))
+        logs["scale_equivariance"] = term.item()
+        return self.config.scale_equivariance_weight * term
+
     def forward(self, x: torch.Tensor, output, kl_weight: float | None = None, step: int = 0,
                 last_layer: torch.Tensor | None = None, gradient_mean=None) -> tuple[torch.Tensor, dict[str, float]]:
         """The autoencoder's loss; ``output`` has ``.reconstruction`` and ``.posterior`` (and ``.quantized``
@@ -228,15 +269,8 @@ class LPIPSWithDiscriminator(nn.Module):
         weight = self.beta if kl_weight is None else kl_weight
         images, x = x, target_of(output, x)
         x_hat = output.reconstruction
-        difference = x_hat - x
-        rec = difference.abs() if self.config.pixel == "l1" else difference.pow(2)
-        logs = {"pixel": rec.mean().item()}
-        if self._perceptual:
-            network = self._perceptual[0].to(x.device)
-            perceptual = network(x.contiguous(), x_hat.contiguous())  # (B, 1, 1, 1), carries gradient to x̂
-            rec = rec + self.config.perceptual_weight * perceptual
-            logs["lpips"] = perceptual.mean().item()
-        batch = x.shape[0]
+        logs: dict[str, float] = {}
+        rec = self._per_pixel(x, x_hat, logs)
         if self.regularizer == "vq":
             nll_loss = rec.mean()  # LPIPS (B, 1, 1, 1) is broadcast over the pixels, as in taming
             quantized = output.quantized
@@ -244,10 +278,9 @@ class LPIPSWithDiscriminator(nn.Module):
             logs.update(vq_loss=quantized.loss.item(), commitment=quantized.commitment.item(),
                         perplexity=quantized.perplexity.item())
         else:
-            nll = rec / torch.exp(self.logvar) + self.logvar
-            nll_loss = nll.sum() / batch if self.config.reduction == "sum" else nll.mean()
-            kl_loss = output.posterior.kl().sum() / batch
-            loss = nll_loss + weight * kl_loss
+            nll_loss = self._nll(rec)
+            kl_loss = output.posterior.kl().sum() / x.shape[0]
+            loss = nll_loss + weight * kl_loss + self._scale_equivariance_term(output, logs)
             logs.update(kl=kl_loss.item(), kl_weight=float(weight))
             if self.alignment is not None:
                 aligned, alignment_logs = self._alignment_term(images, output, nll_loss, gradient_mean)

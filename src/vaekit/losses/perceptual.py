@@ -19,6 +19,9 @@ from vaekit.errors import VaekitError
 
 VGG_FILE = "vgg16-397923af.pth"
 VGG_URL = f"https://download.pytorch.org/models/{VGG_FILE}"
+LPIPS_MIN_SIDE = 16
+"""The smallest image side LPIPS-VGG takes: its relu5_3 comes after four 2×2 max-pools, and a side below 16
+leaves the fourth nothing to pool ("Output size is too small")."""
 
 
 class WeightsUnavailable(VaekitError):

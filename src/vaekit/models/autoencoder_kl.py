@@ -32,9 +32,13 @@ class AutoencoderKLConfig(ConvAutoencoderConfig):
 class AutoencoderKLOutput(NamedTuple):
     posterior: DiagonalGaussian
     z: torch.Tensor
+    """The sampled latent (or the mode), before any latent regulariser changed what the decoder got."""
     reconstruction: torch.Tensor
     target: torch.Tensor | None = None
-    """The transformed image the reconstruction is compared with, when a latent transform was applied."""
+    """The image the reconstruction is compared with when a latent regulariser changed it (else x)."""
+    downsampled_reconstruction: torch.Tensor | None = None
+    """Scale equivariance: the decoded down-sampled latent, compared with ``downsampled_target``."""
+    downsampled_target: torch.Tensor | None = None
 
 
 @MODELS.register("autoencoder-kl", AutoencoderKLConfig)
@@ -88,15 +92,21 @@ class AutoencoderKL(ConvAutoencoder):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = True,
                 generator: torch.Generator | None = None, transform=None) -> AutoencoderKLOutput:
-        """Encode, sample (or take the mode), decode. ``transform``: a latent regulariser's τ
-        (``losses.latent_transforms``): the decoder gets τ(z), and ``target`` is τ(x)."""
-        posterior = self.encode(x)
+        """Encode, sample (or take the mode), decode. ``transform``: one batch's latent regularisers
+        (``losses.latent_transforms.BatchRegularisers``): what the encoder sees, what the decoder gets and
+        its ``target``, and scale equivariance's added down-sampled pair."""
+        posterior = self.encode(x if transform is None else transform.encoder_input(x))
         z = posterior.sample(generator) if sample else posterior.mode()
         if transform is None:
             return AutoencoderKLOutput(posterior, z, self.decode(z, size=x.shape[2:]))
-        z, target = transform(z, self.pad_to_multiple(x))
-        return AutoencoderKLOutput(posterior, z, self.decode(z, size=target.shape[2:]), target)
-
+        padded = self.pad_to_multiple(x)
+        decoder_z, target = transform(z, padded)
+        reconstruction = self.decode(decoder_z, size=(x if target is None else target).shape[2:])
+        pair = transform.downsampled(z, padded)
+        if pair is None:
+            return AutoencoderKLOutput(posterior, z, reconstruction, target)
+        small = self.decode(pair[0], size=pair[1].shape[2:])
+        return AutoencoderKLOutput(posterior, z, reconstruction, target, small, pair[1])
 
 def _preset(name: str, channels: tuple[int, ...], latent: int, **extra) -> None:
     MODELS.register_preset(name, "autoencoder-kl", block_out_channels=channels, latent_channels=latent, **extra)
