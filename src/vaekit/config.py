@@ -48,6 +48,9 @@ class TrainConfig:
     image autoencoders)."""
     lr_warmup_steps: int = 0
     """The learning rate rises linearly over this many steps."""
+    lr_warmup_fraction: float = 0.0
+    """The warm-up as a share of the run's optimizer steps, instead of train.lr_warmup_steps: for a budget in
+    epochs, whose step count follows the size of the data."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """After warm-up: constant, or cosine decay to 0 at the last step."""
     ema_decay: float | None = None
@@ -89,10 +92,13 @@ class TrainConfig:
     """Optimizer steps per line of train_log.jsonl (means over the interval) and per log line off a terminal."""
     max_nonfinite_steps: int = 5
     """Consecutive steps with a non-finite loss or gradient after which the run stops."""
-    num_workers: int = 0
-    """DataLoader worker processes (threads, for a streamed dataset); any number gives the same batches."""
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    """Autocast precision on a GPU: no (float32), bf16, or fp16 (with a loss scaler); see docs/gpu.md."""
+    num_workers: int | Literal["auto"] = 0
+    """DataLoader worker processes (threads, for a streamed dataset); any number gives the same batches. auto:
+    4 on a CUDA GPU (fewer on a machine with fewer cores), 0 elsewhere (the CPU's cores train the model, and
+    without workers batches are still read two ahead in a thread)."""
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
+    """Autocast precision on a GPU: no (float32), bf16, or fp16 (with a loss scaler); auto: bf16 on a CUDA GPU
+    that has it (Ampere and later), float32 elsewhere (the CPU, where bf16 autocast is slow); see docs/gpu.md."""
     tensorboard: bool = False
     """Also log to TensorBoard under the run directory (pip install 'vaekit[tensorboard]')."""
     progress_bar: bool = True
@@ -109,6 +115,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < minimum:
                 raise ValueError(f"train.{name} must be at least {minimum}, got {value}")
+        if self.num_workers != "auto" and self.num_workers < 0:
+            raise ValueError(f"train.num_workers must be at least 0 (or auto), got {self.num_workers}")
+        if not 0.0 <= self.lr_warmup_fraction < 1.0:
+            raise ValueError(f"train.lr_warmup_fraction must be in [0, 1), got {self.lr_warmup_fraction}")
+        if self.lr_warmup_fraction and self.lr_warmup_steps:
+            raise ValueError("give the warm-up as train.lr_warmup_steps or as train.lr_warmup_fraction, not both")
 
 
 @dataclass
@@ -225,6 +237,8 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {annotation}")
     if origin is Literal:
+        if value is False and "no" in args:  # YAML 1.1 reads a bare `no` (mixed_precision: no) as false
+            return "no"
         if value in args:
             return value
         raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")

@@ -34,6 +34,7 @@ from vaekit.runs import CONFIG_FILE, create_run_dir, read_run_config, truncate_l
 from vaekit.training.distributed import GlobalBatchNoise, launched_on_cpu, process_state, sync_batch_norm
 from vaekit.training.ema import EMA
 from vaekit.training.memory import log_memory_estimates
+from vaekit.training.plan import resolve_for_device, steps_per_epoch, total_steps, warmup_steps
 from vaekit.training.pretrained import resolve_init_from
 from vaekit.training.validation import Validator, check_best_metric, restore_best
 
@@ -90,6 +91,8 @@ class Run:
     to_model_range: Any
     total_steps: int
     validate_every: int
+    warmup_steps: int
+    """Steps of the learning-rate warm-up (``train.lr_warmup_steps``, or its fraction of ``total_steps``)."""
     state: TrainState = field(default_factory=TrainState)
     validator: Validator | None = None
     snapshot: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -223,7 +226,8 @@ def create_run_dir_once(config: RunConfig) -> Path:
 # ---------------------------------------------------------------------------------------------- build
 
 
-def _model(config: RunConfig, source: nn.Module | None) -> nn.Module:
+def build_model(config: RunConfig, source: nn.Module | None) -> nn.Module:
+    """The run's model: ``source``'s weights when there is one, the encoder frozen for ``train.decoder_only``."""
     model = create_model(config.model.name, **dataclasses.asdict(config.model.params))
     if source is not None:
         model.load_state_dict(source.state_dict())
@@ -279,9 +283,16 @@ def _resolve(config: RunConfig | dict | str | Path | None, resume: str | Path | 
         if checkpoint is None:
             raise VaekitError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
         return config, run_dir, checkpoint, None
-    config = as_run_config(config)
     if overrides:
         raise VaekitError("overrides go into the config for a new run; pass them with resume= only to extend one")
+    config, source = new_run_config(config)
+    return config, None, None, source
+
+
+def new_run_config(config: RunConfig | dict | str | Path | None) -> tuple[RunConfig, nn.Module | None]:
+    """A new run's config, with the architecture of its ``model.init_from`` source, and the source loaded
+    (None without one); settings that need a pretrained model are checked."""
+    config = as_run_config(config)
     source = None
     if config.model.init_from is not None:
         model_section, source = resolve_init_from(config.model)
@@ -290,7 +301,7 @@ def _resolve(config: RunConfig | dict | str | Path | None, resume: str | Path | 
     if config.train.decoder_only and config.model.init_from is None:
         raise ConfigError("train.decoder_only=true freezes the encoder, which is only meaningful for a pretrained "
                           "one: set model.init_from to the model to fine-tune (a folder, checkpoint or hub name)")
-    return config, None, None, source
+    return config, source
 
 
 def _accelerator_device(device: str | None) -> bool:
@@ -319,6 +330,8 @@ def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path |
     from accelerate.utils import set_seed
 
     config, run_dir, checkpoint, source = _resolve(config, resume, overrides)
+    on_cpu = _accelerator_device(device)
+    config = resolve_for_device(config, not on_cpu and torch.cuda.is_available())
     cfg = config.train
     if cfg.tensorboard:
         from accelerate.utils import is_tensorboard_available
@@ -337,10 +350,10 @@ def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path |
     # Accelerate keeps its settings (mixed precision) process-wide; forget them, keeping the process
     # group, so one process can train runs of different precision one after another (sweeps, the API).
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=_accelerator_device(device), mixed_precision=cfg.mixed_precision,
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=cfg.mixed_precision,
                               log_with="tensorboard" if cfg.tensorboard else None, project_dir=str(run_dir))
     device = accelerator.device
-    model = _model(config, source)
+    model = build_model(config, source)
     loss_fn = LOSSES.get(config.loss.name).obj.for_model(config.loss.params, model).to(device)
     if accelerator.num_processes > 1 and loss_fn.discriminator is not None:
         sync_batch_norm(loss_fn.discriminator, device)
@@ -350,15 +363,15 @@ def build_run(config: RunConfig | dict | str | Path | None, resume: str | Path |
     noise = torch.Generator(device=device).manual_seed(config.seed)
     batches = TrainingBatches(train_data, cfg.batch_size, config.seed, accelerator.num_processes,
                               accelerator.process_index, cfg.num_workers, pin_memory=device.type == "cuda")
-    steps_per_epoch = math.ceil(batches.batches_per_epoch / cfg.grad_accumulation)
-    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
-    default_every = steps_per_epoch if raw_model.has_likelihood else IMAGE_VALIDATE_EVERY
+    per_epoch = steps_per_epoch(len(train_data), cfg, accelerator.num_processes)
+    steps = total_steps(cfg, per_epoch)
+    default_every = per_epoch if raw_model.has_likelihood else IMAGE_VALIDATE_EVERY
     run = Run(config, run_dir, accelerator, prepared, raw_model, loss_fn, optimizers,
               {name: opt.param_groups[0]["lr"] for name, opt in optimizers.items()},
               EMA(raw_model, cfg.ema_decay) if cfg.ema_decay else None, noise,
               GlobalBatchNoise(noise, accelerator.num_processes, accelerator.process_index), train_data, batches,
-              range_map(train_data.value_range, raw_model.value_range), int(total_steps),
-              cfg.validate_every or max(1, default_every))
+              range_map(train_data.value_range, raw_model.value_range), steps,
+              cfg.validate_every or max(1, default_every), warmup_steps(cfg, steps))
     run.state.num_processes = accelerator.num_processes
     if run.is_main:
         run.validator = _validator(run, test_data)

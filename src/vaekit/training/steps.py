@@ -31,7 +31,7 @@ class StepResult:
 def set_learning_rates(run: Run) -> None:
     """The scheduled learning rate of this step, for every optimizer."""
     cfg = run.cfg
-    factor = learning_rate_factor(run.state.step, run.total_steps, cfg.lr_warmup_steps, cfg.lr_schedule)
+    factor = learning_rate_factor(run.state.step, run.total_steps, run.warmup_steps, cfg.lr_schedule)
     for name, optimizer in run.optimizers.items():
         for group in optimizer.param_groups:
             group["lr"] = run.base_lrs[name] * factor
