@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vaekit.config import load_config, to_dict
+from vaekit.config import load_config
 from vaekit.diffusion.cli import add_commands as add_diffusion_commands
 from vaekit.errors import VaekitError
 from vaekit.evaluation import evaluate
@@ -51,7 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         if args.resume:
             raise VaekitError("--print-config shows the config a new run would use; a run's own is its config.yaml")
-        print(resolved_config_yaml(config_path, positional), end="")
+        print(resolved_config_yaml(config_path, positional, args.device), end="")
         return 0
     if args.resume:
         if config_path:
@@ -74,14 +74,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolved_config_yaml(config_path: str | None, overrides: list[str]) -> str:
-    """The config a run of ``vaekit train CONFIG OVERRIDES`` would use, every default filled in."""
-    import yaml
+def resolved_config_yaml(config_path: str | None, overrides: list[str], device: str = "auto") -> str:
+    """The config a run of ``vaekit train CONFIG OVERRIDES --device DEVICE`` would use, every default filled
+    in, with its plan (steps, warm-up, memory) as comments."""
+    from vaekit.training.preview import preview_yaml
 
     bad = [item for item in overrides if "=" not in item]
     if bad:
         raise VaekitError(f"expected one config file then key=value overrides, got {bad[0]!r} after them")
-    return yaml.safe_dump(to_dict(load_config(config_path, overrides)), sort_keys=False)
+    return preview_yaml(load_config(config_path, overrides), device)
 
 
 def registered() -> dict[str, list[tuple[str, str]]]:
@@ -179,7 +180,9 @@ def _add_train(commands) -> None:
                        "train.batch_size is the global batch")
     train.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation at the end")
     train.add_argument("--print-config", action="store_true",
-                       help="print the resolved config (every default filled in) as YAML and stop, training nothing")
+                       help="print the resolved config (every default filled in, auto settings for --device) as "
+                       "YAML, with the optimizer steps the data makes and the estimated memory as comments, and stop, "
+                       "training nothing")
     train.add_argument("--no-explore", action="store_true",
                        help="skip the figures and report.html at the end (`vaekit explore RUN_DIR` draws them later)")
     train.add_argument("--device", default="auto", help=DEVICE_HELP + "; with --num-processes, each process's own GPU")

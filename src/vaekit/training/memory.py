@@ -66,6 +66,16 @@ def choose_validation_batch(bytes_per_image: int, budget_bytes: int, examples: i
     return max(1, min(examples, budget_bytes // max(bytes_per_image, 1)))
 
 
+def planned_validation_budget(device_bytes: int, training_state: int, cuda: bool) -> int:
+    """The validation budget a run is expected to find at its first validation: on CUDA,
+    ``VALIDATION_HEADROOM`` of ``device_bytes`` (a card's free memory before the run) less the training state
+    it will hold then (the training activations are freed by then, and PyTorch's allocator lends them back);
+    on the CPU, ``CPU_VALIDATION_BYTES``, as ``available_bytes`` gives."""
+    if not cuda:
+        return CPU_VALIDATION_BYTES
+    return max(0, int(VALIDATION_HEADROOM * (device_bytes - training_state)))
+
+
 def training_estimate(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int, decoder_only: bool,
                       ema: bool) -> tuple[int, int]:
     """(Activation bytes of one training micro-batch of ``batch_size`` images, bytes of the weights,
