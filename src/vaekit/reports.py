@@ -33,7 +33,7 @@ def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
 
 def render_run_report(run_dir: str | Path) -> Path:
     """(Re)write ``run_dir/report.html`` from the figures ``explore_run`` drew, the metrics, the config
-    and, for a run inside a sweep, the sweep's table."""
+    and, for a run inside a sweep, the sweep's table; training's warnings (metrics.json) open its notes."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     manifest = json.loads((run_dir / MANIFEST).read_text())
@@ -43,7 +43,7 @@ def render_run_report(run_dir: str | Path) -> Path:
     return render(
         "report.html", run_dir / REPORT_FILE, [Figure(**f) for f in manifest["figures"]],
         title=f"{run_dir.name}: {config.model.name} on {config.data.name}",
-        notes=manifest["notes"], card=manifest["card"],
+        notes=[*metrics.get("train", {}).get("warnings", []), *manifest["notes"]], card=manifest["card"],
         metrics=_metric_rows({**metrics.get("test", {}), **metrics.get("latent", {})}),
         sweep=read_table(sweep_csv) if sweep_csv.is_file() else None,
         skipped=manifest["skipped"],

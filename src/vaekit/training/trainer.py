@@ -160,6 +160,9 @@ def finish(run: Run, evaluate_at_end: bool, explore: bool) -> Path:
     if run.is_main:
         model = run.saved_model()
         scale = calibrate(run, model)
+        warning = latent_space_warning(run, scale)
+        if warning:
+            log.warning(warning)
         save_model(model, run.run_dir / "model")
         if scale and (run.run_dir / BEST_DIR).is_dir():
             best = load_model(run.run_dir / BEST_DIR, device=run.device)
@@ -176,6 +179,7 @@ def finish(run: Run, evaluate_at_end: bool, explore: bool) -> Path:
             "best_step": state.best_step,
             f"best_{run.validator.metric}": state.best_value,
             **scale,
+            **({"warnings": [warning]} if warning else {}),
         })
         if evaluate_at_end:
             evaluate(run.run_dir, device=str(run.device))
@@ -211,6 +215,23 @@ def calibrate(run: Run, model: torch.nn.Module) -> dict:
     log.info("latent scaling factor %.5g (shift %s) measured on posterior samples of %d training images",
              measured.norm.scaling_factor, measured.norm.shift_factor, measured.images)
     return {**measured.norm.to_dict(), "calibration_images": measured.images, "scaling_factor_before": source_factor}
+
+
+def latent_space_warning(run: Run, scale: dict) -> str | None:
+    """What to tell the user when training changed a pretrained encoder (None otherwise): the latent space
+    a diffusion model was trained on is gone with it. Logged, and kept in metrics.json for the report."""
+    source = run.config.model.init_from
+    if source is None or run.encoder_frozen or run.state.step == 0 or not run.raw_model.scales_latents:
+        return None
+    if "scaling_factor_before" in scale:
+        factor = (f", and its scaling factor is {scale['scaling_factor']:.5g} (the source's was "
+                  f"{scale['scaling_factor_before']:.5g})")
+    else:
+        factor = " (its scaling factor was not measured again: train.calibrate_latents=never)"
+    return (f"the encoder of {source} was trained (train.decoder_only: false), so this model's latent space is no "
+            f"longer the source's{factor}: a diffusion model trained on the source's latents (for Stable "
+            "Diffusion's VAE, Stable Diffusion's U-Net) will not fit this model's. Train the diffusion model on this "
+            "model's latents (vaekit export-latents), or fine-tune with train.decoder_only=true to keep the source's.")
 
 
 @contextmanager
