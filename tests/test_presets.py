@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent('''
     from vaekit.sweep import read_sweep_config
 
     configs, out = Path(sys.argv[2]), Path(sys.argv[3])
-    from vaekit.diffusion.diffusability import write_photo_crops
+    from vaekit.diffusion.images import write_photo_crops
     photos = out / "my-photos"
     write_photo_crops(photos, 96, 12)
     source = vaekit.save_model(vaekit.create_model("autoencoder-kl", block_out_channels=(32, 32), layers_per_block=1),
@@ -93,7 +93,7 @@ def test_every_preset_runs_without_the_dev_extras(tmp_path):
     blocked = dev_only_modules()
     assert "skimage" not in blocked  # the built-in photos need it: it is a core dependency
     presets = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
-    assert "finetune-decoder.yaml" in presets and "kl-f8-tiny-photos.yaml" in presets
+    assert {"finetune-decoder.yaml", "finetune-ft-mse.yaml", "finetune-eqvae.yaml", "kl-f8-tiny-photos.yaml"} <= set(presets)
     script = tmp_path / "presets.py"
     script.write_text(SCRIPT)
     result = subprocess.run([sys.executable, str(script), ",".join(blocked), str(ROOT / "configs"), str(tmp_path)],
@@ -102,8 +102,9 @@ def test_every_preset_runs_without_the_dev_extras(tmp_path):
     assert sorted(line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK ")) == presets
 
 
-def test_the_fine_tune_preset_must_be_told_its_data(capsys):
+@pytest.mark.parametrize("preset", ["finetune-decoder.yaml", "finetune-ft-mse.yaml", "finetune-eqvae.yaml"])
+def test_the_fine_tune_presets_must_be_told_their_data(preset, capsys):
     from vaekit.cli import main
 
-    assert main(["train", str(ROOT / "configs" / "finetune-decoder.yaml")]) == 1
+    assert main(["train", str(ROOT / "configs" / preset)]) == 1
     assert "data.path is required" in capsys.readouterr().err.strip().splitlines()[-1]
