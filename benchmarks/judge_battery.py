@@ -14,7 +14,7 @@ import time
 import torch
 
 from vaekit.data.objects import make_objects
-from vaekit.diffusion.diffusability import REPORT_STREAM
+from vaekit.diffusion.images import REPORT_STREAM
 from vaekit.diffusion.disturbances import battery
 from vaekit.diffusion.judge import Classifier, Judge, classifier_accuracy, objects_judge
 

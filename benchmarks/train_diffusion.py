@@ -29,7 +29,7 @@ BATCH, IMAGES, LR = 32, 512, 3e-4
 
 def make_export(folder: Path) -> Path:
     """The latents both paths train on."""
-    from vaekit.diffusion.diffusability import write_photo_crops
+    from vaekit.diffusion.images import write_photo_crops
     from vaekit.latents import export_latents
     from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 

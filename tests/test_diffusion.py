@@ -342,7 +342,7 @@ def test_equivariance_errors_are_zero_for_an_equivariant_autoencoder_and_not_oth
 def test_the_diffusability_report_compares_autoencoders_under_one_budget(tmp_path, capsys, caplog, monkeypatch):
     from huggingface_hub import constants
 
-    from vaekit.diffusion.diffusability import JSON_FILE, PAGE, TABLE
+    from vaekit.diffusion.page import JSON_FILE, PAGE, TABLE
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # FD_DINOv2 unavailable at once
     for seed, name in ((0, "first"), (1, "second")):

@@ -149,7 +149,7 @@ def test_the_verdict_names_the_winner_the_spread_and_the_signals_that_agreed():
 
 
 def test_seeds_of_one_configuration_are_pooled_before_the_verdict():
-    from vaekit.diffusion.diffusability import seed_free_name
+    from vaekit.diffusion.page import seed_free_name
     from vaekit.diffusion.verdict import configurations, verdict
 
     rows = [_row("seed=0", [30.0, 32.0], psnr=25.0), _row("seed=1", [34.0, 36.0], psnr=27.0),
@@ -260,7 +260,7 @@ def test_the_meta_study_gives_each_signal_its_rank_correlation_with_the_arbiter(
     import yaml
 
     from vaekit.cli import main
-    from vaekit.diffusion.diffusability import seed_free_name
+    from vaekit.diffusion.page import seed_free_name
     from vaekit.diffusion.verdict import SIGNALS
 
     study = yaml.safe_load(open("configs/study-signals.yaml"))

@@ -178,7 +178,7 @@ def test_dinov2_decides_before_the_classifier_and_every_distance_has_its_floor()
 
 def test_the_reports_objects_are_no_autoencoders_or_judges_training_images(tmp_path):
     from vaekit.data.objects import make_objects
-    from vaekit.diffusion.diffusability import REPORT_STREAM, write_objects
+    from vaekit.diffusion.images import REPORT_STREAM, write_objects
     from vaekit.diffusion.judge import OBJECTS_STREAM
 
     write_objects(tmp_path, 16, 200)
@@ -192,7 +192,7 @@ def test_the_reports_objects_are_no_autoencoders_or_judges_training_images(tmp_p
 
 def test_the_reports_photos_are_the_held_out_photographs(tmp_path):
     from vaekit.data.photos import HELD_OUT_PHOTOS, TRAIN_PHOTOS, builtin_photographs, grid_crops
-    from vaekit.diffusion.diffusability import write_held_out_photos
+    from vaekit.diffusion.images import write_held_out_photos
 
     count = write_held_out_photos(tmp_path / "photos", 32, 10_000)
     photographs = builtin_photographs()
@@ -209,7 +209,7 @@ def battery_of_objects():
     """The report's judge of the built-in objects at 32² (reference: 500 real held-out images) and its scores
     of 500 other real held-out images under each disturbance of the battery."""
     from vaekit.data.objects import make_objects
-    from vaekit.diffusion.diffusability import REPORT_STREAM
+    from vaekit.diffusion.images import REPORT_STREAM
     from vaekit.diffusion.disturbances import battery
     from vaekit.diffusion.judge import Classifier, Judge, classifier_accuracy, objects_judge
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from vaekit.config import to_dict
 from vaekit.diffusion.config import DEFAULTS, diffusion_config
 from vaekit.diffusion.data import open_latents
-from vaekit.diffusion.diffusability import JSON_FILE, TABLE, Budget, budget_overrides, compare, sweep_then_compare
+from vaekit.diffusion.diffusability import Budget, budget_overrides, compare, sweep_then_compare
+from vaekit.diffusion.page import JSON_FILE, TABLE
 from vaekit.diffusion.sampling import decode_latents, load_vae_for, sample_latents
 from vaekit.errors import VaekitError
 from vaekit.io.atomic import save_tensors

@@ -6,10 +6,10 @@ one convention of ``models.latent_scale`` (1 / std of posterior samples, or per 
 LPIPS where its weights are present) and equivariance errors are measured on the held-out images; the
 latents' statistics and power spectrum are compared with the images'; and the same denoiser is trained
 on its latents for the same steps with each seed, scored by held-out ε-MSE (overall and per timestep
-bucket). Decoded samples are scored against the held-out images by FID and KID (which need the Inception
-weights, and are reported as unavailable, naming the file, when they are not on the machine) and, for
-labelled data (images in sub-folders), by the Fréchet distance in the features of a small classifier
-trained on the labels.
+bucket). Decoded samples are scored against the held-out images by the judge (``judge.py``: FD_DINOv2 and
+FID where their weights download, a classifier's FD offline for labelled data), and the verdict
+(``verdict.py``) says what the scores support; ``images.py`` provides the built-in images, ``page.py``
+writes the tables and the page.
 
     vaekit diffusability VAE_A VAE_B ... --data IMAGES -o OUT
     vaekit diffusability configs/study-diffusability.yaml      # train the VAEs of a sweep, then compare
@@ -17,49 +17,39 @@ trained on the labels.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
-import re
 import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from vaekit.config import build_dataclass, load_config, read_yaml
-from vaekit.data import build_dataset
+from vaekit.config import build_dataclass, read_yaml
 from vaekit.data.folder import folder_labels
 from vaekit.diffusion.config import diffusion_config
 from vaekit.diffusion.data import LatentsConfig, latents
+from vaekit.diffusion.images import readable_images, write_held_out_photos, write_objects
+from vaekit.diffusion.judge import (DINOV2_MODEL, OBJECTS_IMAGES, Classifier, Judge, classifier_accuracy, folder_judge,
+                                   in_class_order, objects_judge)
+from vaekit.diffusion.page import write_report
 from vaekit.diffusion.sampling import decode_latents, sample_latents
-from vaekit.diffusion.verdict import SIGNALS, arbiter_of, configurations, track_record, verdict
 from vaekit.errors import ConfigError, VaekitError
 from vaekit.evaluation import evaluate
-from vaekit.io.atomic import write_json
-from vaekit.io.images import read_image
 from vaekit.io.models import load_model, save_model
 from vaekit.latents import LatentDataset, export_latents, open_source
 from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
-from vaekit.diffusion.judge import (ACCURACY_BAR, DINOV2_MODEL, OBJECTS_IMAGES, Classifier, Judge, classifier_accuracy,
-                                   folder_judge, in_class_order, objects_judge)
 from vaekit.metrics.image import per_image_psnr, ssim
 from vaekit.metrics.latent import high_frequency_fraction, latent_signals, radial_power_spectrum
 from vaekit.models.distributions import DiagonalGaussian
 from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 from vaekit.sweep import sweep
 from vaekit.training import train
-from vaekit.viz import plots
 from vaekit.viz.grids import save_grid, square_grid
-from vaekit.viz.report import Figure, render
 
 log = logging.getLogger("vaekit")
 
-TABLE, JSON_FILE, PAGE = "diffusability.csv", "diffusability.json", "diffusability.html"
-CONFIGURATIONS_TABLE = "configurations.csv"
-"""With several seeds per configuration (a sweep): one row per configuration, means over its seeds."""
 
 
 @dataclass
@@ -110,53 +100,6 @@ def _image_folder(budget: Budget, out: Path) -> Path:
         else:
             write_objects(folder, budget.resolution, budget.images)
     return folder
-
-
-REPORT_STREAM = 2
-"""The ``objects`` stream of the report's images: no autoencoder trains on it (training is stream 0, testing
-1), nor the judge (``judge.OBJECTS_STREAM``)."""
-
-
-def write_objects(folder: Path, size: int, count: int, stream: int = REPORT_STREAM) -> None:
-    """``count`` images of the built-in ``objects`` dataset (the report's own stream) as PNGs, one sub-folder
-    per class."""
-    from PIL import Image
-
-    from vaekit.data.objects import CLASS_NAMES, make_objects
-
-    images, labels = make_objects(count, size, seed=0, stream=stream)
-    for name in CLASS_NAMES:
-        (folder / name).mkdir(parents=True)
-    for i, (image, label) in enumerate(zip(images, labels)):
-        Image.fromarray(image.transpose(1, 2, 0)).save(folder / CLASS_NAMES[label] / f"{i:05d}.png")
-
-
-def write_photo_crops(folder: Path, size: int, count: int) -> torch.Tensor:
-    """``count`` random ``size``² crops of the built-in photographs (the ``photos`` dataset's training
-    crops) written to ``folder`` as PNGs; returns them, ``(count, 3, size, size)`` in [0, 1]."""
-    from PIL import Image
-
-    config = load_config(None, ["data.name=photos", f"data.crop_size={size}", f"data.num_train={count}"])
-    images, _ = build_dataset(config.data, "train").__getitems__(list(range(count)))
-    folder.mkdir(parents=True)
-    for i, image in enumerate(images):
-        Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / f"{i:05d}.png")
-    return images
-
-
-def write_held_out_photos(folder: Path, size: int, count: int) -> int:
-    """Up to ``count`` non-overlapping ``size``² tiles of the ``photos`` dataset's held-out photographs (which
-    no autoencoder trained on ``photos`` ever sees) written to ``folder`` as PNGs; returns how many."""
-    from PIL import Image
-
-    config = load_config(None, ["data.name=photos", f"data.crop_size={size}"])
-    tiles = build_dataset(config.data, "test").images[:count]
-    if len(tiles) < count:
-        log.info("diffusability: the held-out photographs give %d tiles of %d², not %d", len(tiles), size, count)
-    folder.mkdir(parents=True)
-    for i, tile in enumerate(tiles):
-        Image.fromarray(np.ascontiguousarray(tile.numpy().transpose(1, 2, 0))).save(folder / f"{i:05d}.png")
-    return len(tiles)
 
 
 def _name(path: str, taken: set[str]) -> str:
@@ -246,20 +189,6 @@ def _samples(run: Path, vae, manifest: dict, count: int, device) -> tuple[torch.
     """Decoded samples of a denoiser (50 DDIM steps, noise seed 0) and the classes asked for (conditional)."""
     latents, labels = sample_latents(load_model(run, device=device).eval(), count, steps=50, seed=0, device=device)
     return decode_latents(vae, latents, manifest), labels
-
-
-def _readable(folder: Path, names: list[str], resolution: int) -> dict[str, torch.Tensor]:
-    """Every image of ``names`` that can be read, ``(1, C, r, r)`` in [-1, 1]; each one that cannot is
-    skipped and named (the export skips the same ones), as every other command does."""
-    images = {}
-    for name in names:
-        try:
-            images[name] = read_image(folder / name, resolution=resolution)
-        except VaekitError as err:
-            log.warning("skipped: %s", err)
-    if not images:
-        raise VaekitError(f"no image in {folder} could be read")
-    return images
 
 
 def _classifier(budget: Budget, readable: dict[str, torch.Tensor], held_out: torch.Tensor,
@@ -420,7 +349,7 @@ def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | t
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     folder = _image_folder(budget, out)
-    readable = _readable(folder, open_source(str(folder)).names, budget.resolution)
+    readable = readable_images(folder, open_source(str(folder)).names, budget.resolution)
     shared = _Shared(budget, out, folder, readable, torch.cat(list(readable.values())[:256]), device)
     paths = list(vaes) + ([_control(vaes[0], out)] if budget.control else [])
     rows, spectra, taken = [], {}, set()
@@ -428,104 +357,7 @@ def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | t
         name = _name(path, taken)
         row, spectra[name] = _measure(path, name, shared)
         rows.append(row)
-    return _write(out, rows, spectra, budget, shared.judge)
-
-
-COLUMNS = ("vae", "compression_ratio", "psnr", "ssim", "lpips", "scaling_factor", "latent_std",
-           "latent_channel_std_range", "latent_hf_fraction",
-           "image_hf_fraction", "reconstruction_mse", "equivariance_mse_scale_0.5", "equivariance_mse_rotate_90",
-           "interpolation_fd", "latent_noise_psnr_drop", "eps_mse", "eps_mse_spread",
-           "sample_fd_dinov2", "floor_sample_fd_dinov2", "sample_kid_dinov2", "sample_fid", "floor_sample_fid",
-           "sample_kid", "sample_classifier_fd", "floor_sample_classifier_fd", "sample_classifier_fd_spread",
-           "sample_classifier_kid", "sample_precision", "sample_recall", "sample_class_accuracy")
-"""The table's columns: each FD with its real-vs-real floor (``floor_``: two disjoint real sets of the
-samples' size), what a perfect generator would score."""
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _no_arbiter_reason(rows: list[dict]) -> str:
-    unlabelled = rows[0].get("sample_classifier_fd") is None
-    return ("the images are unlabelled (no class sub-folders) and the Inception weights for FID are missing"
-            if unlabelled else "the arbiter's scores are missing")
-
-
-def seed_free_name(name: str) -> str:
-    """A swept autoencoder's name without its seed: the configuration its seeds share ("base" when the seed
-    was all that changed)."""
-    return re.sub(r"_?seed=\d+", "", name).strip("_") or "base"
-
-
-def _track_record_table(rows: list[dict], refused: dict[str, str]) -> dict | None:
-    """The meta-study's table (four or more configurations, an arbiter not refused): each cheap signal's rank
-    correlation with the arbiter over the configurations, with its bootstrap interval."""
-    arbiter = arbiter_of(rows, refused)
-    if arbiter is None or len({seed_free_name(row["vae"]) for row in rows}) < 4:
-        return None
-    return track_record(rows, lambda row: seed_free_name(row["vae"]), arbiter)
-
-
-def _write_table(path: Path, rows: list[dict]) -> list[list[str]]:
-    table = [[_cell(row.get(c)) for c in COLUMNS] for row in rows]
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        writer.writerows(table)
-    return table
-
-
-def _write(out: Path, rows: list[dict], spectra: dict, budget: Budget, judge: Judge) -> Path:
-    grouped = configurations(rows, lambda row: seed_free_name(row["vae"]))
-    refused = judge.refused()
-    line = verdict(grouped or rows, _no_arbiter_reason(rows), refused,
-                   {"data": budget.data, "resolution": budget.resolution})
-    record = _track_record_table(rows, refused)
-    judged = {"lines": judge.describe(), "decided_by": arbiter_of(grouped or rows, refused), "refused": refused,
-              "accuracy_bar": ACCURACY_BAR,
-              "classifier_held_out_accuracy": judge.classifier.held_out_accuracy if judge.classifier else None}
-    write_json(out / JSON_FILE, {"verdict": line, "judge": judged, "budget": {**vars(budget), "seeds": list(budget.seeds)},
-                                 "rows": rows, "configurations": grouped, "track_record": record})
-    table = _write_table(out / TABLE, rows)
-    if grouped is not None:  # the page shows the configurations, each over its autoencoders' seeds
-        table = _write_table(out / CONFIGURATIONS_TABLE, grouped)
-    plots.spectra(out / "spectra.png", {name: latent for name, (latent, _) in spectra.items()},
-                  {name: image for name, (_, image) in spectra.items()})
-    plots.lines(out / "eps_by_timestep.png", [f"{lo}" for lo, _ in rows[0]["timestep_buckets"]],
-                {row["vae"]: row["eps_mse_by_timestep"] for row in rows}, xlabel="timestep bucket (start)",
-                ylabel="held-out ε-MSE", title="denoising error by timestep")
-    figures = [Figure("spectra", "spectra.png", "Power spectra",
-                      "Radially averaged power spectrum of each autoencoder's scaled latents (solid) and of the "
-                      "held-out images averaged down to the latents' resolution (dashed), each normalised to unit "
-                      "total power: latents with relatively more power at high frequency are harder to diffuse."),
-               Figure("eps", "eps_by_timestep.png", "Held-out ε-MSE per timestep",
-                      f"The same denoiser ({budget.unet}, {budget.steps} steps, batch {budget.batch_size}) on each "
-                      f"autoencoder's latents, mean over seeds {budget.seeds}.")]
-    figures += [Figure(f"samples-{row['vae']}", f"samples-{row['vae']}.png", f"Samples: {row['vae']}",
-                       "16 of the samples (50 DDIM steps, seed 0) of the first seed's denoiser, decoded by the "
-                       "autoencoder.")
-                for row in rows]
-    note = rows[0].get("sample_fid_unavailable")
-    line += " — " + "; ".join(judge.describe())
-    title = f"diffusability: {len(rows)} autoencoders, {budget.steps} denoiser steps × {len(budget.seeds)} seeds"
-    if grouped is not None:
-        title += f"; the table: {len(grouped)} configurations, means over their autoencoders"
-    extra = None
-    if record is not None:
-        extra = {"title": f"Which cheap signals predict {record['arbiter']}",
-                 "caption": f"Spearman's ρ of each signal (oriented: better first) with the arbiter over "
-                            f"{len(record['groups'])} configurations (means over their seeds), with a 90 % bootstrap "
-                            "interval over configurations.",
-                 "columns": ["signal", "rho", "low", "high", "what it is"],
-                 "rows": [[name, f"{r['rho']:.2f}", f"{r['low']:.2f}", f"{r['high']:.2f}", SIGNALS[name][1]]
-                          for name, r in sorted(record["signals"].items(), key=lambda item: -item[1]["rho"])]}
-    return render("sweep.html", out / PAGE, figures, title=title + (f" (sample FID: {note})" if note else ""),
-                  table={"columns": list(COLUMNS), "rows": table}, runs=[], lead=line, extra=extra)
+    return write_report(out, rows, spectra, budget, shared.judge)
 
 
 def sweep_then_compare(config_path: str | Path, output: str | Path | None = None,
