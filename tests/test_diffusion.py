@@ -359,7 +359,8 @@ def test_the_diffusability_report_compares_autoencoders_under_one_budget(tmp_pat
             Image.fromarray(photo[top:top + 64:4, left:left + 64:4]).save(tmp_path / "images" / name / f"{i}.png")
     (tmp_path / "images" / "cat" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n not the rest")  # skipped, named
     code = main(["diffusability", str(tmp_path / "first"), str(tmp_path / "second"), "--data", str(tmp_path / "images"),
-                 "--resolution", "16", "--steps", "3", "--batch-size", "8", "--seeds", "0,1", "--samples", "24",
+                 "--resolution", "16", "--min-latent-side", "8", "--steps", "3", "--batch-size", "8", "--seeds", "0,1",
+                 "--samples", "24",
                  "-o", str(tmp_path / "out")])
     assert code == 0 and "skipped: " in caplog.text and "truncated.png" in caplog.text
     verdict = capsys.readouterr().out.splitlines()[0]  # labelled images: the classifier arbitrates, first line
@@ -450,7 +451,8 @@ def test_the_report_refuses_a_verdict_from_a_judge_below_its_bar(tmp_path, capsy
         top, left = rng.integers(0, photo.shape[0] - 32, 2)
         Image.fromarray(photo[top:top + 32:2, left:left + 32:2]).save(folder / f"{i}.png")
     code = main(["diffusability", str(tmp_path / "vae"), "--control", "--data", str(tmp_path / "images"),
-                 "--resolution", "16", "--steps", "3", "--batch-size", "8", "--seeds", "0", "--samples", "16",
+                 "--resolution", "16", "--min-latent-side", "8", "--steps", "3", "--batch-size", "8", "--seeds", "0",
+                 "--samples", "16",
                  "-o", str(tmp_path / "out")])
     assert code == 0
     printed = capsys.readouterr().out.splitlines()

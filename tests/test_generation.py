@@ -236,7 +236,7 @@ def test_the_arbiter_tells_a_latent_space_from_its_scrambled_copy(tmp_path, caps
                                 "train.snapshot_examples=0", "train.progress_bar=false", f"output_dir={tmp_path}",
                                 "run_name=ae"])
     run = vaekit.train(config, evaluate_at_end=False, explore=False, device="cpu")
-    code = main(["diffusability", str(run), "--control", "--data", "objects", "--images", "500", "--resolution", "16",
+    code = main(["diffusability", str(run), "--control", "--data", "objects", "--images", "500", "--resolution", "16", "--min-latent-side", "8",
                  "--steps", "150", "--batch-size", "32", "--seeds", "0,1,2,3", "--samples", "120", "--dinov2", "",
                  "-o", str(tmp_path / "out")])
     assert code == 0
@@ -273,7 +273,7 @@ def test_the_meta_study_gives_each_signal_its_rank_correlation_with_the_arbiter(
                       {"seed": 0, "loss.kl_weight": 1e-6, "model.latent_channels": 4},
                       {"seed": 0, "loss.kl_weight": 1e-6, "model.latent_channels": 4,
                        "model.block_out_channels": [16, 16, 16]}]
-    study["diffusability"].update(resolution=16, images=300, steps=30, samples=40)
+    study["diffusability"].update(resolution=16, min_latent_side=4, images=300, steps=30, samples=40)
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # FD_DINOv2 unavailable at once

@@ -273,3 +273,50 @@ def test_the_objects_judge_predicts_the_report_folders_labels():
         torch.testing.assert_close(after[:, j], before[:, CLASS_NAMES.index(name)])
     with pytest.raises(ValueError, match="no class zebra"):
         in_class_order(model, list(CLASS_NAMES), ["zebra"])
+
+
+# --- the budget follows the autoencoders -----------------------------------------------------------------
+
+def test_the_resolution_follows_the_autoencoders_and_a_smaller_one_is_refused():
+    from vaekit.diffusion.diffusability import Budget, resolve_resolution
+    from vaekit.errors import VaekitError
+
+    assert resolve_resolution(Budget(), {"f8": 8, "f4": 4}).resolution == 128  # 16 × 16 latents for f = 8
+    assert resolve_resolution(Budget(min_latent_side=8), {"f4": 4}).resolution == 32
+    with pytest.raises(VaekitError, match=r"--resolution 32 gives f8 4 × 4 latents \(f = 8\).*--resolution 128"):
+        resolve_resolution(Budget(resolution=32), {"f4": 4, "f8": 8})
+    assert resolve_resolution(Budget(resolution=32, min_latent_side=4), {"f8": 8}).resolution == 32  # told otherwise
+
+
+def test_named_budgets_fill_what_is_not_given():
+    from vaekit.diffusion.diffusability import BUDGETS, make_budget
+    from vaekit.errors import ConfigError
+
+    standard = make_budget({"budget": "standard", "steps": 10})
+    assert standard.steps == 10 and standard.seeds == BUDGETS["standard"]["seeds"]
+    assert standard.samples == BUDGETS["standard"]["samples"]
+    assert make_budget({}).seeds == BUDGETS["quick"]["seeds"] and make_budget({}).steps == BUDGETS["quick"]["steps"]
+    with pytest.raises(ConfigError, match="unknown budget 'huge'"):
+        make_budget({"budget": "huge"})
+
+
+@pytest.mark.slow
+def test_an_f8_autoencoder_is_compared_on_16_by_16_latents_by_default(tmp_path, capsys, monkeypatch):
+    import json
+
+    from huggingface_hub import constants
+
+    import vaekit
+    from vaekit.cli import main
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        vaekit.save_model(vaekit.create_model("autoencoder-kl", block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                              norm_num_groups=4, latent_channels=4), tmp_path / f"f8-{seed}")
+    assert main(["diffusability", str(tmp_path / "f8-0"), str(tmp_path / "f8-1"), "--data", "photos", "--steps", "2",
+                 "--seeds", "0", "--samples", "8", "--batch-size", "4", "-o", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "diffusability.json").read_text())
+    assert report["budget"]["resolution"] == 128
+    assert all(row["latent_shape"] == [4, 16, 16] for row in report["rows"])
+    capsys.readouterr()

@@ -9,7 +9,7 @@ from pathlib import Path
 from vaekit.config import to_dict
 from vaekit.diffusion.config import DEFAULTS, diffusion_config
 from vaekit.diffusion.data import open_latents
-from vaekit.diffusion.diffusability import Budget, budget_overrides, compare, sweep_then_compare
+from vaekit.diffusion.diffusability import BUDGETS, Budget, budget_overrides, compare, make_budget, sweep_then_compare
 from vaekit.diffusion.page import JSON_FILE, TABLE
 from vaekit.diffusion.sampling import decode_latents, load_vae_for, sample_latents
 from vaekit.errors import VaekitError
@@ -81,7 +81,7 @@ def cmd_diffusability(args: argparse.Namespace) -> int:
     else:
         if args.output is None:
             raise VaekitError("give -o OUT, the folder for the comparison")
-        page = compare(args.vaes, Budget(**budget_overrides(args)), args.output, resolve_device(args.device))
+        page = compare(args.vaes, make_budget(budget_overrides(args)), args.output, resolve_device(args.device))
     report = json.loads((page.parent / JSON_FILE).read_text())
     print(report["verdict"])
     print("\n".join(report["judge"]["lines"]))
@@ -152,7 +152,15 @@ def _add_diffusability(commands) -> None:
     # The budget's options default to None: what is given overrides a sweep config's diffusability: section too.
     report.add_argument("--data", help=f"a folder of images (labelled: one sub-folder per class), photos (crops of "
                         f"the built-in photographs) or objects (the built-in labelled objects) (default {defaults.data})")
-    report.add_argument("--resolution", type=int, help=f"image side (default {defaults.resolution})")
+    report.add_argument("--resolution", type=int, help="image side (default: the smallest that gives every autoencoder "
+                        f"latents of --min-latent-side, {defaults.min_latent_side} × {defaults.min_latent_side}: "
+                        "128 for an f = 8 autoencoder)")
+    report.add_argument("--min-latent-side", type=int,
+                        help=f"refuse a resolution that gives a smaller latent side (default {defaults.min_latent_side})")
+    report.add_argument("--budget", choices=list(BUDGETS),
+                        help="a named budget: " + "; ".join(f"{name}: {b['steps']} steps × {len(b['seeds'])} seeds, "
+                                                           f"{b['samples']} samples" for name, b in BUDGETS.items())
+                        + " (default: quick's values); options given beside it replace its values")
     report.add_argument("--images", type=int, help=f"images with --data photos or objects (default {defaults.images})")
     report.add_argument("--test-fraction", type=float,
                         help=f"share of the images held out to score the denoiser and the samples "

@@ -30,7 +30,7 @@ from vaekit.config import build_dataclass, read_yaml
 from vaekit.data.folder import folder_labels
 from vaekit.diffusion.config import diffusion_config
 from vaekit.diffusion.data import LatentsConfig, latents
-from vaekit.diffusion.images import readable_images, write_held_out_photos, write_objects
+from vaekit.diffusion.images import FolderImages, write_held_out_photos, write_objects
 from vaekit.diffusion.judge import (DINOV2_MODEL, OBJECTS_IMAGES, Classifier, Judge, classifier_accuracy, folder_judge,
                                    in_class_order, objects_judge)
 from vaekit.diffusion.page import write_report
@@ -59,16 +59,24 @@ class Budget:
     data: str = "photos"
     """A folder of images (labelled when they are in one sub-folder per class), ``photos`` (random crops of
     the built-in photographs) or ``objects`` (the built-in labelled colour objects)."""
-    resolution: int = 32
+    resolution: int | None = None
+    """Image side. By default the smallest that gives every compared autoencoder latents of at least
+    ``min_latent_side`` per side (an f = 8 autoencoder: 128)."""
+    min_latent_side: int = 16
+    """The smallest latent side a comparison may use: a resolution that gives less is refused. At f = 8 and
+    32² a latent is 4 × 4, where every frequency counts as high (the spectral signals tie) and the denoiser's
+    convolutions see the whole latent at once (a scrambled latent space is as easy as a real one)."""
     images: int = 1024
     """How many images to use when ``data`` is ``photos`` or ``objects``."""
     test_fraction: float = 0.2
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 32
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """Denoiser seeds: the verdict tests a difference with at least 3 values a side, and with 5 against 5
+    two autoencoders wholly apart give p = 2/252, below 0.05 even after Holm's adjustment for 6 others."""
     unet: str = "unet-tiny"
     lr: float = 1e-3
-    samples: int = 256
+    samples: int = 128
     """Decoded samples per autoencoder and denoiser seed for the arbiter (FID/KID, or the classifier's
     Fréchet distance, precision and recall)."""
     per_channel: bool = False
@@ -83,9 +91,59 @@ class Budget:
     same reconstructions, no spatial structure left). The arbiter should rank it far below the original."""
 
     def __post_init__(self) -> None:
-        if len(self.seeds) < 1 or self.steps < 1 or self.resolution < 8:
+        if len(self.seeds) < 1 or self.steps < 1 or (self.resolution is not None and self.resolution < 8):
             raise ConfigError("the budget needs at least one seed, one step and a resolution of at least 8")
+        if self.min_latent_side < 1:
+            raise ConfigError(f"min_latent_side must be at least 1, got {self.min_latent_side}")
 
+
+BUDGETS = {"quick": {"steps": 500, "seeds": (0, 1, 2, 3, 4), "samples": 128},
+           "standard": {"steps": 2000, "seeds": (0, 1, 2, 3, 4), "samples": 256},
+           "thorough": {"steps": 8000, "seeds": tuple(range(8)), "samples": 1000}}
+"""Named budgets (``--budget``): what each denoiser gets. ``quick`` is the default; options given beside a
+name replace its values."""
+
+
+def make_budget(values: dict) -> Budget:
+    """A ``Budget`` from ``values`` (a sweep config's ``diffusability:`` section with the command line's
+    options over it), a named ``budget`` filling what they do not give."""
+    values = dict(values)
+    name = values.pop("budget", None)
+    if name is not None:
+        if name not in BUDGETS:
+            raise ConfigError(f"unknown budget {name!r}: choose one of {', '.join(BUDGETS)}")
+        values = {**BUDGETS[name], **values}
+    if "seeds" in values:
+        values["seeds"] = tuple(values["seeds"])
+    return build_dataclass(Budget, values, "diffusability")
+
+
+def _downsampling(path: str) -> int:
+    """The downsampling factor f of the image autoencoder at ``path`` (an error for any other model)."""
+    model = load_model(path)
+    if model.kind != "autoencoder" or model.latent_layout != "spatial":
+        raise VaekitError(f"{path} holds a {model.registry_name}; the diffusability report compares image autoencoders")
+    return 64 // model.latent_shape(64, 64)[-1]
+
+
+def resolve_resolution(budget: Budget, factors: dict[str, int]) -> Budget:
+    """``budget`` with its resolution: by default ``min_latent_side`` × the largest downsampling factor of
+    ``factors`` (autoencoder → f); a given one that leaves some autoencoder a smaller latent is refused."""
+    largest = max(factors.values())
+    if budget.resolution is None:
+        resolution = budget.min_latent_side * largest
+        log.info("diffusability: resolution %d² (f = %d gives %d × %d latents)", resolution, largest,
+                 budget.min_latent_side, budget.min_latent_side)
+        return dataclasses.replace(budget, resolution=resolution)
+    small = {path: budget.resolution // f for path, f in factors.items() if budget.resolution // f < budget.min_latent_side}
+    if small:
+        path, side = min(small.items(), key=lambda item: item[1])  # the worst one
+        raise VaekitError(
+            f"--resolution {budget.resolution} gives {path} {side} × {side} latents (f = {factors[path]}), fewer than "
+            f"{budget.min_latent_side} a side: every latent frequency counts as high and the denoiser sees the whole "
+            f"latent at once, so the comparison says little. Use --resolution {budget.min_latent_side * largest} or "
+            f"more (or leave it out), or lower --min-latent-side to compare at this size anyway")
+    return budget
 
 def _image_folder(budget: Budget, out: Path) -> Path:
     if budget.data not in ("photos", "objects"):
@@ -130,13 +188,13 @@ def _unit_scaled_copy(vae, images: torch.Tensor, target: Path, per_channel: bool
     return vae
 
 
-def _held_out_images(latents_dir: Path, readable: dict[str, torch.Tensor],
+def _held_out_images(latents_dir: Path, readable: FolderImages,
                      budget: Budget) -> tuple[torch.Tensor, list[str]]:
     """The images of the export's held-out split (the one the denoiser is scored on), taken from the images
     already read, and their names in the same order."""
     test = latents(LatentsConfig(str(latents_dir), budget.test_fraction), "test")
     sources = [test.latents.items[i][1]["source"] for i in test.items]
-    return torch.cat([readable[s] for s in sources]), sources
+    return readable.read(sources)
 
 
 def _reconstruction(vae, images: torch.Tensor, z: torch.Tensor) -> dict:
@@ -191,12 +249,12 @@ def _samples(run: Path, vae, manifest: dict, count: int, device) -> tuple[torch.
     return decode_latents(vae, latents, manifest), labels
 
 
-def _classifier(budget: Budget, readable: dict[str, torch.Tensor], held_out: torch.Tensor,
+def _classifier(budget: Budget, readable: FolderImages, held_out: torch.Tensor,
                 held_out_names: list[str], device) -> Classifier | None:
     """The judge's classifier of the data's labels (the images' sub-folders; None for unlabelled data): for
     the built-in objects, the one trained on their own stream; for a folder, one trained on its images that
     are not held out. Its accuracy is measured on the held-out images."""
-    names = list(readable)
+    names = [name for name in readable.names if name not in readable.unreadable]
     labels, classes = folder_labels(names)
     if labels is None:
         return None
@@ -209,8 +267,8 @@ def _classifier(budget: Budget, readable: dict[str, torch.Tensor], held_out: tor
         trained_on = f"{OBJECTS_IMAGES:,} objects of their own stream at {budget.resolution}²"
     else:
         train = [name for name in names if name not in set(held_out_names)]
-        model = folder_judge(torch.cat([readable[n] for n in train]), torch.as_tensor([label_of[n] for n in train]),
-                             len(classes), device)
+        images, train = readable.read(train)
+        model = folder_judge(images, torch.as_tensor([label_of[n] for n in train]), len(classes), device)
         trained_on = f"{len(train)} of the folder's images (early-stopped on a tenth of them)"
     accuracy = classifier_accuracy(model, held_out.to(model.mean.device), held_labels)
     classifier = Classifier(model, accuracy, len(classes), trained_on)
@@ -279,7 +337,7 @@ class _Shared:
     budget: Budget
     out: Path
     folder: Path
-    readable: dict
+    readable: FolderImages
     calibration: torch.Tensor
     device: torch.device | str
     judge: Judge | None = None
@@ -299,8 +357,6 @@ def _measure(path: str, name: str, shared: _Shared) -> tuple[dict, tuple]:
     """One autoencoder: calibrate, export, cheap signals, a denoiser per seed and the arbiter's scores."""
     budget, out, device = shared.budget, shared.out, shared.device
     vae = load_model(path, device=device).eval()
-    if vae.kind != "autoencoder" or vae.latent_layout != "spatial":
-        raise VaekitError(f"{path} holds a {vae.registry_name}; the diffusability report compares image autoencoders")
     log.info("diffusability: %s", name)
     vae = _unit_scaled_copy(vae, shared.calibration, out / "vaes" / name, budget.per_channel)
     latents_dir = out / "latents" / name
@@ -330,14 +386,13 @@ def _measure(path: str, name: str, shared: _Shared) -> tuple[dict, tuple]:
     return row, spectra
 
 
-def _judge(budget: Budget, readable: dict[str, torch.Tensor], held_out: torch.Tensor, held_out_names: list[str],
+def _judge(budget: Budget, readable: FolderImages, held_out: torch.Tensor, held_out_names: list[str],
            device) -> Judge:
     """The comparison's judge: the held-out images its reference; as many real images disjoint from them as
     there are samples (the denoisers' training images) for the real-vs-real floor."""
-    held = set(held_out_names)
-    others = [image for name, image in readable.items() if name not in held][:budget.samples]
+    others = readable.first(budget.samples, excluding=set(held_out_names))
     classifier = _classifier(budget, readable, held_out, held_out_names, device)
-    return Judge.load(held_out, torch.cat(others), classifier, device, budget.dinov2 or None)
+    return Judge.load(held_out, others, classifier, device, budget.dinov2 or None)
 
 
 def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | torch.device = "cpu") -> Path:
@@ -348,9 +403,10 @@ def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | t
         raise VaekitError("give at least one autoencoder to measure (two or more to compare)")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    budget = resolve_resolution(budget, {path: _downsampling(path) for path in vaes})
     folder = _image_folder(budget, out)
-    readable = readable_images(folder, open_source(str(folder)).names, budget.resolution)
-    shared = _Shared(budget, out, folder, readable, torch.cat(list(readable.values())[:256]), device)
+    readable = FolderImages(folder, open_source(str(folder)).names, budget.resolution)
+    shared = _Shared(budget, out, folder, readable, readable.first(256), device)
     paths = list(vaes) + ([_control(vaes[0], out)] if budget.control else [])
     rows, spectra, taken = [], {}, set()
     for path in paths:
@@ -367,7 +423,7 @@ def sweep_then_compare(config_path: str | Path, output: str | Path | None = None
     import yaml
 
     raw = read_yaml(config_path)
-    budget = build_dataclass(Budget, {**(raw.pop("diffusability", {}) or {}), **(overrides or {})}, "diffusability")
+    budget = make_budget({**(raw.pop("diffusability", {}) or {}), **(overrides or {})})
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(raw, f)
     # the comparison is the report here: each run's own figures are left for `vaekit explore RUN` to draw
@@ -383,7 +439,7 @@ def sweep_then_compare(config_path: str | Path, output: str | Path | None = None
 def budget_overrides(args) -> dict:
     """The budget fields the command line gave (an option left out is None): they override the defaults and
     a sweep config's ``diffusability:`` section alike."""
-    given = {name: getattr(args, name, None) for name in (f.name for f in dataclasses.fields(Budget))}
+    given = {name: getattr(args, name, None) for name in ("budget", *(f.name for f in dataclasses.fields(Budget)))}
     given = {name: value for name, value in given.items() if value is not None}
     if "seeds" in given:
         given["seeds"] = tuple(int(s) for s in str(given["seeds"]).split(","))

@@ -65,15 +65,41 @@ def write_held_out_photos(folder: Path, size: int, count: int) -> int:
     return len(tiles)
 
 
-def readable_images(folder: Path, names: list[str], resolution: int) -> dict[str, torch.Tensor]:
-    """Every image of ``names`` that can be read, ``(1, C, r, r)`` in [-1, 1]; each one that cannot is
-    skipped and named (the export skips the same ones), as every other command does."""
-    images = {}
-    for name in names:
+class FolderImages:
+    """The images of a folder at one resolution, read when asked for and never all held in memory (a folder
+    of thousands of photographs does not fit): ``(N, C, r, r)`` in [-1, 1]. An image that cannot be read is
+    skipped and named once, as every other command does (the export skips the same ones)."""
+
+    def __init__(self, folder: Path, names: list[str], resolution: int):
+        self.folder, self.names, self.resolution = folder, list(names), resolution
+        self.unreadable: set[str] = set()
+
+    def _one(self, name: str) -> torch.Tensor | None:
+        if name in self.unreadable:
+            return None
         try:
-            images[name] = read_image(folder / name, resolution=resolution)
+            return read_image(self.folder / name, resolution=self.resolution)
         except VaekitError as err:
+            self.unreadable.add(name)
             log.warning("skipped: %s", err)
-    if not images:
-        raise VaekitError(f"no image in {folder} could be read")
-    return images
+            return None
+
+    def _stacked(self, pairs: list[tuple[str, torch.Tensor]]) -> tuple[torch.Tensor, list[str]]:
+        if not pairs:
+            raise VaekitError(f"no image in {self.folder} could be read")
+        return torch.cat([image for _, image in pairs]), [name for name, _ in pairs]
+
+    def read(self, names: list[str]) -> tuple[torch.Tensor, list[str]]:
+        """The readable ones of ``names``, stacked, and their names."""
+        pairs = [(name, image) for name in names if (image := self._one(name)) is not None]
+        return self._stacked(pairs)
+
+    def first(self, count: int, excluding: set[str] = frozenset()) -> torch.Tensor:
+        """Up to ``count`` readable images in the folder's order, none of ``excluding``."""
+        pairs = []
+        for name in self.names:
+            if len(pairs) == count:
+                break
+            if name not in excluding and (image := self._one(name)) is not None:
+                pairs.append((name, image))
+        return self._stacked(pairs)[0]
