@@ -12,9 +12,10 @@ from pathlib import Path
 from vaekit.config import load_config
 from vaekit.diffusion.cli import add_commands as add_diffusion_commands
 from vaekit.errors import VaekitError
-from vaekit.evaluation import evaluate
+from vaekit.evaluation import evaluate, evaluate_model
 from vaekit.explore import explore_run
 from vaekit.image_cli import add_commands
+from vaekit.io.atomic import write_json
 from vaekit.progress import DEVICE_HELP, resolve_device
 from vaekit.reference import first_sentence, markdown, section_text
 from vaekit.registry import DATASETS, LOSSES, MODELS
@@ -130,9 +131,26 @@ def _is_main_process() -> bool:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.model is not None or args.data is not None:
+        return _eval_model(args)
+    if args.run_dir is None:
+        raise VaekitError("give a run directory, or --model M --data FOLDER to score any image autoencoder")
     metrics = evaluate(args.run_dir, iwae_samples=args.iwae_samples, device=args.device)
-    print(format_metrics({"test": metrics}))
+    best = read_metrics(args.run_dir).get("test_best")
+    print(format_metrics({"test": metrics, **({"test_best (best/)": best} if best else {})}))
     print(f"written to {Path(args.run_dir) / 'metrics.json'}")
+    return 0
+
+
+def _eval_model(args: argparse.Namespace) -> int:
+    if args.model is None or args.data is None or args.run_dir is not None:
+        raise VaekitError("vaekit eval --model M --data FOLDER scores a model on a folder: give both, and no RUN_DIR")
+    metrics = evaluate_model(args.model, args.data, resolution=args.resolution, batch_size=args.batch_size,
+                             device=args.device)
+    print(format_metrics({"eval": metrics}))
+    if args.output:
+        write_json(Path(args.output), metrics)
+        print(f"written to {args.output}")
     return 0
 
 
@@ -192,8 +210,10 @@ def _add_train(commands) -> None:
 def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser(
         "eval",
-        help="evaluate a trained run on its test split",
-        description="Evaluate a run's model on the test split of its data. VAEs: negative ELBO, reconstruction, KL, "
+        help="evaluate a trained run on its test split, or any image autoencoder on a folder",
+        description="Evaluate a run's model on the test split of its data (the final weights, and best/ when the "
+        "run kept it), or with --model M --data FOLDER any image autoencoder on every image of a folder (adding "
+        "the latent shape, the cheap latent signals, encode/decode time per image and memory). VAEs: negative ELBO, reconstruction, KL, "
         "KL per latent dimension, active units, the IWAE bound and MSE; plain autoencoders: reconstruction and MSE. "
         "Image autoencoders (KL and VQ): MSE, PSNR (per-image mean, and psnr_of_mean_mse), SSIM, L1, LPIPS and "
         "rFID (their weights are downloaded on first use; null with the reason when that fails), hf_energy_ratio "
@@ -202,7 +222,15 @@ def _add_evaluate(commands) -> None:
         "and for VQ models codebook usage, codes used and perplexity. Denoisers: held-out eps_mse overall and per "
         "timestep bucket. Prints a table and writes RUN_DIR/metrics.json.",
     )
-    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `vaekit train`")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", nargs="?",
+                          help="a run directory written by `vaekit train` (its final weights and best/ are scored)")
+    evaluate.add_argument("--model", metavar="M", help="instead of a run: any image autoencoder (a vaekit or diffusers "
+                          "folder, an LDM/SD checkpoint, a hub name such as stabilityai/sd-vae-ft-mse), with --data")
+    evaluate.add_argument("--data", metavar="FOLDER", help="the folder of images --model is scored on (every image)")
+    evaluate.add_argument("--resolution", type=int, default=256,
+                          help="with --model: short side resized to it, then a centre crop (default 256)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="with --model: images a batch (default 8)")
+    evaluate.add_argument("-o", "--output", metavar="FILE.json", help="with --model: also write the metrics here")
     evaluate.add_argument("--iwae-samples", type=int, metavar="K",
                           help="samples of the importance-weighted bound (default: the run's eval.iwae_samples; 0 skips)")
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)

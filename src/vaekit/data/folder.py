@@ -90,6 +90,16 @@ def folder(config: FolderConfig, split: str) -> LazyImages:
                       None if labels is None else labels[items], class_names, name=f"folder:{config.path}/{split}")
 
 
+def whole_folder(path: str | Path, size: int, cache: bool = False) -> LazyImages:
+    """Every image of a folder (recursive) as a diffusion model sees it: the short side resized to ``size``,
+    then the centre ``size``² crop, in colour; labels from sub-folders. For scoring a model on a folder."""
+    root, files = list_image_folder(path)
+    labels, class_names = folder_labels(files)
+    spec = CropSpec(size, short_side=size)
+    return LazyImages(file_source(root, files, cache, 2048), np.arange(len(files)), spec, 0, labels, class_names,
+                      name=f"folder:{path}")
+
+
 @dataclass
 class FolderCropsConfig:
     """A folder of photographs (recursive) for image autoencoders: crops_per_image random crops (with a
