@@ -195,7 +195,7 @@ def test_masked_patches_are_hidden_from_the_encoder_and_the_decoder_gets_the_mas
     mask = torch.zeros(1, 1, 2, 2)
     mask[0, 0, 0, 1] = 1  # the top-right latent position
     token = torch.tensor([1.0, 2.0, 3.0])
-    denoising = LatentDenoising(0.0, torch.Generator(), mask, token)
+    denoising = LatentDenoising(0.0, torch.Generator(), mask, token, patch=4)
     x = torch.rand(1, 3, 8, 8) + 1
     hidden = denoising.encoder_input(x)
     assert (hidden[..., :4, 4:] == 0).all() and torch.equal(hidden[..., 4:, :], x[..., 4:, :])  # its 4×4 patch
@@ -205,16 +205,23 @@ def test_masked_patches_are_hidden_from_the_encoder_and_the_decoder_gets_the_mas
     assert torch.equal(corrupted[0, :, 0, 1], token) and torch.equal(corrupted[0, :, 1], z[0, :, 1])
 
 
+def test_the_masked_patches_follow_the_padded_latent_grid_when_the_side_is_not_a_multiple_of_f():
+    mask = torch.zeros(1, 1, 3, 3)
+    mask[0, 0, 2, 2] = 1  # the last latent position of a 17² image at f = 8 covers pixels 16 only
+    hidden = LatentDenoising(0.0, torch.Generator(), mask, torch.zeros(3), patch=8).encoder_input(torch.ones(1, 3, 17, 17))
+    assert hidden[..., 16, 16].eq(0).all() and hidden.eq(0).sum() == 3  # one pixel, three channels
+
+
 def test_the_decoder_is_asked_for_the_clean_image_from_the_corrupted_latent_of_the_masked_image():
     model = _model()
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     mask = draw_mask(2, (8, 8), 0.7, torch.Generator().manual_seed(3))
     token = torch.randn(3)
-    denoising = LatentDenoising(3.0, torch.Generator().manual_seed(2), mask, token)
+    denoising = LatentDenoising(3.0, torch.Generator().manual_seed(2), mask, token, patch=2)
     output = model(x, generator=torch.Generator().manual_seed(1), transform=BatchRegularisers(denoising))
     hidden = x * (1 - mask.repeat_interleave(2, -2).repeat_interleave(2, -1))  # f = 2
     z = model.encode(hidden).sample(torch.Generator().manual_seed(1))
-    corrupted, _ = LatentDenoising(3.0, torch.Generator().manual_seed(2), mask, token).corrupt(z)
+    corrupted, _ = LatentDenoising(3.0, torch.Generator().manual_seed(2), mask, token, patch=2).corrupt(z)
     assert torch.equal(output.target, x) and torch.allclose(output.z, z, atol=1e-6)
     assert torch.allclose(output.reconstruction, model.decode(corrupted), atol=1e-6)
 
@@ -361,3 +368,16 @@ def test_the_eqvae_preset_fine_tunes_a_whole_diffusers_autoencoder(tmp_path):
         assert any(not torch.equal(before[k], after[k]) for k in before), part
     records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert any("g_loss" in r for r in records)  # the PatchGAN runs from the first step (disc_start 0)
+
+
+def test_the_scale_equivariance_preset_is_the_published_fine_tune_and_must_be_told_its_data(capsys):
+    from vaekit.cli import main
+    from vaekit.config import read_yaml
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "finetune-scale-equivariance.yaml"
+    raw = read_yaml(preset)
+    assert raw["loss"]["scale_equivariance_weight"] == 1.0 and not raw["loss"].get("eqvae_prob")
+    assert raw["train"]["max_steps"] == 10000 and not raw["train"].get("decoder_only")  # the paper's 10K steps
+    assert raw["model"]["init_from"].endswith("/vae") and raw["data"]["crop_size"] == 256
+    assert main(["train", str(preset)]) == 1
+    assert "data.path is required" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -130,11 +130,12 @@ class LatentDenoising:
     generator: torch.Generator
     mask: torch.Tensor | None = None
     mask_token: torch.Tensor | None = None
+    patch: int = 1
+    """The model's downsampling factor f: the side of the image patch under one latent position."""
 
     def pixel_mask(self, x: torch.Tensor) -> torch.Tensor:
         """The mask (B, 1, H, W) at the image's resolution: each latent position's f × f patch."""
-        f = math.ceil(x.shape[-1] / self.mask.shape[-1])
-        patches = self.mask.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
+        patches = self.mask.repeat_interleave(self.patch, dim=-2).repeat_interleave(self.patch, dim=-1)
         return patches[..., :x.shape[-2], :x.shape[-1]].to(x.device, x.dtype)
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:

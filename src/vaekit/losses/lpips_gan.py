@@ -188,7 +188,8 @@ class LPIPSWithDiscriminator(nn.Module):
             mask = None
             if self.mask_token is not None:
                 mask = draw_mask(x.shape[0], latent_size, config.latent_mask_ratio, generator)
-            transform = LatentDenoising(config.latent_noise_gamma, generator, mask, self.mask_token)
+            transform = LatentDenoising(config.latent_noise_gamma, generator, mask, self.mask_token,
+                                        downsampling_factor)
         downsample = draw_downsampling(min(latent_size), generator) if config.scale_equivariance_weight else None
         if transform is None and downsample is None:
             return None
