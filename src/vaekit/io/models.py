@@ -46,7 +46,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
     """Load a model, in eval mode, from any of:
 
     - a vaekit model folder (``config.json`` + ``model.safetensors``) or run directory;
-    - a diffusers ``AutoencoderKL`` folder, as it is (``diffusion_pytorch_model.safetensors``/``.bin``);
+    - a diffusers ``AutoencoderKL`` or ``VQModel`` folder, as it is (``diffusion_pytorch_model.safetensors``/
+      ``.bin``), into vaekit's own model; a folder of any other diffusers image autoencoder (TAESD, DC-AE,
+      FLUX.2, Qwen-Image, Wan, HunyuanImage, RAE, the asymmetric and consistency decoders) wrapped, unchanged,
+      behind the same interface (``models.diffusers_autoencoders``);
     - an original LDM/CompVis checkpoint (``.ckpt``, ``.safetensors``; a full Stable Diffusion checkpoint
       too: its ``first_stage_model`` is taken);
     - a Hugging Face hub name (``owner/name``, ``owner/name/subfolder``): the cache first, then a download.
@@ -74,9 +77,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
         state = convert.normalise_diffusers_keys(convert.read_state_dict(weights))
         model = create_model(convert.DIFFUSERS_CLASSES[config["_class_name"]], **fields)
         return _with_weights(model, state, weights, device)
+    if config.get("_class_name") is not None and "_vaekit_model" not in config:  # another diffusers class
+        from vaekit.models.diffusers_autoencoders import load_wrapped
+
+        return load_wrapped(model_dir, config["_class_name"], device)
     name = config.pop("_vaekit_model", None)
     if name is None:
-        raise VaekitError(f"{model_dir / CONFIG_NAME} is neither a vaekit nor a diffusers AutoencoderKL config")
+        raise VaekitError(f"{model_dir / CONFIG_NAME} is neither a vaekit nor a diffusers autoencoder config")
     fields = {key: value for key, value in config.items() if not key.startswith("_")}
     model = create_model(name, **{**fields, **config_overrides})
     weights = model_dir / WEIGHTS_NAME

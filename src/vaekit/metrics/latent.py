@@ -70,8 +70,10 @@ def equivariance_errors(encode: Callable[[torch.Tensor], torch.Tensor], decode: 
     ‖D(τ(E(x))) − τ(x)‖² per pixel over ``images`` ``(N, C, H, W)`` in [-1, 1] (decodings clipped to it), and,
     with ``baseline``, the plain reconstruction error ‖D(E(x)) − x‖². An autoencoder whose latent space is
     equivariant to τ scores the two about alike; zero for an exactly equivariant one. ×0.5 is left out when
-    the latents have a side under 2. One encode per batch, one decode per asked-for error."""
+    the latents have a side under 2, and any τ whose decoding is not the size of τ(x) (a decoder with a fixed
+    output grid, as RAE's). One encode per batch, one decode per asked-for error."""
     sums: dict[str, float] = {}
+    unmeasured: set[str] = set()
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size]
         z = encode(x)
@@ -84,11 +86,15 @@ def equivariance_errors(encode: Callable[[torch.Tensor], torch.Tensor], decode: 
             # matching f pixels
             pixels, latent = (_even_crop(x, z) if name == "scale_0.5" else (x, z))
             target = TRANSFORMS[name](pixels)
-            error = (decode(TRANSFORMS[name](latent)).clamp(-1, 1) - target).double().pow(2).sum().item()
+            decoded = decode(TRANSFORMS[name](latent))
+            if decoded.shape != target.shape:  # a decoder with a fixed output grid (RAE's ViT): nothing to compare
+                unmeasured.add(name)
+                continue
+            error = (decoded.clamp(-1, 1) - target).double().pow(2).sum().item()
             sums[name] = sums.get(name, 0.0) + error * x[0].numel() / target[0].numel()  # per pixel of its own image
     count = images.numel()
     return {f"equivariance_mse_{name}" if name != "reconstruction" else "reconstruction_mse": value / count
-            for name, value in sums.items()}
+            for name, value in sums.items() if name not in unmeasured}
 
 
 @torch.no_grad()
