@@ -91,10 +91,12 @@ class Logbook:
         self.interval.clear()
         self.count = 0
 
-    def validation(self, epoch: int, metrics: dict[str, float], images: torch.Tensor, metric: str) -> None:
-        """A validation's metrics; ``images``: ``(2, n, C, H, W)`` originals above reconstructions."""
+    def validation(self, epoch: int, metrics: dict[str, float], images: torch.Tensor, metric: str,
+                   start: bool = False) -> None:
+        """A validation's metrics; ``images``: ``(2, n, C, H, W)`` originals above reconstructions; ``start``:
+        the starting weights of a fine-tune, before its first step."""
         run = self.run
-        self._write({"step": run.state.step, "epoch": epoch + 1, "validation": metrics})
+        self._write({"step": run.state.step, "epoch": epoch + 1, "validation": metrics, **({"start": True} if start else {})})
         self.postfix[f"val_{metric}"] = f"{metrics[metric]:.4g}"
         self.progress.set_postfix(self.postfix)
         if run.cfg.tensorboard:

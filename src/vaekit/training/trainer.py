@@ -30,7 +30,7 @@ from vaekit.training.logbook import Logbook
 from vaekit.training.setup import Run, build_run, owes_validation
 from vaekit.training.snapshots import save_snapshot
 from vaekit.training.steps import adversarial_step, autoencoder_step, set_learning_rates
-from vaekit.training.validation import better, save_best
+from vaekit.training.validation import LOWER_IS_BETTER, better, save_best
 
 log = logging.getLogger("vaekit")
 
@@ -62,6 +62,8 @@ def train(
     with Logbook(run) as logbook, stop_on_signal() as stop_requested:
         if owes_validation(run, run.state):
             clock = validate(run, logbook, run.state.epoch, clock)
+        if run.config.model.init_from is not None and run.state.step == 0 and run.total_steps > 0:
+            clock = validate_start(run, logbook, clock)
         for epoch in range(run.state.epoch, cfg.epochs):
             if run.finished and run.state.batch_in_epoch == 0:
                 break
@@ -132,6 +134,21 @@ def validate(run: Run, logbook: Logbook, epoch: int, clock: float) -> float:
             run.pending_best = ({"step": run.state.step, "metric": run.validator.metric, "value": value,
                                  "validation": metrics}, copy.deepcopy(run.saved_model()).cpu())
     run.state.last_validation_step = run.state.step
+    run.accelerator.wait_for_everyone()
+    return time.perf_counter()
+
+
+def validate_start(run: Run, logbook: Logbook, clock: float) -> float:
+    """A fine-tune's starting weights (``model.init_from``) scored before its first step, as every later
+    validation is: the row they are read against (``"start": true`` in train_log.jsonl, ``start`` in
+    metrics.json). Never a candidate for best/: the run exports weights it trained."""
+    run.state.train_time_s += time.perf_counter() - clock
+    if run.is_main:
+        metrics, images = run.validator(run.saved_model())
+        logbook.validation(0, metrics, images, run.validator.metric, start=True)
+        name = run.validator.metric
+        update_metrics(run.run_dir, "start", {"metric": name, "lower_is_better": name in LOWER_IS_BETTER,
+                                              "source": run.config.model.init_from, "validation": metrics})
     run.accelerator.wait_for_everyone()
     return time.perf_counter()
 
