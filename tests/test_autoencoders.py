@@ -258,3 +258,28 @@ def test_a_class_vaekit_does_not_know_gets_one_line_naming_what_it_loads(tmp_pat
     error = capsys.readouterr().err.strip()
     assert "vaekit cannot load a diffusers UNet2DModel: it loads the image autoencoders" in error
     assert "AutoencoderKLFlux2" in error and "AutoencoderRAE" in error and len(error.splitlines()) == 1
+
+
+def test_compare_puts_every_model_on_the_same_images(tmp_path, photo_folder, capsys):
+    """The leaderboard: a vaekit-loaded diffusers AutoencoderKL and a wrapped TAESD on one folder; each row
+    is that model's own `vaekit eval --model` on the same images, sorted by PSNR; the page shows both."""
+    import csv
+
+    from vaekit.evaluation import evaluate_model
+
+    _diffusers_vae(tmp_path / "kl")
+    _tiny("AutoencoderTiny", tmp_path / "taesd")
+    out = tmp_path / "board"
+    assert main(["compare", str(tmp_path / "kl"), "--model", str(tmp_path / "taesd"), "--data", str(photo_folder),
+                 "--resolution", "32", "--device", "cpu", "-o", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "compare.csv")))
+    assert {row["model"] for row in rows} == {"kl", "taesd"}
+    psnr = [float(row["psnr"]) for row in rows]
+    assert psnr == sorted(psnr, reverse=True)
+    report = json.loads((out / "compare.json").read_text())
+    for row in report["models"]:
+        alone = evaluate_model(row["source"], photo_folder, resolution=32, device="cpu")
+        assert row["psnr"] == pytest.approx(alone["psnr"], rel=1e-9) and row["latent_shape"] == alone["latent_shape"]
+    page = (out / "compare.html").read_text()
+    assert all(name in page for name in ("kl", "taesd", "decoded", "zoomed", "quality"))
+    assert "leaderboard:" in capsys.readouterr().out

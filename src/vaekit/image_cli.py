@@ -384,7 +384,36 @@ def _add_convert(commands) -> None:
     convert.set_defaults(func=cmd_convert)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vaekit.compare import compare_models
+
+    page = compare_models([*args.models, *args.model], args.data, args.output, args.resolution, args.batch_size,
+                          args.device)
+    print((page.parent / "compare.csv").read_text().rstrip())
+    print(f"leaderboard: {page}")
+    return 0
+
+
+def _add_compare(commands) -> None:
+    compare = commands.add_parser(
+        "compare", help="the leaderboard: image autoencoders scored on the same folder, side by side",
+        description="Score every model (vaekit or diffusers folders, runs, LDM/SD checkpoints, hub names: any "
+        "image autoencoder `vaekit eval --model` takes) on every image of one folder at one resolution: "
+        "compare.csv, compare.json and compare.html (the table, the same images decoded by each, whole and "
+        "zoomed, and PSNR against the compression ratio).")
+    compare.add_argument("models", nargs="*", metavar="MODEL")
+    compare.add_argument("--model", action="append", default=[], metavar="M", help="a model (repeat it for each)")
+    compare.add_argument("--data", required=True, metavar="FOLDER", help="the folder of images")
+    compare.add_argument("--resolution", type=int, default=256,
+                         help="short side resized to it, then a centre crop (default 256)")
+    compare.add_argument("--batch-size", type=int, default=8, help="images a batch (default 8)")
+    compare.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    compare.add_argument("--device", default="auto", help=DEVICE_HELP)
+    compare.set_defaults(func=cmd_compare)
+
+
 def add_commands(commands) -> None:
+    _add_compare(commands)
     _add_reconstruct(commands)
     _add_encode(commands)
     _add_decode(commands)

@@ -185,6 +185,21 @@ def metric_against_value(path: str | Path, values: Sequence, metrics: dict[str, 
     return _save(fig, path)
 
 
+def labelled_scatter(path: str | Path, x: Sequence[float], y: Sequence[float], labels: Sequence[str], xlabel: str,
+                     ylabel: str) -> Path:
+    """One labelled point per item."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.scatter(x, y)
+    for xi, yi, label in zip(x, y, labels):
+        ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def labelled_grid(path: str | Path, images, row_labels: Sequence[str], title: str,
                   col_labels: Sequence[str] | None = None, value_range: tuple[float, float] = (0.0, 1.0),
                   marked_rows: Sequence[int] = ()) -> Path:
