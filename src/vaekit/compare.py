@@ -17,31 +17,17 @@ from vaekit.data.folder import whole_folder
 from vaekit.errors import VaekitError
 from vaekit.evaluation import evaluate_model
 from vaekit.io.atomic import write_json
+from vaekit.io.layout import display_name
 from vaekit.io.models import load_model
+from vaekit.models.memory import reconstruct_mode
 from vaekit.progress import resolve_device
 from vaekit.viz import plots
-from vaekit.viz.report import Figure, render
+from vaekit.viz.report import Figure, render, table_cell
 
 COLUMNS = ("model", "latent_shape", "compression_ratio", "psnr", "ssim", "lpips", "rfid", "latent_hf_fraction",
            "equivariance_mse_scale_0.5", "equivariance_mse_rotate_90", "encode_s_per_image", "decode_s_per_image")
 SHOWN = 4
 """Images shown decoded by every model (the folder's first, in its sorted order)."""
-
-
-def model_name(source: str, taken: set[str]) -> str:
-    """A short unique name: the folder's name (its parent's for model/ or best/ of a run), or the hub name."""
-    path = Path(source)
-    name = path.parent.name if path.name in ("model", "best", "vae") and path.parent.name else path.name
-    base, k = name or str(source), 2
-    while name in taken:
-        name, k = f"{base}-{k}", k + 1
-    taken.add(name)
-    return name
-
-
-@torch.no_grad()
-def _reconstructions(model, images: torch.Tensor) -> torch.Tensor:
-    return model.decode(model.encode(images).mode(), size=images.shape[2:]).clamp(-1, 1).float().cpu()
 
 
 def _zoomed(images: torch.Tensor) -> torch.Tensor:
@@ -64,28 +50,19 @@ def compare_models(sources: list[str], data: str | Path, output: str | Path, res
     rows, decoded, taken = [], {}, set()
     for source in sources:
         model = load_model(source, device=device)
-        name = model_name(source, taken)
+        name = display_name(source, taken)
         metrics = evaluate_model(source, data, resolution, batch_size, device, seed, model=model)
         rows.append({**metrics, "model": name, "source": str(source)})
-        decoded[name] = _reconstructions(model, shown.to(device))
+        with torch.no_grad():
+            decoded[name] = reconstruct_mode(model, shown.to(device)).float().cpu()
     return _write(out, rows, shown, decoded, data, resolution)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return "×".join(map(str, value))
-    return str(value)
 
 
 def _write(out: Path, rows: list[dict], shown: torch.Tensor, decoded: dict[str, torch.Tensor], data,
            resolution: int) -> Path:
     rows = sorted(rows, key=lambda row: -row["psnr"])
     grids = torch.stack([shown, *(decoded[row["model"]] for row in rows)])
-    table = [[_cell(row.get(column)) for column in COLUMNS] for row in rows]
+    table = [[table_cell(row.get(column)) for column in COLUMNS] for row in rows]
     with open(out / "compare.csv", "w", newline="") as f:
         csv.writer(f).writerows([COLUMNS, *table])
     write_json(out / "compare.json", {"data": str(data), "resolution": resolution, "models": rows})

@@ -4,6 +4,7 @@ LDM/SD checkpoint, a hub name) scored on any folder of images."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -29,15 +30,17 @@ DENOISER_DRAWS = 20
 def evaluate(run_dir: str | Path, iwae_samples: int | None = None, device: str | None = "auto") -> dict:
     """Evaluate the run's final model on its test split; returns (and stores under "test") the metrics. When
     the run kept its best weights (``best/``, the ones a user exports), they are scored on the same split
-    too and stored under "test_best".
+    too and stored under "test_best" (the same numbers, not computed again, when best/ is the final step's).
 
     ``iwae_samples`` overrides the run's ``eval.iwae_samples`` (0 skips the IWAE bound).
     """
     metrics = _evaluate_weights(run_dir, run_dir, iwae_samples, device)
-    update_metrics(run_dir, "test", metrics)
+    stored = update_metrics(run_dir, "test", metrics)
     best = Path(run_dir) / BEST_DIR
-    if (best / "config.json").is_file():
-        update_metrics(run_dir, "test_best", _evaluate_weights(run_dir, best, iwae_samples, device))
+    if (best / "best.json").is_file():
+        final_step = stored.get("train", {}).get("steps")
+        same = final_step is not None and json.loads((best / "best.json").read_text())["step"] == final_step
+        update_metrics(run_dir, "test_best", metrics if same else _evaluate_weights(run_dir, best, iwae_samples, device))
     return metrics
 
 

@@ -150,8 +150,8 @@ def _add_diffusability(commands) -> None:
     report.add_argument("--model", action="append", default=[], metavar="M",
                         help="an autoencoder to compare (repeat it for each)")
     # The budget's options default to None: what is given overrides a sweep config's diffusability: section too.
-    report.add_argument("--data", help=f"a folder of images (labelled: one sub-folder per class), photos (crops of "
-                        f"the built-in photographs) or objects (the built-in labelled objects) (default {defaults.data})")
+    report.add_argument("--data", help=f"a folder of images (labelled: one sub-folder per class), photos (tiles of "
+                        f"the built-in held-out photographs) or objects (the built-in labelled objects) (default {defaults.data})")
     report.add_argument("--resolution", type=int, help="image side (default: the smallest that gives every autoencoder "
                         f"latents of --min-latent-side, {defaults.min_latent_side} × {defaults.min_latent_side}: "
                         "128 for an f = 8 autoencoder)")

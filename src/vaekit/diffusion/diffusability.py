@@ -37,6 +37,7 @@ from vaekit.diffusion.page import write_report
 from vaekit.diffusion.sampling import decode_latents, sample_latents
 from vaekit.errors import ConfigError, VaekitError
 from vaekit.evaluation import evaluate
+from vaekit.io.layout import display_name
 from vaekit.io.models import load_model, save_model
 from vaekit.latents import LatentDataset, export_latents, open_source
 from vaekit.losses.perceptual import WeightsUnavailable, make_lpips
@@ -67,12 +68,13 @@ class Budget:
     32² a latent is 4 × 4, where every frequency counts as high (the spectral signals tie) and the denoiser's
     convolutions see the whole latent at once (a scrambled latent space is as easy as a real one)."""
     images: int = 1024
-    """How many images to use when ``data`` is ``photos`` or ``objects``."""
+    """How many images to use when ``data`` is ``objects``; for ``photos``, at most this many (the held-out
+    photographs give 520 tiles at 32², 120 at 64², 30 at 128²)."""
     test_fraction: float = 0.2
     steps: int = 500
     batch_size: int = 32
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    """Denoiser seeds: the verdict tests a difference with at least 3 values a side, and with 5 against 5
+    """Denoiser seeds: the verdict tests a difference with at least 4 values a side, and with 5 against 5
     two autoencoders wholly apart give p = 2/252, below 0.05 even after Holm's adjustment for 6 others."""
     unet: str = "unet-tiny"
     lr: float = 1e-3
@@ -123,7 +125,10 @@ def _downsampling(path: str) -> int:
     model = load_model(path)
     if model.kind != "autoencoder" or model.latent_layout != "spatial":
         raise VaekitError(f"{path} holds a {model.registry_name}; the diffusability report compares image autoencoders")
-    return 64 // model.latent_shape(64, 64)[-1]
+    if model.registry_name == "diffusers":
+        raise VaekitError(f"{path} is a diffusers {model.class_name}: the diffusability report does not take it yet "
+                          "(vaekit compare and vaekit eval --model do; docs/autoencoders.md)")
+    return model.downsampling_factor
 
 
 def resolve_resolution(budget: Budget, factors: dict[str, int]) -> Budget:
@@ -158,16 +163,6 @@ def _image_folder(budget: Budget, out: Path) -> Path:
         else:
             write_objects(folder, budget.resolution, budget.images)
     return folder
-
-
-def _name(path: str, taken: set[str]) -> str:
-    p = Path(path)
-    name = p.parent.name if p.name in ("model", "best") else p.name
-    base, k = name, 2
-    while name in taken:
-        name, k = f"{base}-{k}", k + 1
-    taken.add(name)
-    return name
 
 
 @torch.no_grad()
@@ -325,7 +320,7 @@ def _control(first: str, out: Path) -> str:
     fields = {**dataclasses.asdict(vae.config), "latent_permutation": 1}
     control = type(vae)(type(vae.config)(**fields))
     control.load_state_dict(vae.state_dict())
-    target = out / "controls" / f"{_name(first, set())}-permuted"
+    target = out / "controls" / f"{display_name(first, set())}-permuted"
     save_model(control, target)
     return str(target)
 
@@ -380,10 +375,14 @@ def _measure(path: str, name: str, shared: _Shared) -> tuple[dict, tuple]:
             save_grid(out / f"samples-{name}.png", square_grid(samples[:16]), value_range=(-1.0, 1.0))
         per_seed.append(shared.judge.scores(samples.cpu(), labels))
     _seed_scores(row, per_seed)
-    row.update(shared.judge.floor)
+    row.update(shared.judge.floor, scored_samples=shared.judge.sample_size)
     if shared.judge.inception_reason:
         row["sample_fid_unavailable"] = shared.judge.inception_reason
     return row, spectra
+
+
+SMALL_HELD_OUT = 64
+"""Fewer held-out images than this, and the report warns that its distances are noisy."""
 
 
 def _judge(budget: Budget, readable: FolderImages, held_out: torch.Tensor, held_out_names: list[str],
@@ -391,6 +390,11 @@ def _judge(budget: Budget, readable: FolderImages, held_out: torch.Tensor, held_
     """The comparison's judge: the held-out images its reference; as many real images disjoint from them as
     there are samples (the denoisers' training images) for the real-vs-real floor."""
     others = readable.first(budget.samples, excluding=set(held_out_names))
+    if len(others) < budget.samples or len(held_out) < SMALL_HELD_OUT:
+        log.warning("diffusability: %d held-out images and %d others for the real-vs-real floor, so %d samples are "
+                    "scored of the %d asked for: the distances are noisy at this size; give a folder with more "
+                    "images (or more --images of the built-in objects)", len(held_out), len(others), len(others),
+                    budget.samples)
     classifier = _classifier(budget, readable, held_out, held_out_names, device)
     return Judge.load(held_out, others, classifier, device, budget.dinov2 or None)
 
@@ -410,7 +414,7 @@ def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | t
     paths = list(vaes) + ([_control(vaes[0], out)] if budget.control else [])
     rows, spectra, taken = [], {}, set()
     for path in paths:
-        name = _name(path, taken)
+        name = display_name(path, taken)
         row, spectra[name] = _measure(path, name, shared)
         rows.append(row)
     return write_report(out, rows, spectra, budget, shared.judge)

@@ -55,8 +55,10 @@ class JudgeNet(nn.Module):
     each stage's activations averaged over the image, concatenated ``(B, sum(widths))``."""
 
     def __init__(self, in_channels: int, num_classes: int, mean: torch.Tensor, std: torch.Tensor,
-                 widths: tuple[int, ...] = (16, 32, 64, 64)):
+                 widths: tuple[int, ...] = (16, 32, 64, 64), side: int | None = None):
         super().__init__()
+        self.side = side
+        """The image side it was trained at: other sides are resized to it first (None: taken as they are)."""
         self.register_buffer("mean", mean.reshape(1, -1, 1, 1).float())
         self.register_buffer("std", std.reshape(1, -1, 1, 1).float().clamp_min(1e-3))
         stages, previous = [], in_channels
@@ -69,6 +71,8 @@ class JudgeNet(nn.Module):
         self.head = nn.Linear(widths[-1], num_classes)
 
     def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.side is not None and x.shape[-2:] != (self.side, self.side):
+            x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", align_corners=False, antialias=True)
         x = (x - self.mean) / self.std
         outputs = []
         for stage in self.stages:
@@ -120,24 +124,30 @@ class ClassifierTraining:
 
 @torch.no_grad()
 def classifier_accuracy(model: JudgeNet, images: torch.Tensor, labels: torch.Tensor) -> float:
-    predicted = torch.cat([model(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
+    device = model.mean.device
+    predicted = torch.cat([model(images[i:i + 256].to(device)).argmax(1) for i in range(0, len(images), 256)])
     return (predicted.cpu() == labels.cpu()).float().mean().item()
 
 
 def train_judge(images: torch.Tensor, labels: torch.Tensor, num_classes: int, settings: ClassifierTraining,
-                stopping: tuple[torch.Tensor, torch.Tensor] | None = None) -> JudgeNet:
-    """A ``JudgeNet`` trained on ``images`` ``(N, C, H, W)`` in [-1, 1] and ``labels`` ``(N,)``; with
-    ``stopping`` (images, labels of a split of its own), the weights of its best accuracy there, training
-    stopped after ``patience`` validations without improvement. Returned in eval mode."""
-    torch.manual_seed(settings.seed)
-    model = JudgeNet(images.shape[1], num_classes, images.mean(dim=(0, 2, 3)), images.std(dim=(0, 2, 3)))
+                stopping: tuple[torch.Tensor, torch.Tensor] | None = None, device="cpu",
+                side: int | None = None) -> JudgeNet:
+    """A ``JudgeNet`` trained on ``device`` on ``images`` ``(N, C, H, W)`` in [-1, 1] and ``labels`` ``(N,)``
+    (kept where they are; each batch is moved); with ``stopping`` (images, labels of a split of its own), the
+    weights of its best accuracy there, training stopped after ``patience`` validations without improvement.
+    Returned in eval mode; the global random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = JudgeNet(images.shape[1], num_classes, images.mean(dim=(0, 2, 3)), images.std(dim=(0, 2, 3)),
+                         side=side).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.lr, total_steps=settings.steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(settings.seed)
     best, best_state, waited = -1.0, None, 0
     for step in range(1, settings.steps + 1):
         rows = torch.randint(0, len(images), (settings.batch_size,), generator=generator)
-        loss = F.cross_entropy(model(augment(images[rows], generator, settings.turns)), labels[rows])
+        batch = augment(images[rows], generator, settings.turns).to(device)
+        loss = F.cross_entropy(model(batch), labels[rows].to(device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -251,6 +261,8 @@ class Judge:
         self.reference, self.classifier, self.device = reference, classifier, device
         self.dinov2, self.inception = dinov2, inception
         self.unavailable = unavailable or {}
+        self.sample_size = len(floor_images)
+        """How many samples are scored: the floor's size, since a Fréchet distance depends on it."""
         self._reference = {space: extract(reference) for space, extract in self._spaces().items()}
         self.floor = {f"floor_{key}": value for key, value in self._distances(floor_images).items()}
 
@@ -302,8 +314,11 @@ class Judge:
 
     def scores(self, samples: torch.Tensor, labels: torch.Tensor | None) -> dict:
         """The arbiter's scores of one denoiser's decoded samples (None where a feature space is missing):
-        FD and KID in each space, precision and recall in the first, class accuracy for conditional samples."""
+        FD and KID in each space, precision and recall in the first, class accuracy for conditional samples;
+        the first ``sample_size`` samples are scored, as many as the real-vs-real floor compares."""
         out = dict.fromkeys(SCORE_NAMES)
+        samples = samples[:self.sample_size]
+        labels = None if labels is None else labels[:self.sample_size]
         features = {space: extract(samples) for space, extract in self._spaces().items()}
         out.update(self._distances(samples, features))
         if features:
@@ -356,27 +371,36 @@ def _to_model_range(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float() / 127.5 - 1
 
 
+OBJECTS_MAX_SIDE = 64
+"""The objects judge trains at the comparison's resolution up to this side (objects are drawn for 32² and
+64²; at 128² the 10,000 training images would take 2 GB as floats and 16× the time), and resizes larger
+images to it."""
+
+
 def objects_judge(resolution: int, device="cpu") -> JudgeNet:
-    """The classifier of the built-in ``objects`` at ``resolution``, trained on ``OBJECTS_IMAGES`` images of
-    their own stream (a function of the resolution alone, so it is kept in ``cache_dir()`` and reused)."""
+    """The classifier of the built-in ``objects`` at ``resolution`` (at most ``OBJECTS_MAX_SIDE``), trained on
+    ``device`` on ``OBJECTS_IMAGES`` images of their own stream: a function of the side alone, so it is kept in
+    ``cache_dir()`` and reused."""
     from safetensors.torch import load_file, save_file
 
     from vaekit.data.objects import CLASS_NAMES, make_objects
 
-    folder = cache_dir() / "judges" / f"objects-{resolution}px-{OBJECTS_IMAGES}x{OBJECTS_TRAINING.steps}-v1"
+    side = min(resolution, OBJECTS_MAX_SIDE)
+    folder = cache_dir() / "judges" / f"objects-{side}px-{OBJECTS_IMAGES}x{OBJECTS_TRAINING.steps}-v1"
     if (folder / "model.safetensors").is_file():
-        model = JudgeNet(3, len(CLASS_NAMES), torch.zeros(3), torch.ones(3))
+        model = JudgeNet(3, len(CLASS_NAMES), torch.zeros(3), torch.ones(3), side=side)
         model.load_state_dict(load_file(folder / "model.safetensors"))
         return model.eval().to(device)
     log.info("diffusability: training the judge's classifier on %d fresh objects at %d² (once per machine)",
-             OBJECTS_IMAGES, resolution)
-    images, labels = make_objects(OBJECTS_IMAGES, resolution, seed=0, stream=OBJECTS_STREAM)
-    model = train_judge(_to_model_range(images), torch.from_numpy(labels), len(CLASS_NAMES), OBJECTS_TRAINING)
+             OBJECTS_IMAGES, side)
+    images, labels = make_objects(OBJECTS_IMAGES, side, seed=0, stream=OBJECTS_STREAM)
+    model = train_judge(_to_model_range(images), torch.from_numpy(labels), len(CLASS_NAMES), OBJECTS_TRAINING,
+                        device=device, side=side)
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / "model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(temporary))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(temporary))
     temporary.replace(folder / "model.safetensors")
-    return model.to(device)
+    return model
 
 
 def in_class_order(model: JudgeNet, names: list[str], order: list[str]) -> JudgeNet:
@@ -400,5 +424,5 @@ def folder_judge(images: torch.Tensor, labels: torch.Tensor, num_classes: int, d
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     cut = max(1, int(round(len(images) * STOPPING_FRACTION)))
     stop, train = order[:cut], order[cut:]
-    model = train_judge(images[train], labels[train], num_classes, FOLDER_TRAINING, (images[stop], labels[stop]))
-    return model.to(device)
+    return train_judge(images[train], labels[train], num_classes, FOLDER_TRAINING, (images[stop], labels[stop]),
+                       device=device)

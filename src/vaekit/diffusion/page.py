@@ -12,7 +12,7 @@ from vaekit.diffusion.judge import ACCURACY_BAR, Judge
 from vaekit.diffusion.verdict import SIGNALS, arbiter_of, configurations, track_record, verdict
 from vaekit.io.atomic import write_json
 from vaekit.viz import plots
-from vaekit.viz.report import Figure, render
+from vaekit.viz.report import Figure, render, table_cell
 
 TABLE, JSON_FILE, PAGE = "diffusability.csv", "diffusability.json", "diffusability.html"
 CONFIGURATIONS_TABLE = "configurations.csv"
@@ -30,18 +30,12 @@ COLUMNS = ("vae", "compression_ratio", "psnr", "ssim", "lpips", "scaling_factor"
 samples' size), what a perfect generator would score."""
 
 
-def _cell(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _no_arbiter_reason(rows: list[dict]) -> str:
-    unlabelled = rows[0].get("sample_classifier_fd") is None
-    return ("the images are unlabelled (no class sub-folders) and the Inception weights for FID are missing"
-            if unlabelled else "the arbiter's scores are missing")
+def _no_arbiter_reason(rows: list[dict], judge: Judge) -> str:
+    """Why no judge scored every row: the pretrained judges that could not be had, and the labels."""
+    missing = "; ".join(f"{name}: {why}" for name, why in judge.unavailable.items()) or "not asked for"
+    if rows[0].get("sample_classifier_fd") is None:
+        return f"the images are unlabelled (no class sub-folders) and no pretrained judge could be had ({missing})"
+    return "the arbiter's scores are missing"
 
 
 def seed_free_name(name: str) -> str:
@@ -60,7 +54,7 @@ def _track_record_table(rows: list[dict], refused: dict[str, str]) -> dict | Non
 
 
 def _write_table(path: Path, rows: list[dict]) -> list[list[str]]:
-    table = [[_cell(row.get(c)) for c in COLUMNS] for row in rows]
+    table = [[table_cell(row.get(c)) for c in COLUMNS] for row in rows]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
@@ -72,7 +66,7 @@ def write_report(out: Path, rows: list[dict], spectra: dict, budget, judge: Judg
     """The tables, the JSON and the page of a comparison of ``rows`` under ``budget``; returns the page."""
     grouped = configurations(rows, lambda row: seed_free_name(row["vae"]))
     refused = judge.refused()
-    line = verdict(grouped or rows, _no_arbiter_reason(rows), refused,
+    line = verdict(grouped or rows, _no_arbiter_reason(rows, judge), refused,
                    {"data": budget.data, "resolution": budget.resolution})
     record = _track_record_table(rows, refused)
     judged = {"lines": judge.describe(), "decided_by": arbiter_of(grouped or rows, refused), "refused": refused,
@@ -99,7 +93,6 @@ def write_report(out: Path, rows: list[dict], spectra: dict, budget, judge: Judg
                        "16 of the samples (50 DDIM steps, seed 0) of the first seed's denoiser, decoded by the "
                        "autoencoder.")
                 for row in rows]
-    note = rows[0].get("sample_fid_unavailable")
     line += " — " + "; ".join(judge.describe())
     title = f"diffusability: {len(rows)} autoencoders, {budget.steps} denoiser steps × {len(budget.seeds)} seeds"
     if grouped is not None:
@@ -113,5 +106,7 @@ def write_report(out: Path, rows: list[dict], spectra: dict, budget, judge: Judg
                  "columns": ["signal", "rho", "low", "high", "what it is"],
                  "rows": [[name, f"{r['rho']:.2f}", f"{r['low']:.2f}", f"{r['high']:.2f}", SIGNALS[name][1]]
                           for name, r in sorted(record["signals"].items(), key=lambda item: -item[1]["rho"])]}
-    return render("sweep.html", out / PAGE, figures, title=title + (f" (sample FID: {note})" if note else ""),
+    decided = judged["decided_by"]
+    title += f"; decided by {decided}" if decided else "; no judge decided"
+    return render("sweep.html", out / PAGE, figures, title=title,
                   table={"columns": list(COLUMNS), "rows": table}, runs=[], lead=line, extra=extra)

@@ -80,9 +80,11 @@ def agreement(rows: list[dict], arbiter: str) -> dict[str, float]:
     return out
 
 
-MIN_VALUES = 3
-"""The fewest values a side (autoencoder seeds × denoiser seeds, pooled) for which the verdict tests a difference:
-with two a side, two of the six equally likely orderings put one side wholly below the other by chance alone."""
+MIN_VALUES = 4
+"""The fewest values a side (autoencoder seeds × denoiser seeds, pooled) for which the verdict tests a difference.
+With two a side, two of the six equally likely orderings put one side wholly below the other by chance alone;
+with three, the smallest two-sided p-value is 2/20 = 0.1, so no difference could ever reach α = 0.05; with four
+it is 2/70."""
 ALPHA = 0.05
 """The significance level of each of the winner's comparisons, after Holm's adjustment over all of them."""
 EXACT_LIMIT = 200_000

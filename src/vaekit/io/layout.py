@@ -72,3 +72,15 @@ def source_model_name(source: str) -> str:
             return "autoencoder-kl"  # unreadable: loading the source later says what is wrong
         return config.get("_vaekit_model", "autoencoder-kl")
     return "autoencoder-kl"
+
+
+def display_name(source: str | Path, taken: set[str]) -> str:
+    """A short name for a model in a table, unique among ``taken`` (which it joins): the folder's name — its
+    parent's for a run's ``model/`` or ``best/`` and a pipeline's ``vae/`` — or the hub name's last part."""
+    path = Path(source)
+    name = path.parent.name if path.name in ("model", "best", "vae") and path.parent.name else path.name
+    base, k = name or str(source), 2
+    while name in taken:
+        name, k = f"{base}-{k}", k + 1
+    taken.add(name)
+    return name

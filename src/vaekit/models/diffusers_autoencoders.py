@@ -53,6 +53,7 @@ class WrappedConfig:
 
     class_name: str
     latent_channels: int
+    """Of the raw latent (FLUX.2's diffusion model sees 4× as many, at half the side)."""
     downsampling_factor: int
     scaling_factor: float = 1.0
 
@@ -76,10 +77,10 @@ class DiffusersAutoencoder(nn.Module):
             raise VaekitError(unsupported(name))
         self.module = module.eval()
         self.class_name = name
-        with torch.no_grad():
-            probe = self.encode(torch.zeros(1, 3, 64, 64, device=_device_of(module))).mean
+        with torch.no_grad():  # 128 pixels: the side of one latent for the largest factor diffusers ships
+            probe = self.encode(torch.zeros(1, 3, 128, 128, device=_device_of(module))).mean
         scaling = getattr(module.config, "scaling_factor", None)
-        self.config = WrappedConfig(name, probe.shape[1], 64 // probe.shape[-1], 1.0 if scaling is None else scaling)
+        self.config = WrappedConfig(name, probe.shape[1], 128 // probe.shape[-1], 1.0 if scaling is None else scaling)
 
     @property
     def downsampling_factor(self) -> int:

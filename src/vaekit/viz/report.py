@@ -21,6 +21,17 @@ class Figure:
     caption: str
 
 
+def table_cell(value) -> str:
+    """A value as a table shows it: "n/a" for None, 4 significant digits, a shape as 4×32×32."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "×".join(map(str, value))
+    return str(value)
+
+
 def _data_uri(path: Path) -> str:
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
