@@ -283,3 +283,19 @@ def test_compare_puts_every_model_on_the_same_images(tmp_path, photo_folder, cap
     page = (out / "compare.html").read_text()
     assert all(name in page for name in ("kl", "taesd", "decoded", "zoomed", "quality"))
     assert "leaderboard:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_every_class_is_a_row_of_one_leaderboard(tmp_path, photo_folder, capsys):
+    import csv
+
+    _diffusers_vae(tmp_path / "AutoencoderKL")
+    for name in TINY:
+        _tiny(name, tmp_path / name)
+    names = ["AutoencoderKL", *sorted(TINY)]
+    assert main(["compare", *(str(tmp_path / name) for name in names), "--data", str(photo_folder),
+                 "--resolution", "32", "--device", "cpu", "-o", str(tmp_path / "board")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "board" / "compare.csv")))
+    assert sorted(row["model"] for row in rows) == sorted(names)
+    assert all(row["psnr"] != "n/a" and row["latent_shape"] != "n/a" for row in rows)
+    capsys.readouterr()
