@@ -27,6 +27,23 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
+def run_on_meta(func, args, kwargs):
+    """``func(*args, **kwargs)``, with an answer for the one operator vaekit's models use that has no meta
+    kernel: ``bincount`` (its size depends on the data; vaekit counts codes with ``minlength`` = the codebook
+    size and indices below it, so the counts are exactly ``(minlength,)``)."""
+    if func is torch.ops.aten.bincount.default and args[0].device.type == "meta":
+        length = kwargs.get("minlength", args[2] if len(args) > 2 else 0)
+        return torch.zeros(length, dtype=torch.int64, device="meta")
+    return func(*args, **kwargs)
+
+
+class MetaKernels(TorchDispatchMode):
+    """Runs every operation under it through ``run_on_meta``."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return run_on_meta(func, args, kwargs or {})
+
+
 class PeakMemoryTracker(TorchDispatchMode):
     """Counts the bytes of every tensor the operations under it create, and their peak (``peak``).
 
@@ -63,7 +80,7 @@ class PeakMemoryTracker(TorchDispatchMode):
         weakref.finalize(tensor, self._release, key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        out = run_on_meta(func, args, kwargs or {})
         for value in tree_flatten(out)[0]:
             if isinstance(value, torch.Tensor):
                 self._track(value)
@@ -131,14 +148,15 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, decoder_only: bool
             seen[storage._cdata] = storage.nbytes()
         return tensor
 
-    if decoder_only:
-        with torch.no_grad():
-            z = model.encode(x).sample()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model.decode(z)
-    else:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(x)
+    with MetaKernels():
+        if decoder_only:
+            with torch.no_grad():
+                z = model.encode(x).sample()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                model.decode(z)
+        else:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                model(x)
     return sum(seen.values())
 
 

@@ -146,6 +146,8 @@ def validate_start(run: Run, logbook: Logbook, clock: float) -> float:
     if run.is_main:
         metrics, images = run.validator(run.saved_model())
         logbook.validation(0, metrics, images, run.validator.metric, start=True)
+        if run.cfg.validation_batch_size is None and run.validator.bytes_per_image is not None:
+            run.validator.batch_size = None  # chosen again after a step, when the optimizer's state holds its memory
         name = run.validator.metric
         update_metrics(run.run_dir, "start", {"metric": name, "lower_is_better": name in LOWER_IS_BETTER,
                                               "source": run.config.model.init_from, "validation": metrics})
