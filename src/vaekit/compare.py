@@ -45,13 +45,13 @@ def compare_models(sources: list[str], data: str | Path, output: str | Path, res
     device = resolve_device(device)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = whole_folder(data, resolution)
+    dataset = whole_folder(data, resolution, cache=True)  # every model reads the same files: decode each once
     shown = dataset.__getitems__(list(range(min(SHOWN, len(dataset)))))[0] * 2 - 1
     rows, decoded, taken = [], {}, set()
     for source in sources:
         model = load_model(source, device=device)
         name = display_name(source, taken)
-        metrics = evaluate_model(source, data, resolution, batch_size, device, seed, model=model)
+        metrics = evaluate_model(source, data, resolution, batch_size, device, seed, model=model, dataset=dataset)
         rows.append({**metrics, "model": name, "source": str(source)})
         with torch.no_grad():
             decoded[name] = reconstruct_mode(model, shown.to(device)).float().cpu()

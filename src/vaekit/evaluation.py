@@ -73,18 +73,19 @@ def _evaluate_weights(run_dir: str | Path, weights: str | Path, iwae_samples: in
 
 
 def evaluate_model(source: str | Path, data: str | Path, resolution: int = 256, batch_size: int = 8,
-                   device: str | None = "auto", seed: int = 0, model=None) -> dict:
+                   device: str | None = "auto", seed: int = 0, model=None, dataset=None) -> dict:
     """Any image autoencoder ``source`` scored on every image of the folder ``data`` (short side resized to
     ``resolution``, centre crop): reconstruction (PSNR, SSIM, LPIPS, rFID where their weights download),
     latent shape, compression ratio and statistics, the cheap latent signals (``latent_signals`` on up to 64
     images: HF fraction, ×0.5 and 90° equivariance errors), encode and decode time per image, and memory.
-    ``model``: ``source`` already loaded on ``device``."""
+    ``model``: ``source`` already loaded on ``device``; ``dataset``: ``whole_folder(data, resolution)`` already
+    built (several models scored on one folder then decode each file once)."""
     device = resolve_device(device)
     model = model if model is not None else load_model(source, device=device)
     if model.kind != "autoencoder" or model.latent_layout != "spatial":
         raise VaekitError(f"{source} holds a {model.registry_name}: vaekit eval --model scores image autoencoders "
                           "(a run directory of any model is scored by `vaekit eval RUN_DIR`)")
-    dataset = whole_folder(data, resolution)
+    dataset = dataset if dataset is not None else whole_folder(data, resolution)
     if len(dataset) == 0:
         raise VaekitError(f"{data} has no images")
     to_model_range = range_map(dataset.value_range, model.value_range)

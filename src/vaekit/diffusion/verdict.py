@@ -26,10 +26,6 @@ from vaekit.metrics.generation import bootstrap_interval, spearman
 ARBITERS = {"sample_fd_dinov2": False, "sample_fid": False, "sample_classifier_fd": False}
 """Arbiter scores in order of preference (FD_DINOv2, FID, the classifier's FD); the value says whether higher
 is better."""
-SCORES = {"sample_fd_dinov2": False, "sample_kid_dinov2": False, "sample_fid": False, "sample_kid": False,
-          "sample_classifier_fd": False, "sample_classifier_kid": False, "sample_precision": True,
-          "sample_recall": True, "sample_class_accuracy": True}
-"""Every score of the samples (per denoiser seed), with its direction."""
 SIGNALS = {
     "psnr": (True, "reconstruction PSNR of held-out images"),
     "ssim": (True, "reconstruction SSIM"),
