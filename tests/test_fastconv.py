@@ -1,6 +1,7 @@
 """The CPU inference fast paths: Winograd convolutions and channels-last, against direct convolution."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import vaekit
-from vaekit.models import fastconv
+from vaekit.models import autotune, fastconv
+from vaekit.models.autotune import Autotuner
 from vaekit.models.fastconv import fast_paths, winograd_conv3x3, winograd_filter, winograd_matrices
 
 
@@ -283,3 +285,212 @@ def test_gpu_inference_copy_keeps_the_weights_and_sets_dtype_and_layout():
         torch.testing.assert_close(fast.state_dict()[name].float(), tensor, atol=0, rtol=1e-2)
     with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
         fastconv.gpu_inference(model, torch.int8, device="cpu")
+
+
+# The autotuner: timed choices among the paths, per machine and shape, cached on disk. Timings are never
+# real here: a fake clock is advanced by the candidates themselves.
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _scripted(clock: FakeClock, durations, out=None):
+    """A candidate whose successive runs take ``durations`` on ``clock``; more runs than that fail."""
+    remaining = list(durations)
+    out = torch.ones(4) if out is None else out
+
+    def run():
+        assert remaining, "ran more often than warm-up + repeats"
+        clock.now += remaining.pop(0)
+        return out
+    return run
+
+
+MACHINE = {"cpu": "AMD EPYC 9R14", "isa": ["avx2", "avx512f"], "torch": "2.15.0", "threads": 2}
+
+
+def _tuner(folder, clock=None, **machine):
+    return Autotuner(folder, clock=clock or FakeClock(), machine=lambda: {**MACHINE, **machine})
+
+
+def _never(name):
+    def run():
+        raise AssertionError(f"{name} was timed again")
+    return run
+
+
+def test_autotuner_takes_the_lowest_median_after_an_untimed_warm_up(tmp_path):
+    clock = FakeClock()
+    tuner = _tuner(tmp_path, clock)
+    # First run of each: the warm-up (slow, not counted). "a" has the fastest single run, "b" the lowest
+    # median (not the lowest mean: its outlier), "c" the lowest mean.
+    runs = {"a": [50, 0.5, 3.0, 3.0], "b": [50, 1.0, 9.0, 2.0], "c": [50, 2.5, 2.5, 2.5]}
+    assert tuner.choose("k", {name: _scripted(clock, d) for name, d in runs.items()}, 1e-3) == "b"
+    assert tuner.entries()["k"]["seconds"] == {"a": 3.0, "b": 2.0, "c": 2.5}
+    assert tuner.used == {"k": "b"}
+    tied = {"x": [1, 2, 2, 2], "y": [1, 2, 2, 2]}  # a tie goes to the first listed (the reference)
+    assert tuner.choose("tie", {name: _scripted(clock, d) for name, d in tied.items()}, 1e-3) == "x"
+
+
+def test_a_candidate_that_disagrees_with_the_reference_is_never_chosen(tmp_path):
+    clock = FakeClock()
+    tuner = _tuner(tmp_path, clock)
+    candidates = {"plain": _scripted(clock, [1, 5, 5, 5], torch.arange(4.0)),
+                  "broken": _scripted(clock, [1], torch.arange(4.0) + 0.01)}  # fastest, if it were timed
+    with pytest.warns(UserWarning, match="'broken' differs from 'plain'"):
+        assert tuner.choose("k", candidates, fastconv.tuning_tolerance()) == "plain"
+    assert set(tuner.entries()["k"]["rejected"]) == {"broken"}
+
+
+def test_a_choice_is_timed_and_written_once_then_read_back(tmp_path, monkeypatch):
+    writes = []
+    write = Autotuner._write
+    monkeypatch.setattr(Autotuner, "_write", lambda self, *args: writes.append(args) or write(self, *args))
+    clock = FakeClock()
+    tuner = _tuner(tmp_path, clock)
+    assert tuner.choose("k", {"a": _scripted(clock, [1, 2, 2, 2]), "b": _scripted(clock, [1, 1, 1, 1])}, 1e-3) == "b"
+    assert len(writes) == 1
+    assert tuner.choose("k", {"a": _never("a"), "b": _never("b")}, 1e-3) == "b"  # from memory
+    fresh = _tuner(tmp_path)  # another process on the same machine: from the file
+    assert fresh.choose("k", {"a": _never("a"), "b": _never("b")}, 1e-3) == "b"
+    assert len(writes) == 1
+    saved = json.loads(tuner.cache_file().read_text())
+    assert saved["machine"] == MACHINE and saved["choices"]["k"]["path"] == "b"
+
+
+def test_the_cache_key_follows_the_machine_and_the_shape(tmp_path):
+    files = {_tuner(tmp_path).cache_file(), _tuner(tmp_path, cpu="Intel(R) Xeon(R) Platinum 8488C").cache_file(),
+             _tuner(tmp_path, isa=["avx2"]).cache_file(), _tuner(tmp_path, threads=1).cache_file(),
+             _tuner(tmp_path, torch="2.16.0").cache_file()}
+    assert len(files) == 5
+    clock = FakeClock()
+    _tuner(tmp_path, clock).choose("k", {"a": _scripted(clock, [1, 1, 1, 1])}, 1e-3)
+    other = _tuner(tmp_path, clock, cpu="Intel(R) Xeon(R) Platinum 8488C")
+    assert other.choose("k", {"a": _scripted(clock, [1, 1, 1, 1])}, 1e-3) == "a"  # timed: it did not raise
+    here = autotune.machine()
+    assert here["threads"] == torch.get_num_threads() and here["torch"] == torch.__version__
+    assert here["cpu"] and isinstance(here["isa"], list)
+
+    conv, wider = _conv(16, 16), _conv(16, 32)
+    x = torch.randn(1, 16, 32, 32).contiguous(memory_format=torch.channels_last)
+    key = fastconv.shape_key(conv, x)
+    assert fastconv.shape_key(conv, torch.randn(1, 16, 32, 33).contiguous(memory_format=torch.channels_last)) == key
+    others = [fastconv.shape_key(wider, x), fastconv.shape_key(conv, x, upsample=2),
+              fastconv.shape_key(conv, x.contiguous()), fastconv.shape_key(conv, torch.randn(1, 16, 64, 64)),
+              fastconv.shape_key(conv, torch.randn(4, 16, 32, 32).contiguous(memory_format=torch.channels_last))]
+    assert len({key, *others}) == 6
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"choices": {"k": {"path": 3}}}', "[]"])
+def test_a_corrupt_cache_file_is_ignored_with_a_warning_and_rewritten(tmp_path, content):
+    clock = FakeClock()
+    tuner = _tuner(tmp_path, clock)
+    tuner.cache_file().parent.mkdir(parents=True, exist_ok=True)
+    tuner.cache_file().write_text(content)
+    with pytest.warns(UserWarning, match="unreadable fast-path autotune cache"):
+        assert tuner.choose("k", {"a": _scripted(clock, [1, 2, 2, 2]), "b": _scripted(clock, [1, 1, 1, 1])},
+                            1e-3) == "b"
+    assert json.loads(tuner.cache_file().read_text())["choices"]["k"]["path"] == "b"
+    assert _tuner(tmp_path).choose("k", {"a": _never("a"), "b": _never("b")}, 1e-3) == "b"
+
+
+@pytest.mark.parametrize("upsample", [1, 2])
+def test_every_path_agrees_with_the_plain_path(upsample):
+    """Every path the autotuner may pick, on both layouts, against float64 and against the plain path:
+    within the per-layer contract of test_winograd_on_trained_filters_and_offset_activations, 5e-5 of the
+    output's scale (F(4×4)'s worst case κ·u ≈ 7.8e-4 assumes every rounding adds with one sign; the
+    contract assumes they do not)."""
+    torch.manual_seed(0)
+    conv = fastconv.Conv2d(24, 12, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(12, 24, 3, 3) / (9 * 24) ** 0.5)
+    x = torch.randn(2, 24, 13, 19)
+    enlarged = F.interpolate(x.double(), scale_factor=float(upsample), mode="nearest")
+    reference = F.conv2d(enlarged, conv.weight.double(), conv.bias.double(), padding=1)
+    with torch.no_grad():
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            laid_out = x.contiguous(memory_format=memory_format)
+            plain = conv.run_path("plain", laid_out, upsample)
+            assert fastconv.layout(plain) == fastconv.layout(laid_out)  # what follows sees the same layout
+            for path in fastconv.conv_paths(laid_out):
+                out = conv.run_path(path, laid_out, upsample)
+                assert out.shape == reference.shape
+                assert _relative_error(out, reference) < 5e-5, path
+                assert _relative_error(out, plain.double()) < 5e-5, path
+    assert fastconv.conv_paths(x.contiguous(memory_format=torch.channels_last)) == fastconv.PATHS
+    assert fastconv.conv_paths(x) == ("plain", "winograd2", "winograd4")
+    # While timing, a candidate is dropped only beyond F(4×4)'s worst case, far above the contract.
+    assert fastconv.tuning_tolerance() == fastconv.rounding_bound(4) > 10 * 5e-5
+
+
+def test_a_convolution_runs_the_path_its_timings_chose(tmp_path, monkeypatch):
+    clock = FakeClock()
+    tuner = _tuner(tmp_path, clock)
+    monkeypatch.setattr(fastconv, "autotuner", tuner)
+    seconds = {"plain": 4.0, "channels-last": 3.0, "winograd2": 1.0, "winograd4": 2.0}
+    run_path = fastconv.Conv2d.run_path
+
+    def timed(self, path, x, upsample=1):
+        clock.now += seconds[path]
+        return run_path(self, path, x, upsample)
+
+    monkeypatch.setattr(fastconv.Conv2d, "run_path", timed)
+    conv = _conv(16, 16)
+    x = torch.randn(1, 16, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), fast_paths(winograd_min_channels=1, autotune=True):
+        out = conv(x)
+        assert tuner.used == {fastconv.shape_key(conv, x): "winograd2"}
+        assert torch.equal(out, run_path(conv, "winograd2", x))
+        before = clock.now
+        conv(x)
+        assert clock.now - before == seconds["winograd2"]  # the second call runs its choice, untimed
+    with torch.no_grad(), fast_paths(winograd_min_channels=1):  # a path setting given: pinned, not tuned
+        assert conv.choose_path(x) == "winograd4"
+        with fast_paths(winograd_min_channels=1, winograd_tile=2):
+            assert conv.choose_path(x) == "winograd2"
+
+
+def test_paths_can_be_pinned_in_code_and_in_the_environment():
+    with fast_paths(path="channels-last") as pinned:
+        assert pinned.enabled and not pinned.autotune and not pinned.winograd and pinned.channels_last
+    with fast_paths(path="plain") as pinned:
+        assert not pinned.enabled
+    with fast_paths(winograd_tile=2) as pinned:
+        assert not pinned.autotune and pinned.winograd_tile == 2
+    with fast_paths(winograd_min_channels=128, autotune=True) as pinned:
+        assert pinned.autotune
+    with pytest.raises(ValueError, match="unknown fast CPU path 'fastest'"):
+        with fast_paths(path="fastest"):
+            pass
+    assert fastconv.settings_from({}).autotune and fastconv.settings_from({}).enabled
+    assert not fastconv.settings_from({"VAEKIT_FAST_CPU_AUTOTUNE": "0"}).autotune
+    assert fastconv.settings_from({"VAEKIT_FAST_CPU_PATH": "winograd2"}).winograd_tile == 2
+    assert not fastconv.settings_from({"VAEKIT_FAST_CPU_PATH": "winograd2"}).autotune
+    assert not fastconv.settings_from({"VAEKIT_FAST_CPU_PATH": "plain"}).enabled
+    assert not fastconv.settings_from({"VAEKIT_FAST_CPU": "0", "VAEKIT_FAST_CPU_PATH": "auto"}).enabled
+
+
+def test_whatever_the_timings_choose_the_model_stays_within_the_float32_contract(trained_small, tmp_path,
+                                                                                  monkeypatch):
+    """Random timings give layers of different shapes different paths; the whole model must still meet
+    test_fast_paths_on_trained_weights_are_as_accurate_as_float32's 2e-5 of the output's scale."""
+    import random
+
+    rng = random.Random(0)
+    tuner = Autotuner(tmp_path, clock=rng.random, machine=lambda: {"cpu": "random timings"})
+    monkeypatch.setattr(fastconv, "autotuner", tuner)
+    model, photo = trained_small
+    reference = copy.deepcopy(model).double()
+    with torch.no_grad():
+        latents = reference.encode(photo.double()).mean
+        images = reference.decode(latents)
+        with fast_paths(winograd_min_channels=1, autotune=True):
+            fast_latents = model.encode(photo).mean
+            fast_images = model.decode(latents.float())
+    assert len(set(tuner.used.values())) >= 3, tuner.used
+    for fast, exact in ((fast_latents, latents), (fast_images, images)):
+        assert _relative_error(fast, exact) < 2e-5

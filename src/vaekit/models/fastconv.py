@@ -12,6 +12,15 @@ few times that of a direct convolution (the transform matrices have entries up t
 decoder's outputs keep within 1e-4 of diffusers' (measured in ``tests/test_fastconv.py`` and
 ``benchmarks/encode_decode.py``). F(2×2) is as accurate as a direct convolution.
 
+Which path is fastest depends on the CPU: on one AMD EPYC with AVX-512, F(4×4) was slower than oneDNN's
+direct convolution on channels-last tensors, where on Intel machines it was 1.4–1.5× faster. So by
+default each Winograd-eligible layer shape class is timed on first use (``Autotuner``: every path of
+``conv_paths`` on the layer's actual input, a warm-up and a median of 3) and the fastest kept, per
+machine, in vaekit's cache folder. Pin one path instead with ``VAEKIT_FAST_CPU_PATH`` (``winograd4``,
+``winograd2``, ``channels-last``, ``plain``; ``auto`` tunes), ``VAEKIT_FAST_CPU_AUTOTUNE=0`` (the fixed
+settings below), or ``fast_paths(path="winograd2")``; any path setting given to ``fast_paths`` (e.g.
+``fast_paths(winograd_tile=2)``) pins it for that block.
+
 The fast paths apply to inference only (no autograd, CPU, float32): training, GPUs and other dtypes run
 the ordinary convolution. Switch them off with ``settings.enabled = False``, the context manager
 ``fast_paths(False)``, or the environment variable ``VAEKIT_FAST_CPU=0``.
@@ -20,6 +29,7 @@ the ordinary convolution. Switch them off with ``settings.enabled = False``, the
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -32,11 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaekit.models.autotune import Autotuner
+
 
 @dataclass
 class FastPathSettings:
-    enabled: bool = os.environ.get("VAEKIT_FAST_CPU", "1") != "0"
-    """Master switch for the CPU inference fast paths below."""
+    enabled: bool = True
+    """Master switch for the CPU inference fast paths below (``VAEKIT_FAST_CPU=0``: off)."""
     winograd: bool = True
     """3×3 stride-1 convolutions by Winograd's algorithm."""
     winograd_tile: int = 4
@@ -46,6 +58,9 @@ class FastPathSettings:
     too small for the transforms to pay off)."""
     channels_last: bool = True
     """Run the networks on NHWC tensors (no layout reorders around oneDNN's convolutions)."""
+    autotune: bool = True
+    """Time the paths of ``conv_paths`` for each Winograd-eligible layer shape class on first use and run
+    the fastest (cached per machine on disk: ``autotuner``); off: Winograd F(``winograd_tile``) always."""
     chunk_elements: int = 1 << 21
     """Transformed tiles worked through per step (float32 elements; 8 MB keeps them in cache)."""
     winograd_cache_mb: float = 0.0
@@ -55,14 +70,53 @@ class FastPathSettings:
     encode + decode, ~1 % of a 512² decode (ablation in ``benchmarks/encode_decode.py``)."""
 
 
-settings = FastPathSettings()
+PATHS = ("plain", "channels-last", "winograd2", "winograd4")
+"""The ways a Winograd-eligible 3×3 convolution can run, reference first: oneDNN's direct convolution on
+NCHW tensors (the plain path's), on the network's channels-last tensors, and Winograd F(2×2) and F(4×4)."""
+PATH_SETTINGS = ("winograd", "winograd_tile", "winograd_min_channels", "channels_last")
+"""Settings that choose paths: giving one to ``fast_paths`` pins the paths (no autotuning) in its block."""
+
+
+def path_overrides(path: str) -> dict:
+    """The settings that pin one of ``PATHS`` for every layer (``"auto"``: autotune)."""
+    table = {"auto": {"enabled": True, "autotune": True},
+             "plain": {"enabled": False},
+             "channels-last": {"enabled": True, "autotune": False, "winograd": False, "channels_last": True},
+             "winograd2": {"enabled": True, "autotune": False, "winograd": True, "winograd_tile": 2},
+             "winograd4": {"enabled": True, "autotune": False, "winograd": True, "winograd_tile": 4}}
+    if path not in table:
+        raise ValueError(f"unknown fast CPU path {path!r}; known: {', '.join(table)}")
+    return table[path]
+
+
+def settings_from(environ) -> FastPathSettings:
+    """The settings an environment asks for: ``VAEKIT_FAST_CPU=0`` (all off), ``VAEKIT_FAST_CPU_AUTOTUNE=0``
+    (the fixed Winograd F(4×4) path), ``VAEKIT_FAST_CPU_PATH`` (one of ``path_overrides``' names)."""
+    chosen = FastPathSettings(autotune=environ.get("VAEKIT_FAST_CPU_AUTOTUNE", "1") != "0")
+    if environ.get("VAEKIT_FAST_CPU_PATH"):
+        chosen.__dict__.update(path_overrides(environ["VAEKIT_FAST_CPU_PATH"]))
+    if environ.get("VAEKIT_FAST_CPU", "1") == "0":
+        chosen.enabled = False
+    return chosen
+
+
+settings = settings_from(os.environ)
+autotuner = Autotuner()
+"""Where the timed choices come from (and go: ``autotuner.cache_file()``); ``autotuner.used`` lists the
+choices made since it was last cleared."""
 
 
 @contextlib.contextmanager
-def fast_paths(enabled: bool = True, **overrides):
-    """Temporarily switch the fast paths on/off or change one setting (``fast_paths(winograd_tile=2)``)."""
+def fast_paths(enabled: bool = True, path: str | None = None, **overrides):
+    """Temporarily switch the fast paths on/off, pin one path for every layer (``fast_paths(path="winograd2")``,
+    names as ``path_overrides``) or change settings (``fast_paths(winograd_tile=2)``). A path setting
+    (``PATH_SETTINGS``) given without ``autotune=True`` switches autotuning off in the block."""
     saved = dict(settings.__dict__)
     settings.enabled = enabled
+    if path is not None:
+        overrides = {**path_overrides(path), **overrides}
+    if "autotune" not in overrides and any(key in overrides for key in PATH_SETTINGS):
+        overrides["autotune"] = False
     for key, value in overrides.items():
         if not hasattr(settings, key):
             raise AttributeError(f"unknown fast-path setting {key!r}; known: {', '.join(saved)}")
@@ -250,9 +304,45 @@ class _FilterCache:
 filter_cache = _FilterCache()
 
 
+@lru_cache(maxsize=None)
+def rounding_bound(m: int) -> float:
+    """κ·u for F(m×m, 3×3): float32's unit roundoff u = 2⁻²⁴ times κ = (‖Bᵀ‖₂ ‖G‖₂ ‖Aᵀ‖₂)², the most the
+    transforms can amplify one rounding error (≈ 7.8e-4 for m = 4, 1.8e-6·… for m = 2: see
+    ``tests/test_fastconv.py``)."""
+    bt, g, at = winograd_matrices(m)
+    return float((np.linalg.norm(bt, 2) * np.linalg.norm(g, 2) * np.linalg.norm(at, 2)) ** 2 * 2.0 ** -24)
+
+
+def tuning_tolerance() -> float:
+    """How far a candidate's output may be from the plain path's while being timed: F(4×4)'s worst-case
+    rounding (``rounding_bound(4)``), relative to the output's scale. Every path's rounding on trained
+    filters stays under 5e-5 of it (tests), so a candidate beyond this is broken, not rounded."""
+    return rounding_bound(4)
+
+
+def layout(x: torch.Tensor) -> str:
+    """"channels-last" for NHWC memory order (and not also NCHW), else "nchw"."""
+    return "channels-last" if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else "nchw"
+
+
+def conv_paths(x: torch.Tensor) -> tuple[str, ...]:
+    """The ``PATHS`` that differ for this input: "channels-last" only when ``x`` is laid out so."""
+    return PATHS if layout(x) == "channels-last" else tuple(p for p in PATHS if p != "channels-last")
+
+
+def shape_key(conv: nn.Conv2d, x: torch.Tensor, upsample: int = 1) -> str:
+    """The shape class a timed choice holds for: channels, enlargement, layout, and the number of output
+    positions B·H·W to within a factor √2 (so images of nearby sizes share one timing)."""
+    positions = x.shape[0] * x.shape[2] * x.shape[3] * upsample ** 2
+    size_class = round(2 * math.log2(max(positions, 1))) / 2
+    return (f"conv3x3 {conv.in_channels}>{conv.out_channels} upsample={upsample} {layout(x)} "
+            f"positions~2^{size_class:g}")
+
+
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state dict) that runs 3×3 stride-1 padding-1 convolutions by
-    Winograd's algorithm during CPU float32 inference when ``settings`` allow; otherwise exactly
+    """``nn.Conv2d`` (same parameters and state dict) that, during CPU float32 inference when ``settings``
+    allow, runs 3×3 stride-1 padding-1 convolutions by the fastest of ``PATHS`` for its shape on this
+    machine (``settings.autotune``) or by Winograd F(``settings.winograd_tile``); otherwise exactly
     ``nn.Conv2d``. The filters are transformed on every call, or kept between calls within
     ``settings.winograd_cache_mb`` (and transformed again when the weights change)."""
 
@@ -269,8 +359,30 @@ class Conv2d(nn.Conv2d):
         """The convolution of ``x``, or with ``upsample`` = s of its nearest-neighbour enlargement by s
         (the Winograd path enlarges it a few rows at a time: the enlarged tensor is never stored)."""
         if self._winograd_applies(x):
-            m = settings.winograd_tile
-            return winograd_conv3x3(x, self.winograd_weight(m), self.bias, m, upsample=upsample)
+            return self.run_path(self.choose_path(x, upsample), x, upsample)
         if upsample != 1:
             x = F.interpolate(x, scale_factor=float(upsample), mode="nearest")
         return super().forward(x)
+
+    def choose_path(self, x: torch.Tensor, upsample: int = 1) -> str:
+        """The path this call takes: the autotuner's choice for its shape class, or the pinned tile."""
+        if not settings.autotune:
+            return f"winograd{settings.winograd_tile}"
+        candidates = {path: functools.partial(self.run_path, path, x, upsample) for path in conv_paths(x)}
+        return autotuner.choose(shape_key(self, x, upsample), candidates, tuning_tolerance())
+
+    def run_path(self, path: str, x: torch.Tensor, upsample: int = 1) -> torch.Tensor:
+        """This convolution of ``x`` (enlarged by ``upsample``) by one of ``PATHS``; the output is laid out
+        as the input is ("plain" computes on an NCHW copy of a channels-last input and lays it back)."""
+        if path.startswith("winograd"):
+            m = int(path[len("winograd"):])
+            return winograd_conv3x3(x, self.winograd_weight(m), self.bias, m, upsample=upsample)
+        if path not in PATHS:
+            raise ValueError(f"unknown convolution path {path!r}; known: {', '.join(PATHS)}")
+        source = x.contiguous() if path == "plain" else x
+        if upsample != 1:
+            source = F.interpolate(source, scale_factor=float(upsample), mode="nearest")
+        out = super().forward(source)
+        if path == "plain" and layout(x) == "channels-last":
+            return out.contiguous(memory_format=torch.channels_last)
+        return out
