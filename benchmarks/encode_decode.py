@@ -7,6 +7,11 @@ to this machine's own large-matmul rate. On a CUDA machine it also times bf16 de
 bf16 encoding of 8 images at 512×512, and checks fp16 for NaNs. Weights are random (seeded): speed and
 agreement do not depend on them.
 
+vaekit's CPU path is autotuned (``vaekit.models.autotune``): each size's first call, outside the timed
+rounds, times the convolution paths of every layer shape class not yet in this machine's cache and is
+reported as "first call"; then the paths it chose are printed. Delete the cache file it names, or set
+``VAEKIT_CACHE`` to an empty folder, to measure the timing cost itself.
+
     python benchmarks/encode_decode.py [--sizes 256 512] [--batches 1 4] [--rounds 3] [--json out.json]
 """
 
@@ -17,6 +22,7 @@ import argparse
 import torch
 
 from common import flops, interleaved, machine, matmul_rate, median, sd_pair, write_json
+from vaekit.models import fastconv
 from vaekit.models.fastconv import fast_paths
 
 
@@ -34,6 +40,21 @@ def nominal_flops(model, shape, device: str = "meta") -> tuple[int, int]:
     return encode, decode
 
 
+def tune(model, x, z) -> dict:
+    """One untimed-by-the-table encode + decode: the autotuner times the paths of layer shapes it has not
+    seen on this machine. Returns how long that took and the path each layer shape class got."""
+    import time
+
+    fastconv.autotuner.used.clear()
+    start = time.perf_counter()
+    model.encode(x)
+    model.decode(z)
+    seconds = time.perf_counter() - start
+    chosen = dict(fastconv.autotuner.used)
+    counts = {path: sum(1 for p in chosen.values() if p == path) for path in fastconv.PATHS}
+    return {"first call s": seconds, "paths": chosen, "path counts": {p: n for p, n in counts.items() if n}}
+
+
 def cpu_table(model, twin, sizes, batches, rounds) -> list[dict]:
     rows = []
     for size in sizes:
@@ -42,6 +63,7 @@ def cpu_table(model, twin, sizes, batches, rounds) -> list[dict]:
             x = torch.rand(batch, 3, size, size) * 2 - 1
             with torch.inference_mode():
                 z = twin.encode(x).latent_dist.mean
+                autotuned = tune(model, x, z)
                 paths = {
                     "diffusers encode": lambda: twin.encode(x).latent_dist.mean,
                     "vaekit encode": lambda: model.encode(x).mean,
@@ -54,7 +76,7 @@ def cpu_table(model, twin, sizes, batches, rounds) -> list[dict]:
                 image_error = (model.decode(z) - twin.decode(z).sample).abs().max().item()
             row = {"size": size, "batch": batch, "rounds": rounds, "gflop_encode": encode_flops / 1e9,
                    "gflop_decode": decode_flops / 1e9, "max_abs_diff_latent": latent_error,
-                   "max_abs_diff_image": image_error}
+                   "max_abs_diff_image": image_error, "autotune": autotuned}
             for name, values in times.items():
                 row[f"{name} s"] = median(values)
             for who in ("diffusers", "vaekit"):
@@ -66,14 +88,17 @@ def cpu_table(model, twin, sizes, batches, rounds) -> list[dict]:
             row["speedup total"] = row["diffusers total s"] / row["vaekit total s"]
             rows.append(row)
             print(f"{size}²×{batch}: diffusers {row['diffusers total s']:.2f} s, vaekit {row['vaekit total s']:.2f} s, "
-                  f"{row['speedup total']:.2f}×", flush=True)
+                  f"{row['speedup total']:.2f}×; first call (autotune) {autotuned['first call s']:.2f} s, "
+                  f"layer shapes per path: {autotuned['path counts']}", flush=True)
     return rows
 
 
 def ablation(model, twin, size, rounds) -> dict:
     """What each optimisation contributes: encode + decode at ``size``² batch 1 with the fast paths
-    switched on one after another (same process, interleaved). The last row keeps the transformed
-    filters between calls (a copy of the model, so that its cached filters are its own)."""
+    switched on one after another (same process, interleaved), each pinned for every layer, then the
+    autotuned default (its choices made by ``cpu_table``'s or this function's first call). The last row
+    keeps the transformed filters between calls (a copy of the model, so that its cached filters are its
+    own)."""
     import copy
 
     torch.manual_seed(2)
@@ -89,10 +114,12 @@ def ablation(model, twin, size, rounds) -> dict:
     with torch.inference_mode():
         paths = {"diffusers": lambda: twin.decode(twin.encode(x).latent_dist.mean).sample,
                  "vaekit, all fast paths off": run(enabled=False),
-                 "+ channels-last": run(winograd=False),
-                 "+ Winograd F(2×2,3×3)": run(winograd_tile=2),
-                 "+ Winograd F(4×4,3×3) (default)": run(),
-                 "+ filters kept between calls": run(cached, winograd_cache_mb=4096)}
+                 "+ channels-last": run(path="channels-last"),
+                 "+ Winograd F(2×2,3×3)": run(path="winograd2"),
+                 "+ Winograd F(4×4,3×3)": run(path="winograd4"),
+                 "autotuned per layer shape (default)": run(),
+                 "autotuned + filters kept between calls": run(cached, winograd_cache_mb=4096)}
+        run()()  # the autotuner's timing, if this size was not tuned yet, stays out of the rounds
         times = interleaved(paths, rounds)
     base = median(times["diffusers"])
     return {name: {"seconds": median(values), "speedup_vs_diffusers": base / median(values)}
@@ -144,7 +171,10 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     model, twin = sd_pair()
-    report = {"machine": machine()}
+    report = {"machine": machine(), "autotune cache": str(fastconv.autotuner.cache_file()),
+              "fast path settings": dict(fastconv.settings.__dict__)}
+    print(f"fast CPU path: {'autotuned' if fastconv.settings.autotune else 'pinned'}; "
+          f"choices cached in {report['autotune cache']}", flush=True)
     if not args.no_cpu:
         report["cpu matmul GFLOP/s"] = matmul_rate()
         print(f"this machine's fp32 matmul (2048³): {report['cpu matmul GFLOP/s']:.0f} GFLOP/s", flush=True)
@@ -163,9 +193,16 @@ def main() -> None:
                   f"{r['diffusers GFLOP/s']:>8.0f} ({r['diffusers GFLOP/s'] / rate:4.0%}) "
                   f"{r['vaekit GFLOP/s']:>6.0f} ({r['vaekit GFLOP/s'] / rate:4.0%}) "
                   f"{r['max_abs_diff_latent']:>14.1e} {r['max_abs_diff_image']:>13.1e}")
+        print("\nPaths the autotuner chose (layer shape class: path; medians of its timings in ms):")
+        for r in report["cpu"]:
+            print(f"  {r['size']}²×{r['batch']}: first call {r['autotune']['first call s']:.2f} s")
+            entries = fastconv.autotuner.entries()
+            for key, path in sorted(r["autotune"]["paths"].items()):
+                times = entries.get(key, {}).get("seconds", {})
+                print(f"    {key}: {path}  (" + ", ".join(f"{p} {t * 1e3:.0f}" for p, t in times.items()) + ")")
         print("\nWhat each optimisation contributes (256² batch 1, encode + decode):")
         for name, entry in report["ablation 256² batch 1"].items():
-            print(f"  {name:<36} {entry['seconds']:6.2f} s  {entry['speedup_vs_diffusers']:.2f}× diffusers")
+            print(f"  {name:<40} {entry['seconds']:6.2f} s  {entry['speedup_vs_diffusers']:.2f}× diffusers")
     gpu = report["gpu"]
     print("\nGPU:", "not measured — " + gpu["why"] if not gpu["measured"] else "")
     if gpu["measured"]:
