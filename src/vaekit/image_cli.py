@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -19,11 +20,12 @@ from vaekit.io.convert import export_diffusers
 from vaekit.io.images import DEFAULT_MAX_PIXELS, read_image, write_image
 from vaekit.io.latents import load_latents, save_latents
 from vaekit.io.layout import resolve_model_dir
-from vaekit.io.models import in_hub_cache, load_model, locate, save_model, write_latent_scale
+from vaekit.io.models import in_hub_cache, load_model, locate, save_model, write_config_fields, write_latent_scale
 from vaekit.latents import export_latents, open_source
 from vaekit.metrics.image import psnr
 from vaekit.models.blocks import ConvAutoencoder
-from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
+from vaekit.models.diffusers_autoencoders import NOT_CALIBRATED, DiffusersAutoencoder
+from vaekit.models.latent_scale import LatentNorm, measure_latent_scale, measure_normalised_latents, store_latent_scale
 from vaekit.models.tiling import tiled_decode, tiled_encode
 from vaekit.progress import DEVICE_HELP, progress, resolve_device
 from vaekit.runs import CONFIG_FILE
@@ -35,15 +37,19 @@ log = logging.getLogger("vaekit")
 def _image_model(args: argparse.Namespace):
     args.device = resolve_device(args.device)
     model = load_model(args.model, device=args.device)
-    if model.registry_name == "diffusers":
-        raise VaekitError(f"{args.model} is a diffusers {model.class_name}: vaekit eval --model and vaekit compare take "
-                          "it; this command does not yet (docs/autoencoders.md): it takes vaekit's KL and VQ models and "
-                          "diffusers' AutoencoderKL and VQModel")
-    if not isinstance(model, ConvAutoencoder):
+    if not isinstance(model, (ConvAutoencoder, DiffusersAutoencoder)):
         raise VaekitError(f"{args.model} holds a {model.registry_name}; these commands need an image autoencoder "
-                          "(autoencoder-kl, kl-f8, vq-f4, ..., a diffusers AutoencoderKL or VQModel folder or an LDM "
+                          "(autoencoder-kl, kl-f8, vq-f4, ..., a diffusers image autoencoder folder or an LDM "
                           "checkpoint)")
+    _refuse_tiles(model, getattr(args, "tile", 0), args.model)
     return model
+
+
+def _refuse_tiles(model, tile: int | None, source) -> None:
+    """Tiling runs vaekit's own models (their GroupNorms see the whole image): a wrapped class is not tiled."""
+    if tile and isinstance(model, DiffusersAutoencoder):
+        raise VaekitError(f"--tile: {source} is a diffusers {model.class_name}, run as diffusers runs it, whole; "
+                          "tiling takes vaekit's KL and VQ models (and AutoencoderKL/VQModel folders): leave --tile out")
 
 
 def _encode(model, x: torch.Tensor, args: argparse.Namespace):
@@ -119,8 +125,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         return 1
     save_latents(args.output, latents, names, sizes, norm, logvars or None)
     kept = "posterior samples" if args.sample else "posterior means" + (" and log-variances" if logvars else "")
-    print(f"{len(latents)} latents ({kept}, scaling factor {norm.scaling_factor:g}"
-          f"{' and per-channel statistics' if norm.per_channel else ''} applied) -> {args.output}")
+    print(f"{len(latents)} latents ({kept}, {norm.describe()} applied) -> {args.output}")
     return 0
 
 
@@ -145,6 +150,7 @@ def cmd_export_latents(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=device)
     if model.latent_layout != "spatial":
         raise VaekitError(f"{args.model} holds a {model.registry_name}; export-latents needs an image autoencoder")
+    _refuse_tiles(model, args.tile, args.model)
     if args.logvar:
         log.warning("--logvar is no longer needed: the log-variance of a stochastic posterior is always stored")
     manifest = export_latents(model.eval(), args.data, args.output, split=args.split, column=args.column,
@@ -154,7 +160,7 @@ def cmd_export_latents(args: argparse.Namespace) -> int:
                               model_source=args.model)
     if state.is_main_process:
         print(f"{manifest['encoded']} of {manifest['count']} images -> {len(manifest['shards'])} shards in "
-              f"{args.output} (scaling factor {manifest['scaling_factor']:g} applied; "
+              f"{args.output} ({LatentNorm.from_manifest(manifest).describe()} applied; "
               f"{len(manifest['skipped'])} skipped, listed in manifest.json)")
     return 0 if manifest["encoded"] else 1
 
@@ -177,6 +183,8 @@ def _calibration_batches(model, args: argparse.Namespace):
         return (to_model(x) for x, _ in TrainingBatches(data, args.batch_size, config.seed).epoch(0))
     source = open_source(args.data, args.split, args.column)
     resolution = args.resolution or model.config.sample_size
+    if resolution is None:
+        raise VaekitError(f"{args.model} records no sample size: give --resolution, the image side to measure at")
     order = torch.randperm(len(source.names), generator=torch.Generator().manual_seed(0)).tolist()
 
     def batches():
@@ -202,6 +210,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise VaekitError(f"{args.model} is a single weights file, which has no config to record the factor in: "
                           "give -o OUT to write a model folder")
     model = _image_model(args)
+    if isinstance(model, DiffusersAutoencoder):
+        return _calibrate_wrapped(model, args)
     before = model.latent_norm
     if args.shift and args.per_channel:
         raise VaekitError("--shift and --per-channel both centre the latents: give one of them")
@@ -230,6 +240,50 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         shift = f", shift {norm.shift_factor:.5g} (was {before.shift_factor})" if norm.shift_factor is not None else ""
         found = f"scaling factor {norm.scaling_factor:.5g} (was {before.scaling_factor:g}){shift}"
     print(f"{found}, measured on posterior samples of {measured.images} images -> {target}")
+    return 0
+
+
+def _editable_folder(args: argparse.Namespace) -> Path:
+    """The model folder whose config calibration may edit: ``-o OUT`` (a copy made there), a copy in the
+    working directory for a model in the Hugging Face cache (never edited), else the model's own folder."""
+    source = resolve_model_dir(args.model) if Path(args.model).exists() else locate(args.model)
+    if args.output is None and in_hub_cache(source):
+        args.output = Path.cwd() / f"{Path(args.model).name}-calibrated"
+        log.warning("%s is in the Hugging Face cache, which is not edited: writing the calibrated model to %s",
+                    args.model, args.output)
+    if args.output is None:
+        return source
+    if Path(args.output).exists():
+        raise VaekitError(f"-o {args.output} exists: give a new folder for the calibrated copy")
+    return Path(shutil.copytree(source, args.output))
+
+
+def _calibrate_wrapped(model: DiffusersAutoencoder, args: argparse.Namespace) -> int:
+    """A wrapped family keeps its own convention: measure what it hands a diffusion model, report it, and
+    write only the fields that convention has (none for NOT_CALIBRATED families, with the reason)."""
+    name, norm = model.class_name, model.latent_norm
+    if args.shift or args.per_channel:
+        raise VaekitError(f"--shift and --per-channel choose vaekit's own conventions; a {name} keeps its family's "
+                          f"({norm.describe()}): leave them out")
+    if args.data is None:
+        raise VaekitError(f"{args.model} is not a run directory: give --data, the images to measure the latents on")
+    generator = torch.Generator(device=args.device).manual_seed(0)
+    batches = progress(_calibration_batches(model, args), total=math.ceil(args.images / args.batch_size),
+                       desc="calibrate", unit="batch")
+    stats = measure_normalised_latents(model, batches, generator, args.images)
+    low, high = stats.channel_std.aminmax()
+    print(f"{name} latents for its diffusion model ({norm.describe()}), posterior samples of {stats.images} images: "
+          f"mean {stats.mean:.4g}, std {stats.std:.4g}; per channel std {low:.4g} to {high:.4g}, mean "
+          f"{stats.channel_mean.min():.4g} to {stats.channel_mean.max():.4g} (std near 1: the family's constants fit "
+          "these images)")
+    fields = model.calibrated_fields(stats.channel_mean, stats.channel_std, stats.std)
+    if not fields:
+        print(f"nothing written: {NOT_CALIBRATED[name]}")
+        return 0
+    target = write_config_fields(_editable_folder(args), fields)
+    shown = ", ".join(f"{key} {[round(v, 4) for v in value] if isinstance(value, list) else f'{value:.5g}'}"
+                      for key, value in fields.items())
+    print(f"{shown} (was {norm.describe()}; nothing else changed) -> {target}")
     return 0
 
 

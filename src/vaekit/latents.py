@@ -14,7 +14,10 @@ posterior mean, ``(c, h, w)``) and, for a model with a stochastic posterior (KL)
 log-variance of the *normalised* latent); its metadata lists the items (index, source, image size) and
 the skipped ones with the reason. A diffusion model trains on posterior samples drawn from the two
 afresh each time (``models.latent_scale`` states the convention; Stage B does this), normalised as
-``(z − shift_factor) · scaling_factor`` or, per channel, ``(z − latents_mean) · scaling_factor / latents_std``.
+``(z − shift_factor) · scaling_factor`` or, per channel, ``(z − latents_mean) · scaling_factor / latents_std``,
+after folding p × p patches into channels where ``patch_size`` p > 1 (FLUX.2). The manifest records these
+fields (a wrapped diffusers family's are its pipeline's, ``DiffusersAutoencoder.latent_norm``), the model's
+class (``model_class``) and its weights' fingerprint; ``diffusion.sampling`` undoes exactly them.
 
 Several processes (``accelerate launch -m vaekit export-latents ...``) split the shards round-robin and
 each writes its own; shards are written atomically, so an interrupted export resumes by skipping the
@@ -170,13 +173,18 @@ def _encode_batch(model, images: list[torch.Tensor], tile: int | None):
 
 def _export_spec(model, source: _Source, shard_size: int, resolution: int | None, tile: int | None,
                  dtype: torch.dtype | None) -> dict:
-    """What an export is: a resumed export must match it field for field."""
+    """What an export is: a resumed export must match it field for field. The normalisation applied is the
+    model's ``latent_norm`` (a wrapped diffusers family's is its pipeline's), recorded in full so that the
+    latents are decoded by undoing exactly it; ``latent_channels`` and ``downsampling_factor`` are of the
+    exported latents (FLUX.2's 2 × 2 patches: 4× the channels at twice the factor)."""
+    norm = model.latent_norm
     return {"format": FORMAT, "source": source.description, "count": len(source.names), "shard_size": shard_size,
             "resolution": resolution, "logvar": not model.deterministic, "tile": tile, "model": model.registry_name,
-            "model_fingerprint": fingerprint(model), **model.latent_norm.to_dict(),
+            "model_class": getattr(model, "class_name", type(model).__name__),
+            "model_fingerprint": fingerprint(model), **norm.to_dict(),
             "dtype": str(dtype or next(model.parameters()).dtype).removeprefix("torch."),
-            "latent_channels": model.config.latent_channels,
-            "downsampling_factor": model.downsampling_factor, "names_digest": hashlib.sha256(
+            "latent_channels": model.config.latent_channels * norm.patch_size ** 2,
+            "downsampling_factor": model.downsampling_factor * norm.patch_size, "names_digest": hashlib.sha256(
                 "\n".join(source.names).encode()).hexdigest()[:16]}
 
 

@@ -107,11 +107,12 @@ def check_scale(latents, path: str) -> float:
     factor that fixes it."""
     std = latent_std(latents)
     if abs(std - 1) > STD_TOLERANCE:
-        factor = latents.norm.scaling_factor
-        log.warning("the posterior samples of the latents in %s have standard deviation %.3g (exported with scaling "
-                    "factor %.5g); the noise schedule assumes about 1. A scaling factor of %.5g would give 1: measure "
-                    "it with `vaekit calibrate --model VAE --data IMAGES` and export again", path, std, factor,
-                    factor / std)
+        norm = latents.norm
+        fix = (f"A scaling factor of {norm.scaling_factor / std:.5g} would give 1: measure it"
+               if not norm.per_channel and norm.patch_size == 1 else "Measure the normalisation")
+        log.warning("the posterior samples of the latents in %s have standard deviation %.3g (exported with %s); the "
+                    "noise schedule assumes about 1. %s with `vaekit calibrate --model VAE --data IMAGES` and export "
+                    "again", path, std, norm.describe(), fix)
     return std
 
 

@@ -2,7 +2,8 @@
 
 For each autoencoder, on the same images: its latents are normalised to unit standard deviation by the
 one convention of ``models.latent_scale`` (1 / std of posterior samples, or per channel with
-``per_channel``; the same rule for every VAE) and exported; reconstruction (PSNR, SSIM,
+``per_channel``; the same rule for every VAE; a wrapped diffusers family keeps its own pipeline's
+normalisation, what its diffusion model sees) and exported; reconstruction (PSNR, SSIM,
 LPIPS where its weights are present) and equivariance errors are measured on the held-out images; the
 latents' statistics and power spectrum are compared with the images'; and the same denoiser is trained
 on its latents for the same steps with each seed, scored by held-out ε-MSE (overall and per timestep
@@ -121,14 +122,12 @@ def make_budget(values: dict) -> Budget:
 
 
 def _downsampling(path: str) -> int:
-    """The downsampling factor f of the image autoencoder at ``path`` (an error for any other model)."""
+    """The downsampling factor f of the latents the denoiser sees from the image autoencoder at ``path``
+    (FLUX.2's 2 × 2 patches double its autoencoder's); an error for any other model."""
     model = load_model(path)
     if model.kind != "autoencoder" or model.latent_layout != "spatial":
         raise VaekitError(f"{path} holds a {model.registry_name}; the diffusability report compares image autoencoders")
-    if model.registry_name == "diffusers":
-        raise VaekitError(f"{path} is a diffusers {model.class_name}: the diffusability report does not take it yet "
-                          "(vaekit compare and vaekit eval --model do; docs/autoencoders.md)")
-    return model.downsampling_factor
+    return model.downsampling_factor * model.latent_norm.patch_size
 
 
 def resolve_resolution(budget: Budget, factors: dict[str, int]) -> Budget:
@@ -353,15 +352,19 @@ def _measure(path: str, name: str, shared: _Shared) -> tuple[dict, tuple]:
     budget, out, device = shared.budget, shared.out, shared.device
     vae = load_model(path, device=device).eval()
     log.info("diffusability: %s", name)
-    vae = _unit_scaled_copy(vae, shared.calibration, out / "vaes" / name, budget.per_channel)
+    source = path
+    if vae.registry_name == "diffusers":  # a wrapped family's latents are its pipeline's, as its denoiser sees them
+        log.info("diffusability: %s keeps its family's normalisation (%s)", name, vae.latent_norm.describe())
+    else:
+        vae, source = _unit_scaled_copy(vae, shared.calibration, out / "vaes" / name, budget.per_channel), out / "vaes" / name
     latents_dir = out / "latents" / name
     export_latents(vae, str(shared.folder), latents_dir, resolution=budget.resolution, batch_size=32,
-                   model_source=out / "vaes" / name)
+                   model_source=source)
     held_out, held_out_names = _held_out_images(latents_dir, shared.readable, budget)
     if shared.judge is None:  # the held-out images are the same for every autoencoder: one judge serves all
         shared.judge = _judge(budget, shared.readable, held_out, held_out_names, device)
     signals, spectra = _signals(vae, held_out.to(device), shared.judge)
-    row = {"vae": name, "source": str(path), **signals}
+    row = {"vae": name, "source": str(path), "downsampling_factor": vae.downsampling_factor, **signals}
     results = [_denoiser(latents_dir, budget, seed, out / "runs", name, device) for seed in budget.seeds]
     eps = [r["eps_mse"] for r in results]
     row.update(eps_mse=statistics.fmean(eps), eps_mse_seeds=eps, eps_mse_spread=max(eps) - min(eps),

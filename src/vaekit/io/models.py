@@ -42,6 +42,20 @@ def write_latent_scale(model_dir: str | Path, norm) -> Path:
     return path
 
 
+def write_config_fields(model_dir: str | Path, fields: dict) -> Path:
+    """Set ``fields`` in a diffusers folder's ``config.json``, in place and atomically, where the class reads
+    them at ``from_pretrained`` (a wrapped family's own normalisation fields); the weights are untouched."""
+    path = Path(model_dir) / CONFIG_NAME
+    config = json.loads(path.read_text())
+    if config.get("_class_name") is None or "_vaekit_model" in config:
+        raise VaekitError(f"{path} is not a diffusers model config")
+    missing = sorted(set(fields) - set(config))
+    if missing:
+        raise VaekitError(f"{path} has no {', '.join(missing)}: its {config['_class_name']} does not read them")
+    write_json(path, {**config, **fields})
+    return path
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", **config_overrides) -> nn.Module:
     """Load a model, in eval mode, from any of:
 

@@ -23,6 +23,12 @@ ConsistencyDecoderVAE      z · scaling_factor (stable_diffusion/pipeline_stable
                            its consistency model with a fixed generator (seed 0), so decoding is repeatable
 =========================  ==============================================================================
 
+Each rule is one ``LatentNorm`` (``latent_norm``; ``models.latent_scale``), the hand-off every vaekit
+model has: SCALED ones are ``scaling_factor``, the video ones ``latents_mean``/``latents_std``, FLUX.2's
+``patch_size`` 2 with its batch norm's running mean and √(running_var + eps) as the per-channel statistics,
+TAESD's and RAE's the identity. Exports, latents files and Stage B's samples record and undo it as they do
+any model's.
+
 ``AutoencoderKL`` and ``VQModel`` are not wrapped: vaekit loads their weights into its own models, which
 train, tile and run the fast CPU path.
 """
@@ -37,6 +43,7 @@ from torch import nn
 
 from vaekit.errors import VaekitError
 from vaekit.models.distributions import DiagonalGaussian
+from vaekit.models.latent_scale import LatentNorm
 
 SCALED = {"AsymmetricAutoencoderKL", "AutoencoderDC", "AutoencoderKLHunyuanImage", "ConsistencyDecoderVAE"}
 """Families whose pipelines multiply the raw latent by ``scaling_factor``."""
@@ -45,6 +52,19 @@ FRAMES = {"AutoencoderKLQwenImage", "AutoencoderKLWan"}
 """Video autoencoders: an image is one frame of ``(B, C, T, H, W)``."""
 WRAPPED = SCALED | AS_IS | FRAMES | {"AutoencoderKLFlux2"}
 NATIVE = ("AutoencoderKL", "VQModel")
+POINT = {"AutoencoderTiny", "AutoencoderDC", "AutoencoderRAE"}
+"""Deterministic encoders: the posterior is a point mass at the latent."""
+
+NOT_CALIBRATED = {
+    "AutoencoderKLFlux2": "FLUX.2's normalisation is its batch norm's running statistics (bn.running_mean, "
+    "bn.running_var), stored in the weights that its transformer was trained with, not a config field; vaekit does "
+    "not rewrite weights",
+    "AutoencoderTiny": "TAESD's latents are already in the scaled space of the VAE it distils (the one its diffusion "
+    "model was trained in); its pipelines apply no factor, so there is no field to set",
+    "AutoencoderRAE": "RAE's latents_mean/latents_std are applied inside the model's own encode and decode "
+    "(models/autoencoders/autoencoder_rae.py): changing them changes the autoencoder, not the hand-off",
+}
+"""Families whose convention has no field for ``vaekit calibrate`` to write, and why."""
 
 
 @dataclass
@@ -56,6 +76,10 @@ class WrappedConfig:
     """Of the raw latent (FLUX.2's diffusion model sees 4× as many, at half the side)."""
     downsampling_factor: int
     scaling_factor: float = 1.0
+    in_channels: int = 3
+    sample_size: int | None = None
+    """The image side the class was configured for, where its config records one (``vaekit calibrate``'s
+    default resolution)."""
 
 
 class DiffusersAutoencoder(nn.Module):
@@ -80,11 +104,18 @@ class DiffusersAutoencoder(nn.Module):
         with torch.no_grad():  # 128 pixels: the side of one latent for the largest factor diffusers ships
             probe = self.encode(torch.zeros(1, 3, 128, 128, device=_device_of(module))).mean
         scaling = getattr(module.config, "scaling_factor", None)
-        self.config = WrappedConfig(name, probe.shape[1], 128 // probe.shape[-1], 1.0 if scaling is None else scaling)
+        side = getattr(module.config, "sample_size", None)
+        self.config = WrappedConfig(name, probe.shape[1], 128 // probe.shape[-1], 1.0 if scaling is None else scaling,
+                                    sample_size=side if isinstance(side, int) else None)
 
     @property
     def downsampling_factor(self) -> int:
         return self.config.downsampling_factor
+
+    @property
+    def deterministic(self) -> bool:
+        """The posterior is a point mass (TAESD, DC-AE, RAE): an export stores no log-variance."""
+        return self.class_name in POINT
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         f = self.downsampling_factor
@@ -130,31 +161,44 @@ class DiffusersAutoencoder(nn.Module):
         posterior = self.encode(x)
         return self.decode(posterior.sample() if sample else posterior.mode(), size=x.shape[2:])
 
-    def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """Raw latents → what the family's diffusion model trains on (the table of the module docstring)."""
+    @property
+    def latent_norm(self) -> LatentNorm:
+        """The family's normalisation (the table of the module docstring) as a ``LatentNorm``, read from the
+        model's config (FLUX.2: its batch norm's running statistics) every time it is asked for."""
         name, config = self.class_name, self.module.config
         if name in SCALED:
-            return z * self.config.scaling_factor
+            return LatentNorm(float(config.scaling_factor))
         if name in FRAMES:
-            mean, std = _channel_statistics(config, z)
-            return (z - mean) / std
+            return LatentNorm(1.0, None, tuple(map(float, config.latents_mean)), tuple(map(float, config.latents_std)))
         if name == "AutoencoderKLFlux2":
-            mean, std = _batch_norm_statistics(self.module, z)
-            return (_patchify(z) - mean) / std
-        return z
+            norm = self.module.bn
+            std = torch.sqrt(norm.running_var.double() + config.batch_norm_eps)
+            return LatentNorm(1.0, None, tuple(norm.running_mean.double().tolist()), tuple(std.tolist()), patch_size=2)
+        return LatentNorm()
+
+    def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latents → what the family's diffusion model trains on (the table of the module docstring)."""
+        return self.latent_norm.scale(z)
 
     def unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """The inverse of ``scale_latents``."""
+        return self.latent_norm.unscale(latents)
+
+    def calibrated_fields(self, channel_mean: torch.Tensor, channel_std: torch.Tensor, std: float) -> dict:
+        """The config fields that give unit-std normalised latents on measured data, in the family's own
+        convention: ``channel_mean``/``channel_std`` are per channel and ``std`` pooled over channels, of the
+        latents ``scale_latents`` gives now. SCALED: ``scaling_factor`` / std; the video families: z's own
+        per-channel mean and std (latents_mean + latents_std · mean, latents_std · std). Empty for the
+        families of ``NOT_CALIBRATED``."""
         name, config = self.class_name, self.module.config
         if name in SCALED:
-            return latents / self.config.scaling_factor
+            return {"scaling_factor": float(config.scaling_factor) / std}
         if name in FRAMES:
-            mean, std = _channel_statistics(config, latents)
-            return latents * std + mean
-        if name == "AutoencoderKLFlux2":
-            mean, std = _batch_norm_statistics(self.module, latents)
-            return _unpatchify(latents * std + mean)
-        return latents
+            mean = torch.tensor(config.latents_mean, dtype=torch.float64)
+            scale = torch.tensor(config.latents_std, dtype=torch.float64)
+            return {"latents_mean": (mean + scale * channel_mean.double().cpu()).tolist(),
+                    "latents_std": (scale * channel_std.double().cpu()).tolist()}
+        return {}
 
 
 def _point(z: torch.Tensor) -> DiagonalGaussian:
@@ -163,32 +207,6 @@ def _point(z: torch.Tensor) -> DiagonalGaussian:
 
 def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
-
-
-def _channel_statistics(config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (1, -1, 1, 1)
-    mean = torch.tensor(config.latents_mean, dtype=like.dtype, device=like.device).view(shape)
-    std = torch.tensor(config.latents_std, dtype=like.dtype, device=like.device).view(shape)
-    return mean, std
-
-
-def _batch_norm_statistics(module: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """FLUX.2's normalisation: the running statistics of the model's batch norm (read, never updated)."""
-    norm = module.bn
-    mean = norm.running_mean.view(1, -1, 1, 1).to(like)
-    std = torch.sqrt(norm.running_var.view(1, -1, 1, 1) + module.config.batch_norm_eps).to(like)
-    return mean, std
-
-
-def _patchify(z: torch.Tensor) -> torch.Tensor:
-    """``(B, C, h, w)`` → ``(B, 4C, h/2, w/2)``, each 2×2 neighbourhood's values as channels (FLUX.2's order)."""
-    b, c, h, w = z.shape
-    return z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
-
-
-def _unpatchify(latents: torch.Tensor) -> torch.Tensor:
-    b, c4, h, w = latents.shape
-    return latents.reshape(b, c4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c4 // 4, h * 2, w * 2)
 
 
 def unsupported(class_name: str) -> str:

@@ -11,7 +11,12 @@ every time a latent is used, and ``scale_by_std`` sets the factor to 1/std of su
       latents = (z − latents_mean[c]) · scaling_factor / latents_std[c]       per channel (SDXL-style pipelines)
 
   and decoded by the inverse, ``z = latents · latents_std / scaling_factor + latents_mean`` (what diffusers'
-  SDXL and Qwen-Image pipelines do before ``vae.decode``);
+  SDXL and Qwen-Image pipelines do before ``vae.decode``). With ``patch_size`` p > 1 (FLUX.2's
+  ``diffusers/pipelines/flux2/pipeline_flux2.py``: p = 2, its batch norm's running statistics as the
+  per-channel mean and std) every p × p neighbourhood of z is first folded into channels,
+  ``(c, h, w) → (c·p², h/p, w/p)``, and the statistics are per channel of that; ``unscale`` unfolds last.
+  Every family of image autoencoder vaekit loads is one case of this rule (``DiffusersAutoencoder.latent_norm``
+  gives each family's), so an export, a latents file and a sampler record and undo it alike;
 - calibration measures the factors on posterior samples, so that what the denoiser trains on has zero
   mean (with a shift or per-channel statistics) and unit variance.
 
@@ -46,9 +51,13 @@ class LatentNorm:
     latents_mean: tuple[float, ...] | None = None
     """Per-channel offsets (diffusers' ``latents_mean``); with ``latents_std``, replaces ``shift_factor``."""
     latents_std: tuple[float, ...] | None = None
+    patch_size: int = 1
+    """Fold every p × p neighbourhood of z into channels before the statistics (FLUX.2: 2); 1 = none."""
 
     def __post_init__(self) -> None:
         check_norm(self.scaling_factor, self.shift_factor, self.latents_mean, self.latents_std)
+        if not (isinstance(self.patch_size, int) and self.patch_size >= 1):
+            raise ValueError(f"patch_size must be a whole number of at least 1, got {self.patch_size!r}")
 
     @classmethod
     def of(cls, config) -> "LatentNorm":
@@ -58,18 +67,30 @@ class LatentNorm:
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "LatentNorm":
-        """The factors an export or latents file records (``shift_factor`` 0 there means none)."""
+        """The factors an export or latents file records (``shift_factor`` 0 there means none; a record from
+        before ``patch_size`` folds nothing)."""
         return cls(float(manifest["scaling_factor"]), manifest.get("shift_factor") or None,
-                   _floats(manifest.get("latents_mean")), _floats(manifest.get("latents_std")))
+                   _floats(manifest.get("latents_mean")), _floats(manifest.get("latents_std")),
+                   int(manifest.get("patch_size", 1)))
 
     def to_dict(self) -> dict:
         return {"scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor or 0.0,
                 "latents_mean": None if self.latents_mean is None else list(self.latents_mean),
-                "latents_std": None if self.latents_std is None else list(self.latents_std)}
+                "latents_std": None if self.latents_std is None else list(self.latents_std),
+                "patch_size": self.patch_size}
 
     @property
     def per_channel(self) -> bool:
         return self.latents_mean is not None
+
+    def describe(self) -> str:
+        """In words, for what a command prints: the normalisation applied."""
+        fold = f"{self.patch_size}×{self.patch_size} patches folded into channels, then " if self.patch_size > 1 else ""
+        if self.per_channel:
+            scale = f" and scaling factor {self.scaling_factor:g}" if self.scaling_factor != 1 else ""
+            return f"{fold}per-channel latents_mean/latents_std ({len(self.latents_mean)} channels){scale}"
+        shift = f" after shift {self.shift_factor:g}" if self.shift_factor is not None else ""
+        return f"{fold}scaling factor {self.scaling_factor:g}{shift}"
 
     def _offset_gain(self, like: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
         """(offset, gain) with latents = (z − offset) · gain, shaped to broadcast over ``like`` (B, c, ...)."""
@@ -85,19 +106,44 @@ class LatentNorm:
         return mean.to(like.device, like.dtype), gain.to(like.device, like.dtype)
 
     def scale(self, z: torch.Tensor) -> torch.Tensor:
-        """z ``(B, c, h, w)`` → the diffusion model's latents."""
+        """z ``(B, c, h, w)`` → the diffusion model's latents ``(B, c·p², h/p, w/p)``."""
+        z = patchify(z, self.patch_size)
         offset, gain = self._offset_gain(z)
         return (z - offset) * gain
 
     def unscale(self, latents: torch.Tensor) -> torch.Tensor:
         """The inverse of ``scale``: latents → z for the autoencoder's decoder."""
         offset, gain = self._offset_gain(latents)
-        return latents / gain + offset
+        return unpatchify(latents / gain + offset, self.patch_size)
 
     def scale_logvar(self, logvar: torch.Tensor) -> torch.Tensor:
-        """The log-variance of the scaled latent: log σ² + 2 log gain."""
+        """The log-variance of the scaled latent: log σ² (folded as z is) + 2 log gain."""
+        logvar = patchify(logvar, self.patch_size)
         _, gain = self._offset_gain(logvar)
         return logvar + 2 * (torch.log(gain) if isinstance(gain, torch.Tensor) else math.log(gain))
+
+
+def patchify(z: torch.Tensor, p: int) -> torch.Tensor:
+    """``(B, c, h, w)`` → ``(B, c·p², h/p, w/p)``: each p × p neighbourhood's values as channels, channel-major
+    (FLUX.2's ``_patchify_latents`` order for p = 2, ``diffusers/pipelines/flux2/pipeline_flux2.py``)."""
+    if p == 1:
+        return z
+    b, c, h, w = z.shape
+    if h % p or w % p:
+        raise VaekitError(f"latents of {h} × {w} cannot be folded into {p} × {p} patches: give images whose sides are "
+                          f"multiples of {p} × the autoencoder's downsampling factor")
+    return z.reshape(b, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4).reshape(b, c * p * p, h // p, w // p)
+
+
+def unpatchify(latents: torch.Tensor, p: int) -> torch.Tensor:
+    """The inverse of ``patchify`` (FLUX.2's ``_unpatchify_latents`` for p = 2)."""
+    if p == 1:
+        return latents
+    b, cp, h, w = latents.shape
+    if cp % (p * p):
+        raise VaekitError(f"latents of {cp} channels cannot be unfolded from {p} × {p} patches")
+    c = cp // (p * p)
+    return latents.reshape(b, c, p, p, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h * p, w * p)
 
 
 def _floats(values) -> tuple[float, ...] | None:
@@ -155,9 +201,40 @@ def measure_latent_scale(model, batches: Iterable, generator: torch.Generator | 
     latents_mean / latents_std per channel with scaling_factor 1. ``batches`` yields images ``(B, C, H, W)``
     in the model's range (or ``(images, labels)`` pairs); at most ``max_images`` are used. Moments
     accumulate in float64. Nothing is stored: see ``store_latent_scale``."""
+    moments, images = _sample_moments(model, batches, generator, max_images, normalised=False)
+    return Calibration(_norm_from_moments(moments, with_shift, per_channel), images)
+
+
+class LatentStatistics(NamedTuple):
+    """Of the normalised latents a diffusion model trains on (``model.latent_norm.scale`` of posterior
+    samples), over the images measured: per channel, and pooled over every channel."""
+
+    channel_mean: torch.Tensor
+    channel_std: torch.Tensor
+    mean: float
+    std: float
+    images: int
+
+
+@torch.no_grad()
+def measure_normalised_latents(model, batches: Iterable, generator: torch.Generator | None = None,
+                               max_images: int | None = None) -> LatentStatistics:
+    """The statistics of what the model hands a diffusion model now (its own normalisation applied to
+    posterior samples z ~ q(z|x)): std near 1 and mean near 0 say that its factors fit these images.
+    Unbiased variances, float64; ``batches`` and ``max_images`` as for ``measure_latent_scale``."""
+    moments, images = _sample_moments(model, batches, generator, max_images, normalised=True)
+    channel_mean, channel_var = moments.mean(), moments.variance(correction=1)
+    mean, variance = _pooled(moments)
+    return LatentStatistics(channel_mean, channel_var.sqrt(), mean, math.sqrt(variance), images)
+
+
+def _sample_moments(model, batches: Iterable, generator, max_images: int | None, normalised: bool):
+    """Per-channel moments of posterior samples (``normalised``: after ``model.latent_norm.scale``) and the
+    number of images they came from."""
     moments = Moments()
     images = 0
     parameter = next(model.parameters())
+    norm = model.latent_norm if normalised else None
     for batch in batches:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if max_images is not None:
@@ -165,13 +242,25 @@ def measure_latent_scale(model, batches: Iterable, generator: torch.Generator | 
         if len(x) == 0:
             break
         z = model.encode(x.to(parameter.device, parameter.dtype)).sample(generator)
-        moments.add(z.transpose(0, 1).reshape(z.shape[1], -1))  # per channel; pooled below when not asked
+        if norm is not None:
+            z = norm.scale(z.float())
+        moments.add(z.transpose(0, 1).reshape(z.shape[1], -1))  # per channel; pooled where asked
         images += len(x)
         if max_images is not None and images >= max_images:
             break
     if moments.count < 2:
         raise VaekitError("measuring the latent scale needs at least one image")
-    return Calibration(_norm_from_moments(moments, with_shift, per_channel), images)
+    return moments, images
+
+
+def _pooled(moments: Moments) -> tuple[float, float]:
+    """(mean, unbiased variance) over every channel together: the within-channel spread plus the spread of
+    the channel means."""
+    channel_mean, channel_var = moments.mean(), moments.variance(correction=1)
+    count = moments.count * len(channel_mean)
+    mean = channel_mean.mean().item()
+    pooled = ((channel_var * (moments.count - 1)).sum() + moments.count * (channel_mean - mean).pow(2).sum())
+    return mean, pooled.item() / (count - 1)
 
 
 def _norm_from_moments(moments: Moments, with_shift: bool, per_channel: bool) -> LatentNorm:
@@ -180,11 +269,7 @@ def _norm_from_moments(moments: Moments, with_shift: bool, per_channel: bool) ->
         if not bool((channel_var > 0).all()):
             raise VaekitError("a latent channel has no spread: per-channel statistics cannot normalise it")
         return LatentNorm(1.0, None, tuple(channel_mean.tolist()), tuple(channel_var.sqrt().tolist()))
-    count = moments.count * len(channel_mean)
-    mean = channel_mean.mean().item()
-    # the pooled variance: within-channel spread plus the spread of the channel means
-    pooled = ((channel_var * (moments.count - 1)).sum() + moments.count * (channel_mean - mean).pow(2).sum())
-    variance = pooled.item() / (count - 1)
+    mean, variance = _pooled(moments)
     if not variance > 0:
         raise VaekitError(f"the latents have no spread (variance {variance:g}): no scaling factor can normalise them")
     return LatentNorm(1.0 / math.sqrt(variance), mean if with_shift else None)
