@@ -26,7 +26,7 @@ from torch import nn
 from vaekit.errors import VaekitError
 from vaekit.io.atomic import save_tensors, write_json
 from vaekit.io.layout import checkpoint_name, list_checkpoints
-from vaekit.io.models import save_model
+from vaekit.io.models import save_state
 
 def _optimizer_to_files(optimizer: torch.optim.Optimizer, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
@@ -86,7 +86,7 @@ def save_checkpoint(
         return final
     tmp = directory / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
+    save_state(model, tmp)
     tensors, optimizer_meta = _rng_tensors(generators), {}
     for name, optimizer in optimizers.items():
         optimizer_tensors, optimizer_meta[name] = _optimizer_to_files(optimizer, name)

@@ -21,6 +21,19 @@ from vaekit.version import __version__
 
 
 def save_model(model: nn.Module, path: str | Path) -> Path:
+    """The model's folder: for a model that is a diffusers class inside (RAE), that class's own folder
+    (``save_pretrained``), which diffusers loads unchanged and ``load_model`` wraps; else vaekit's."""
+    return Path(model.save_pretrained(path)) if saves_as_diffusers(model) else save_state(model, path)
+
+
+def saves_as_diffusers(model: nn.Module) -> bool:
+    """Whether ``save_model`` writes the model as a diffusers folder (a wrapped diffusers class, not vaekit's)."""
+    return callable(getattr(model, "save_pretrained", None))
+
+
+def save_state(model: nn.Module, path: str | Path) -> Path:
+    """vaekit's folder of the model as it is: its registry name, config and state dict. A checkpoint holds
+    this form whatever the model, so a resumed run restores the model it saved."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_tensors(path / WEIGHTS_NAME, model.state_dict(), metadata={"format": "pt"})

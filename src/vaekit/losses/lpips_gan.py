@@ -161,6 +161,11 @@ class LPIPSWithDiscriminator(nn.Module):
             raise ConfigError(f"loss.latent_mask_ratio must be in [0, 1), loss.latent_noise_gamma and "
                               f"loss.scale_equivariance_weight ≥ 0, got {config.latent_mask_ratio}, "
                               f"{config.latent_noise_gamma} and {config.scale_equivariance_weight}")
+        if model.frozen_encoder and (any(_latent_options(config)) or config.vf_model is not None):
+            raise ConfigError(f"model {model.registry_name} keeps its pretrained encoder frozen, so its latents are "
+                              "that encoder's: loss.eqvae_prob, loss.scale_equivariance_weight, loss.latent_noise_gamma, "
+                              "loss.latent_mask_ratio and loss.vf_model, which shape a trained encoder's latents, must "
+                              "stay off (RAE's own latent noise is model.noise_tau)")
         if model.regularizer == "vq" and config.learn_logvar:
             raise ConfigError("loss.learn_logvar applies to KL autoencoders (LDM's loss); a VQ model's loss is "
                               "taming's mean reconstruction, which has no log-variance")
@@ -196,8 +201,9 @@ class LPIPSWithDiscriminator(nn.Module):
         return BatchRegularisers(transform, downsample)
 
     def last_layer(self, model: nn.Module) -> torch.Tensor:
-        """The weight the adaptive weight's gradients are taken at: the decoder's output convolution."""
-        return model.decoder.conv_out.weight
+        """The weight the adaptive weight's gradients are taken at: the decoder's last layer (the output
+        convolution of LDM's decoder, the output projection of RAE's ViT)."""
+        return model.last_decoder_weight()
 
     def generator_parameters(self) -> list[nn.Parameter]:
         """The loss's own parameters that train with the autoencoder: LDM's log-variance, VA-VAE's projection."""
@@ -306,3 +312,12 @@ class LPIPSWithDiscriminator(nn.Module):
         loss = self.d_loss(logits_real, logits_fake)
         return loss, {"d_loss": loss.item(), "logits_real": logits_real.mean().item(),
                       "logits_fake": logits_fake.mean().item()}
+
+
+# RAE's decoder recipe (bytetriper/RAE, configs/stage1/training/DINOv2-B_decXL.yaml and src/train_stage1.py;
+# docs/rae.md): L1 + LPIPS averaged over pixels, hinge GAN at 0.75 with the adaptive weight. RAE's L1 is on
+# images in [0, 1], half vaekit's on [-1, 1]; LPIPS at 2 keeps RAE's ratio, making the whole loss (adaptive
+# term included) exactly twice RAE's, which AdamW's updates do not see. The GAN starts at RAE's epoch 8 of
+# ImageNet-1k at batch 512 (2,502 steps an epoch).
+LOSSES.register_preset("rae-lpips-gan", "lpips-gan", reduction="mean", perceptual_weight=2.0, kl_weight=0.0,
+                       disc_weight=0.75, disc_start=20016, disc_loss="hinge")

@@ -3,7 +3,7 @@
 from torch import nn
 
 from vaekit.config import build_dataclass
-from vaekit.models import autoencoder_kl, mlp, vq  # noqa: F401  (registers the models and presets)
+from vaekit.models import autoencoder_kl, mlp, rae, vq  # noqa: F401  (registers the models and presets)
 from vaekit.models.distributions import Bernoulli, ContinuousBernoulli, DiagonalGaussian
 from vaekit.registry import MODELS
 

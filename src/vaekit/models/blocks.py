@@ -287,6 +287,10 @@ class ConvAutoencoder(Autoencoder):
             raise VaekitError(f"{type(self).__name__} decodes latents of shape (batch, {self.config.latent_channels}, "
                               f"h, w), got {tuple(z.shape)}")
 
+    def last_decoder_weight(self) -> torch.Tensor:
+        """The decoder's output convolution, where the GAN's adaptive weight compares gradients (LDM's)."""
+        return self.decoder.conv_out.weight
+
     def pad_to_multiple(self, x: torch.Tensor) -> torch.Tensor:
         """Replicate the last row/column up to a multiple of f (a no-op when already one)."""
         f = self.downsampling_factor

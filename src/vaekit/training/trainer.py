@@ -22,7 +22,7 @@ from vaekit.config import RunConfig
 from vaekit.errors import TrainingDiverged, VaekitError
 from vaekit.evaluation import evaluate
 from vaekit.io.layout import latest_checkpoint
-from vaekit.io.models import load_model, save_model, write_latent_scale
+from vaekit.io.models import load_model, save_model, saves_as_diffusers, write_latent_scale
 from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 from vaekit.runs import BEST_DIR, update_metrics
 from vaekit.training.distributed import any_process
@@ -202,7 +202,10 @@ def finish(run: Run, evaluate_at_end: bool, explore: bool) -> Path:
         })
         if evaluate_at_end:
             evaluate(run.run_dir, device=str(run.device))
-        if explore:
+        if explore and saves_as_diffusers(model):
+            log.info("no figures or report.html: the explorer does not take a diffusers model folder (%s) yet; "
+                     "the evaluation is in metrics.json", type(model.module).__name__)
+        elif explore:
             from vaekit.explore import explore_run
 
             explore_run(run.run_dir, device=str(run.device))

@@ -1,0 +1,220 @@
+"""Representation autoencoders (model.name=rae): a tiny random DINOv2-with-registers encoder that the tests
+save themselves (no download), trained with vaekit's trainer, exported as diffusers' AutoencoderRAE folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from vaekit.cli import main
+
+TINY_DECODER = {"model.encoder_input_size": 32, "model.patch_size": 4, "model.decoder_hidden_size": 32,
+                "model.decoder_num_hidden_layers": 1, "model.decoder_num_attention_heads": 2,
+                "model.decoder_intermediate_size": 64}
+"""A 1-layer ViT decoder: 8×8 tokens of the tiny encoder (patch 4 at 32²) back to 32² images."""
+
+
+def save_tiny_encoder(folder, **changes):
+    """A random DINOv2 with registers shaped as diffusers' AutoencoderRAE rebuilds one (64-wide heads, 518² position
+    grid), its final layer norm given a non-trivial affine so that dropping it (as RAE does) shows."""
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(0)
+    config = Dinov2WithRegistersConfig(**{"hidden_size": 64, "patch_size": 4, "image_size": 518,
+                                          "num_attention_heads": 1, "num_hidden_layers": 2, **changes})
+    encoder = Dinov2WithRegistersModel(config)
+    with torch.no_grad():
+        encoder.layernorm.weight.uniform_(0.5, 1.5)
+        encoder.layernorm.bias.uniform_(-0.2, 0.2)
+    encoder.save_pretrained(folder)
+    return encoder.eval()
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("encoder")
+    save_tiny_encoder(folder)
+    return folder
+
+
+def rae_overrides(tmp_path, encoder, **extra) -> list[str]:
+    values = {"model.name": "rae", "model.encoder": str(encoder), **TINY_DECODER, "data.name": "objects",
+              "data.num_train": 16, "data.num_test": 8, "loss.lpips_pretrained": "false", "loss.disc_start": 2,
+              "train.max_steps": 4, "train.batch_size": 4, "train.lr": 1e-3, "train.ema_decay": 0.9,
+              "train.checkpoint_every": 2, "train.validation_examples": 8, "train.snapshot_examples": 0,
+              "train.progress_bar": "false", "output_dir": str(tmp_path / "runs"), **extra}
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, encoder_dir):
+    """4 steps of the whole command (validation, evaluation and the GAN from step 2 included)."""
+    return train_rae(tmp_path_factory.mktemp("trained"), encoder_dir, "rae")
+
+
+def train_rae(tmp_path, encoder, name, *flags, **extra):
+    assert main(["train", *rae_overrides(tmp_path, encoder, run_name=name, **extra), "--device", "cpu",
+                 "--no-explore", *flags]) == 0
+    return tmp_path / "runs" / name
+
+
+def encoder_weights_without_final_affine(encoder_dir):
+    """The encoder's weights by the names its transformers class gives them (as diffusers saves them)."""
+    from transformers import Dinov2WithRegistersModel
+
+    weights = Dinov2WithRegistersModel.from_pretrained(encoder_dir).state_dict()
+    assert len(weights) > 20
+    return {key: value for key, value in weights.items() if key not in ("layernorm.weight", "layernorm.bias")}
+
+
+def test_training_keeps_the_encoder_bitwise_trains_only_the_decoder_and_exports_an_autoencoder_rae(trained_run,
+                                                                                                  encoder_dir):
+    from diffusers import AutoencoderRAE
+
+    import vaekit
+
+    run = trained_run
+    exported = load_file(run / "model" / "diffusion_pytorch_model.safetensors")
+    for key, value in encoder_weights_without_final_affine(encoder_dir).items():
+        assert torch.equal(exported[f"encoder.{key}"], value), key
+    assert "encoder.layernorm.weight" not in exported and "encoder.layernorm.bias" not in exported
+
+    # The decoder trained between the two checkpoints; the optimizer holds state for the decoder alone.
+    early = load_file(run / "checkpoints" / "step-00000002" / "model.safetensors")
+    late = load_file(run / "checkpoints" / "step-00000004" / "model.safetensors")
+    decoder = [key for key in late if key.startswith("module.decoder.") and "pos_embed" not in key]
+    assert all(not torch.equal(early[key], late[key]) for key in decoder)
+    assert all(torch.equal(early[key], late[key]) for key in late if key.startswith("module.encoder."))
+    trainer = load_file(run / "checkpoints" / "step-00000004" / "trainer.safetensors")
+    moments = sorted(tuple(v.shape) for k, v in trainer.items() if k.startswith("optimizer.model.") and
+                     k.endswith("exp_avg"))
+    assert moments == sorted(tuple(late[key].shape) for key in decoder)
+
+    # diffusers loads the folder unchanged, and decodes as vaekit's model (the EMA weights it saved) does.
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["_class_name"] == "AutoencoderRAE" and config["noise_tau"] == 0.0
+    diffusers_model = AutoencoderRAE.from_pretrained(run / "model").eval()
+    trained = vaekit.load_model(run / "checkpoints" / "step-00000004")
+    ema = {key[len("module.ema.shadow."):]: value for key, value in trainer.items()
+           if key.startswith("module.ema.shadow.")}
+    trained.load_state_dict(ema)
+    z = torch.randn(2, 64, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = trained.decode(z)
+        theirs = diffusers_model.decode(z).sample * 2 - 1
+        wrapped = vaekit.load_model(run / "model").decode(z)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(wrapped, theirs, rtol=0, atol=1e-5)
+    assert ours.shape == (2, 3, 32, 32)
+    assert AutoencoderRAE.from_pretrained(run / "best") is not None
+    steps = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    logged = next(row for row in steps if "loss" in row)  # the GAN ran from step 2, weighted at decoder_pred
+    assert logged["d_weight"] > 0 and "d_loss" in logged and "lpips" in logged
+    assert "psnr" in next(row for row in steps if "validation" in row)["validation"]
+
+
+def test_the_encoder_tokens_are_dinov2s_final_layer_norm_without_its_affine(encoder_dir):
+    """RAE drops the affine weights of the encoder's last layer norm (bytetriper/RAE, Dinov2withNorm) and takes the
+    patch tokens after the CLS and 4 register tokens, from images normalised by ImageNet's statistics."""
+    import vaekit
+
+    reference = save_tiny_encoder(encoder_dir.parent / "again")
+    model = vaekit.create_model("rae", encoder=str(encoder_dir), **{k.split(".")[1]: v for k, v in TINY_DECODER.items()})
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        hidden = reference((((x + 1) / 2) - mean) / std, output_hidden_states=True).hidden_states[-1]
+        tokens = F.layer_norm(hidden, (64,), eps=reference.config.layer_norm_eps)[:, 5:]
+        expected = tokens.transpose(1, 2).reshape(2, 64, 8, 8) / (1 + 1e-5)  # diffusers' (z − 0) / (1 + 1e-5)
+        torch.testing.assert_close(model.encode(x).mean, expected, rtol=0, atol=1e-5)
+    assert not model.module.encoder.training and not any(p.requires_grad for p in model.module.encoder.parameters())
+    model.train()
+    assert model.module.decoder.training and not model.module.encoder.training
+
+
+def test_the_latent_noise_is_sigma_uniform_up_to_tau_times_a_standard_normal_and_only_while_training(encoder_dir):
+    import vaekit
+
+    model = vaekit.create_model("rae", encoder=str(encoder_dir), noise_tau=0.8,
+                                **{k.split(".")[1]: v for k, v in TINY_DECODER.items()})
+    z = torch.zeros(3, 64, 8, 8)
+    noise = model.latent_noise(z, torch.Generator().manual_seed(5))
+    draws = torch.Generator().manual_seed(5)
+    u = 0.5 * (1 + torch.erf(torch.randn(3, 1, 1, 1, generator=draws) / 2 ** 0.5))  # Φ of a normal draw: U(0, 1)
+    torch.testing.assert_close(noise, 0.8 * u * torch.randn(3, 64, 8, 8, generator=draws))
+    many = model.latent_noise(torch.zeros(20000, 1, 1, 1), torch.Generator().manual_seed(0)).flatten()
+    # σ·ε with σ ~ U(0, 0.8): E = 0, E[x²] = E[σ²] = 0.8² / 3 (sd of the estimate ≈ 0.0037)
+    assert abs(many.mean().item()) < 0.02 and abs(many.pow(2).mean().item() - 0.64 / 3) < 0.015
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x).z, model.encode(x).mean)
+        model.train()
+        assert not torch.equal(model(x).z, model.encode(x).mean)
+
+
+def test_the_rae_loss_preset_is_twice_raes_l1_plus_lpips_on_images_in_0_1():
+    """RAE's reconstruction loss is mean |x − x̂| on [0, 1] images + LPIPS; vaekit's L1 is on [−1, 1] (twice it),
+    so the preset weighs LPIPS by 2 and the loss is exactly twice RAE's."""
+    from vaekit.config import build_dataclass
+    from vaekit.losses.lpips_gan import LPIPSWithDiscriminator
+    from vaekit.models.distributions import DiagonalGaussian
+    from vaekit.models.rae import RAEOutput
+    from vaekit.registry import LOSSES
+
+    entry = LOSSES.get("rae-lpips-gan")
+    config = build_dataclass(entry.config_cls, {**entry.defaults, "lpips_pretrained": False}, "loss")
+    loss_fn = LPIPSWithDiscriminator(config)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+    x_hat = torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+    tokens = torch.randn(2, 64, 8, 8, generator=generator)
+    output = RAEOutput(DiagonalGaussian(tokens, torch.zeros_like(tokens), deterministic=True), tokens, x_hat)
+    loss, logs = loss_fn(x, output, step=0)
+    lpips = loss_fn._perceptual[0](x, x_hat).mean()
+    rae_loss = ((x_hat + 1) / 2 - (x + 1) / 2).abs().mean() + lpips
+    torch.testing.assert_close(loss, 2 * rae_loss)
+    assert config.disc_weight == 0.75 and config.disc_loss == "hinge" and "g_loss" not in logs
+
+
+@pytest.mark.slow
+def test_resuming_an_rae_run_ends_with_the_uninterrupted_runs_weights(tmp_path, encoder_dir, trained_run):
+    whole = trained_run
+    half = train_rae(tmp_path, encoder_dir, "half", "--no-eval", **{"train.max_steps": 2})
+    assert main(["train", "--resume", str(half), "train.max_steps=4", "--device", "cpu", "--no-eval",
+                 "--no-explore"]) == 0
+    resumed = load_file(half / "model" / "diffusion_pytorch_model.safetensors")
+    for key, value in load_file(whole / "model" / "diffusion_pytorch_model.safetensors").items():
+        assert torch.equal(resumed[key], value), key
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("missing", "is not a transformers model folder or hub name that loads here"),
+    ("vit", "is a vit model; RAE's encoders are"),
+    ("heads", "has num_attention_heads=2, and diffusers' AutoencoderRAE rebuilds its encoder with num_attention_heads=1"),
+])
+def test_an_encoder_rae_cannot_take_gets_a_clear_error(problem, expected, tmp_path, capsys):
+    folder = tmp_path / "encoder"
+    folder.mkdir()
+    if problem == "vit":
+        from transformers import ViTConfig
+
+        ViTConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=64).save_pretrained(folder)
+    elif problem == "heads":
+        save_tiny_encoder(folder, num_attention_heads=2)
+    assert main(["train", *rae_overrides(tmp_path, folder), "--device", "cpu"]) == 1
+    error = capsys.readouterr().err
+    assert expected in error and "Traceback" not in error
+
+
+def test_data_of_another_size_than_the_decoder_gives_and_latent_regularisers_are_refused(tmp_path, encoder_dir,
+                                                                                        capsys):
+    assert main(["train", *rae_overrides(tmp_path, encoder_dir, **{"data.image_size": 64}), "--device", "cpu"]) == 1
+    assert "decodes 32×32 RGB images (patch_size 4 × 8 tokens a side) and objects/train has 3×64×64" in capsys.readouterr().err
+    assert main(["train", *rae_overrides(tmp_path, encoder_dir, **{"loss.eqvae_prob": 0.5}), "--device", "cpu"]) == 1
+    assert "keeps its pretrained encoder frozen" in capsys.readouterr().err
