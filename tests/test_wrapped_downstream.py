@@ -238,3 +238,24 @@ def test_the_diffusability_report_takes_a_wrapped_class_in_its_family_normalisat
                  "-o", str(tmp_path / "small")]) == 1
     error = capsys.readouterr().err  # 8 pixels at f = 4: 2 × 2 latents, fewer than the default 16 a side
     assert "gives" in error and "2 × 2 latents (f = 4)" in error
+
+
+def test_a_folder_of_one_variant_loads_it_and_explore_and_serve_name_what_takes_a_model(tmp_path, photo_folder,
+                                                                                       capsys):
+    import vaekit
+
+    module = _tiny("AutoencoderTiny", tmp_path / "plain")
+    module.save_pretrained(tmp_path / "fp16", variant="fp16")  # as hub repositories ship it
+    assert [p.name for p in (tmp_path / "fp16").glob("*.safetensors")] == ["diffusion_pytorch_model.fp16.safetensors"]
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(vaekit.load_model(tmp_path / "fp16").encode(x).mode(), module.encode(x).latents)
+    module.save_pretrained(tmp_path / "fp16", variant="bf16")
+    assert main(["encode", str(photo_folder / "astronaut.png"), "--model", str(tmp_path / "fp16"),
+                 "-o", str(tmp_path / "z.safetensors")]) == 1
+    assert "several variants (bf16, fp16)" in capsys.readouterr().err
+    for command in ("explore", "serve"):
+        assert main([command, str(tmp_path / "plain")]) == 1
+        error = capsys.readouterr().err.strip()
+        assert "is a model folder, not a run directory" in error and "vaekit eval --model" in error
+        assert len(error.splitlines()) == 1

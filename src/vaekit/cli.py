@@ -16,10 +16,11 @@ from vaekit.evaluation import evaluate, evaluate_model
 from vaekit.explore import explore_run
 from vaekit.image_cli import add_commands
 from vaekit.io.atomic import write_json
+from vaekit.io.layout import CONFIG_NAME
 from vaekit.progress import DEVICE_HELP, resolve_device
 from vaekit.reference import first_sentence, markdown, section_text
 from vaekit.registry import DATASETS, LOSSES, MODELS
-from vaekit.runs import format_metrics, read_metrics
+from vaekit.runs import CONFIG_FILE, format_metrics, read_metrics
 from vaekit.serve import serve
 from vaekit.sweep import sweep
 from vaekit.training import train
@@ -154,7 +155,19 @@ def _eval_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_model_folder(path: str, command: str) -> None:
+    """explore and serve show a training run: its model on its own data's test split, which its config
+    names. A model folder alone (any autoencoder vaekit loads, a wrapped diffusers class among them) has no
+    data to show, so it gets one line naming the commands that take it."""
+    folder = Path(path)
+    if (folder / CONFIG_NAME).is_file() and not (folder / CONFIG_FILE).is_file():
+        raise VaekitError(f"{path} is a model folder, not a run directory: vaekit {command} shows a run's model on its "
+                          f"own test split, which the run's config names; score a model alone with vaekit eval --model "
+                          f"{path} --data FOLDER (or vaekit compare), or see its latents with vaekit reconstruct/encode")
+
+
 def _cmd_explore(args: argparse.Namespace) -> int:
+    _refuse_model_folder(args.run_dir, "explore")
     report = explore_run(args.run_dir, device=args.device)
     print(f"figures: {report.parent / 'figures'}")
     print(f"report: {report}")
@@ -162,6 +175,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    _refuse_model_folder(args.run_dir, "serve")
     serve(args.run_dir, args.host, args.port, str(resolve_device(args.device)))
     return 0
 

@@ -36,6 +36,7 @@ train, tile and run the fast CPU path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -214,14 +215,31 @@ def unsupported(class_name: str) -> str:
             f"{', '.join(sorted((*NATIVE, *WRAPPED)))}")
 
 
+def weights_variant(model_dir) -> str | None:
+    """The variant of a folder whose only weights are a variant's (``diffusion_pytorch_model.fp16.safetensors``,
+    as hub repositories ship them beside or instead of the full-precision file): "fp16"; None when the plain
+    weights are there. Several variants and no plain file: an error naming them."""
+    folder = Path(model_dir)
+    if any((folder / f"diffusion_pytorch_model.{ext}").is_file() for ext in ("safetensors", "bin")):
+        return None
+    variants = sorted({path.name.split(".")[1] for path in folder.glob("diffusion_pytorch_model.*.safetensors")
+                       if path.name.count(".") == 2})
+    if len(variants) > 1:
+        raise VaekitError(f"{model_dir} holds the weights of several variants ({', '.join(variants)}) and no plain "
+                          "diffusion_pytorch_model.safetensors: keep the one to load")
+    return variants[0] if variants else None
+
+
 def load_wrapped(model_dir, class_name: str, device="cpu") -> DiffusersAutoencoder:
-    """The diffusers class ``class_name`` from its folder (``from_pretrained``), wrapped, in eval mode."""
+    """The diffusers class ``class_name`` from its folder (``from_pretrained``; a folder holding only one
+    variant's weights, e.g. fp16, loads that variant, in float32), wrapped, in eval mode."""
     import diffusers
 
     if class_name not in WRAPPED:
         raise VaekitError(unsupported(class_name))
     try:
-        module = getattr(diffusers, class_name).from_pretrained(str(model_dir))
+        module = getattr(diffusers, class_name).from_pretrained(str(model_dir), variant=weights_variant(model_dir),
+                                                                 torch_dtype=torch.float32)
     except (OSError, ValueError, RuntimeError, AttributeError) as err:
         reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise VaekitError(f"{model_dir}: diffusers could not load its {class_name} ({reason})") from None
