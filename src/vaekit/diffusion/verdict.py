@@ -242,19 +242,37 @@ def _fallback(rows: list[dict], reason: str, setting: dict | None = None) -> str
 
 def track_record(rows: list[dict], group_of, arbiter: str) -> dict:
     """Each cheap signal's Spearman ρ with the arbiter over groups of rows (an autoencoder configuration's
-    seeds: means over the group), with a 90 % bootstrap interval over the groups."""
+    seeds: means over the group), with a 90 % bootstrap interval over the groups. When the configurations
+    span several downsampling factors, ``within_factor`` holds the same record for each factor with four or
+    more configurations: a signal that only tells f = 8 from f = 4 shows its ρ there, not its power
+    within one factor."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(group_of(row), []).append(row)
-    target = [statistics.fmean(_oriented(r[arbiter], ARBITERS[arbiter]) for r in g) for g in groups.values()]
+    out = {"arbiter": arbiter, "groups": list(groups), "signals": _correlations(list(groups.values()), arbiter)}
+    factors: dict[int, list[list[dict]]] = {}
+    for members in groups.values():
+        factor = members[0].get("downsampling_factor")
+        if factor is not None:
+            factors.setdefault(int(factor), []).append(members)
+    if len(factors) > 1:
+        out["within_factor"] = {str(f): {"groups": [group_of(m[0]) for m in members],
+                                         "signals": _correlations(members, arbiter)}
+                                for f, members in sorted(factors.items()) if len(members) >= 4}
+    return out
+
+
+def _correlations(groups: list[list[dict]], arbiter: str) -> dict:
+    """Each signal's ρ with the arbiter over ``groups`` (means over each group's rows), with its interval."""
+    target = [statistics.fmean(_oriented(r[arbiter], ARBITERS[arbiter]) for r in g) for g in groups]
     out = {}
     for name, (higher, _) in SIGNALS.items():
-        if not all(isinstance(r.get(name), (int, float)) for g in groups.values() for r in g):
+        if not all(isinstance(r.get(name), (int, float)) for g in groups for r in g):
             continue
-        signal = [statistics.fmean(_oriented(r[name], higher) for r in g) for g in groups.values()]
+        signal = [statistics.fmean(_oriented(r[name], higher) for r in g) for g in groups]
         low, high = bootstrap_interval(signal, target)
         out[name] = {"rho": spearman(signal, target), "low": low, "high": high}
-    return {"arbiter": arbiter, "groups": list(groups), "signals": out}
+    return out
 
 
 def configurations(rows: list[dict], group_of) -> list[dict] | None:
