@@ -294,3 +294,34 @@ def test_the_meta_study_gives_each_signal_its_rank_correlation_with_the_arbiter(
         assert r["rho"] == pytest.approx(expected, abs=1e-9) or (math.isnan(r["rho"]) and math.isnan(expected))
         assert math.isnan(r["low"]) or r["low"] <= r["high"]
     assert "Which cheap signals predict" in (tmp_path / "out" / "diffusability.html").read_text()
+
+
+def test_the_track_record_also_correlates_within_one_downsampling_factor():
+    """Across factors a signal can rank f = 8 below f = 4 and nothing else; the record within each factor
+    with four or more configurations is scipy's Spearman ρ over that factor's configurations alone."""
+    from vaekit.diffusion.page import seed_free_name
+    from vaekit.diffusion.verdict import SIGNALS, track_record
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (factor, seeds) in enumerate([(4, 2), (4, 1), (4, 1), (4, 2), (4, 1), (8, 1), (8, 2)]):
+        for seed in range(seeds):
+            rows.append({"vae": f"c{i}_seed={seed}", "downsampling_factor": factor,
+                         "sample_classifier_fd": float(rng.uniform(10, 50)),
+                         "latent_hf_fraction": float(rng.uniform(0, 1))})
+    record = track_record(rows, lambda row: seed_free_name(row["vae"]), "sample_classifier_fd")
+    assert set(record["within_factor"]) == {"4"}  # f = 8 has two configurations: no record
+    within = record["within_factor"]["4"]
+    assert within["groups"] == ["c0", "c1", "c2", "c3", "c4"]
+    groups = {}
+    for row in rows:
+        if row["downsampling_factor"] == 4:
+            groups.setdefault(seed_free_name(row["vae"]), []).append(row)
+    higher = SIGNALS["latent_hf_fraction"][0]
+    signal = [np.mean([(-1 if higher else 1) * r["latent_hf_fraction"] for r in g]) for g in groups.values()]
+    arbiter = [np.mean([r["sample_classifier_fd"] for r in g]) for g in groups.values()]
+    expected = stats.spearmanr(signal, arbiter).statistic
+    assert within["signals"]["latent_hf_fraction"]["rho"] == pytest.approx(expected, abs=1e-9)
+    one_factor = [row for row in rows if row["downsampling_factor"] == 4]
+    assert "within_factor" not in track_record(one_factor, lambda row: seed_free_name(row["vae"]),
+                                               "sample_classifier_fd")
