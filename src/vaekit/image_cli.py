@@ -307,7 +307,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_HELP = ("a vaekit model folder or run, a diffusers AutoencoderKL or VQModel folder, an LDM .ckpt/.safetensors, "
+MODEL_HELP = ("a vaekit model folder or run, a diffusers image autoencoder folder (AutoencoderKL, VQModel, TAESD, DC-AE, "
+              "FLUX.2, Qwen-Image, Wan, HunyuanImage, RAE, ...: docs/autoencoders.md), an LDM .ckpt/.safetensors, "
               "or a Hugging Face hub name (owner/name, owner/name/vae): its cache, else a download")
 
 
@@ -401,7 +402,10 @@ def _add_calibrate(commands) -> None:
         "z ~ q(z|x) over many images (LDM's recipe; SD's 0.18215) and, with --shift or when the model has one, "
         "their mean (SD3/FLUX's shift_factor). Stored in the model's config.json (a vaekit or diffusers folder; "
         "the final model of a run), where `vaekit encode` and `export-latents` read it. A run directory "
-        "without --data is measured on its own training examples.")
+        "without --data is measured on its own training examples. A wrapped diffusers class (TAESD, DC-AE, FLUX.2, "
+        "Qwen-Image, ...) keeps its family's convention: the statistics of the latents it hands its diffusion "
+        "model are printed, and only that family's fields are written (scaling_factor, or latents_mean/latents_std; "
+        "none for FLUX.2, TAESD and RAE, with the reason: docs/autoencoders.md).")
     calibrate.add_argument("--model", required=True, metavar="M",
                            help=MODEL_HELP + " (a single LDM file needs -o)")
     calibrate.add_argument("--data", metavar="SOURCE",
