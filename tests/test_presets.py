@@ -42,6 +42,13 @@ SCRIPT = textwrap.dedent('''
     write_photo_crops(photos, 96, 12)
     source = vaekit.save_model(vaekit.create_model("autoencoder-kl", block_out_channels=(32, 32), layers_per_block=1),
                                out / "source")
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+    Dinov2WithRegistersModel(Dinov2WithRegistersConfig(hidden_size=64, patch_size=4, image_size=518, num_attention_heads=1,
+                                                       num_hidden_layers=1)).save_pretrained(out / "encoder")
+    # an RAE preset gets this random encoder and a 1-layer decoder: 8×8 tokens of its 32² input, 8² patches → 64²
+    tiny_rae = [f"model.encoder={out / 'encoder'}", "model.encoder_input_size=32", "model.patch_size=8",
+                "model.decoder_hidden_size=32", "model.decoder_num_hidden_layers=1", "model.decoder_num_attention_heads=2",
+                "model.decoder_intermediate_size=64", "loss.lpips_pretrained=false"]
     failed = []
     for preset in sorted(configs.glob("*.yaml")):
         raw = read_yaml(preset)
@@ -61,9 +68,14 @@ SCRIPT = textwrap.dedent('''
             tiny.append("train.grad_accumulation=1")
         if raw.get("loss", {}).get("name") == "lpips-gan" and raw["loss"].get("perceptual_weight", 1.0) > 0:
             tiny.append("loss.lpips_pretrained=false")  # its VGG weights cannot be downloaded here
+        rae = raw.get("model", {}).get("name") == "rae"
+        if rae:
+            tiny += tiny_rae
         try:
             run = vaekit.train(build_run_config(merge(raw, parse_overrides(tiny))))
-            assert (run / "report.html").is_file() and (run / "model" / "model.safetensors").is_file()
+            # an RAE run saves diffusers' AutoencoderRAE folder, which the explorer does not take yet (docs/rae.md)
+            assert (run / "report.html").is_file() or rae
+            assert (run / "model" / ("diffusion_pytorch_model.safetensors" if rae else "model.safetensors")).is_file()
             print("OK", preset.name)
         except Exception:
             failed.append(preset.name)
@@ -102,7 +114,8 @@ def test_every_preset_runs_without_the_dev_extras(tmp_path):
     assert sorted(line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK ")) == presets
 
 
-@pytest.mark.parametrize("preset", ["finetune-decoder.yaml", "finetune-ft-mse.yaml", "finetune-eqvae.yaml"])
+@pytest.mark.parametrize("preset", ["finetune-decoder.yaml", "finetune-ft-mse.yaml", "finetune-eqvae.yaml",
+                                    "rae-dinov2-b.yaml"])
 def test_the_fine_tune_presets_must_be_told_their_data(preset, capsys):
     from vaekit.cli import main
 

@@ -218,3 +218,53 @@ def test_data_of_another_size_than_the_decoder_gives_and_latent_regularisers_are
     assert "decodes 32×32 RGB images (patch_size 4 × 8 tokens a side) and objects/train has 3×64×64" in capsys.readouterr().err
     assert main(["train", *rae_overrides(tmp_path, encoder_dir, **{"loss.eqvae_prob": 0.5}), "--device", "cpu"]) == 1
     assert "keeps its pretrained encoder frozen" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_decoder_as_one_process_does(tmp_path, encoder_dir, trained_run):
+    """Accelerate's two processes split each global batch of 4; the latent noise is drawn per global batch, so the
+    losses are the one-process run's up to float rounding. The weights after 4 steps with the GAN on differ by
+    rounding amplified by the adaptive weight (a ratio of gradient norms summed in another order): measured 1e-5."""
+    import os
+    import subprocess
+    import sys
+
+    from vaekit.runs import read_log
+
+    args = rae_overrides(tmp_path, encoder_dir, run_name="two")
+    result = subprocess.run([sys.executable, "-m", "vaekit", "-q", "train", *args, "--device", "cpu", "--no-eval",
+                             "--no-explore", "--num-processes=2"], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / "runs" / "two"
+    losses = [[row["loss"] for row in read_log(run) if "loss" in row] for run in (two, trained_run)]
+    assert len(losses[0]) == len(losses[1]) > 0
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-5, atol=0)
+    ours = load_file(two / "model" / "diffusion_pytorch_model.safetensors")
+    theirs = load_file(trained_run / "model" / "diffusion_pytorch_model.safetensors")
+    assert max((ours[key] - theirs[key]).abs().max().item() for key in ours) < 1e-4
+
+
+def test_the_preset_holds_raes_dinov2_b_recipe():
+    """configs/rae-dinov2-b.yaml against bytetriper/RAE configs/stage1/training/DINOv2-B_decXL.yaml and
+    configs/decoder/ViTXL/config.json (docs/rae.md)."""
+    from pathlib import Path
+
+    from vaekit.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "rae-dinov2-b.yaml", ["data.path=photos"])
+    model, data, loss, train = config.model.params, config.data.params, config.loss.params, config.train
+    assert (config.model.name, model.encoder, model.encoder_input_size, model.patch_size, model.noise_tau) == (
+        "rae", "facebook/dinov2-with-registers-base", 224, 16, 0.8)
+    assert (model.decoder_hidden_size, model.decoder_num_hidden_layers, model.decoder_num_attention_heads,
+            model.decoder_intermediate_size) == (1152, 28, 16, 4096)
+    assert (data.crop_size, data.short_side, data.flip) == (256, 384, False)
+    assert (config.loss.name, loss.perceptual_weight, loss.reduction, loss.disc_weight, loss.disc_loss) == (
+        "rae-lpips-gan", 2.0, "mean", 0.75, "hinge")
+    assert loss.disc_start == 8 * 2502  # RAE's epoch 8 on ImageNet-1k (1,281,167 images) at a batch of 512
+    assert (train.batch_size, train.lr, train.epochs, train.ema_decay, train.grad_clip, train.weight_decay) == (
+        512, 2e-4, 16, 0.9978, None, 0.0)
+    assert train.lr_warmup_fraction == 1 / 16 and train.lr_schedule == "cosine" and train.adam_betas is None
+    from vaekit.models.rae import RepresentationAutoencoder
+
+    assert RepresentationAutoencoder.adam_betas == (0.9, 0.95)
