@@ -169,7 +169,10 @@ def _add_diffusability(commands) -> None:
     report.add_argument("--batch-size", type=int, help=f"denoiser batch (default {defaults.batch_size})")
     report.add_argument("--lr", type=float, help=f"denoiser learning rate (default {defaults.lr})")
     report.add_argument("--seeds", help=f"comma-separated (default {','.join(map(str, defaults.seeds))})")
-    report.add_argument("--unet", help=f"the denoiser preset (default {defaults.unet})")
+    report.add_argument("--unet", help=f"the denoiser preset (default {defaults.unet}; unet-wide for latents "
+                        "wider than its first level, as RAE's are)")
+    report.add_argument("--time-shift", help="RAE's noise-schedule shift for every denoiser: auto (α = √(C·h·w / "
+                        "4096) of each autoencoder's latents), a number α, or none (the default)")
     report.add_argument("--samples", type=int,
                         help=f"decoded samples per autoencoder for FID/KID and the classifier's Fréchet distance "
                         f"(default {defaults.samples})")

@@ -27,7 +27,7 @@ def diffusion_config(latents: str, config_path: str | None, overrides: list[str]
     config = build_run_config(raw)
     if MODELS.get(config.model.name).obj.kind != "denoiser":
         raise ConfigError(f"vaekit diffusion train trains a denoiser, not {config.model.name}: model.name must be "
-                          "latent-unet or a preset of it (unet-tiny, unet-small, unet-sd)")
+                          "latent-unet or a preset of it (unet-tiny, unet-small, unet-wide, unet-sd)")
     return config
 
 

@@ -24,6 +24,7 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -78,6 +79,9 @@ class Budget:
     """Denoiser seeds: the verdict tests a difference with at least 4 values a side, and with 5 against 5
     two autoencoders wholly apart give p = 2/252, below 0.05 even after Holm's adjustment for 6 others."""
     unet: str = "unet-tiny"
+    time_shift: float | Literal["auto", "none"] = "none"
+    """The denoisers' noise-schedule shift (``model.time_shift``; RAE's, for wide latents), the same for every
+    autoencoder: "auto" gives each its own α from its latents' size."""
     lr: float = 1e-3
     samples: int = 128
     """Decoded samples per autoencoder and denoiser seed for the arbiter (FID/KID, or the classifier's
@@ -232,7 +236,7 @@ def _denoiser(latents_dir: Path, budget: Budget, seed: int, runs: Path, name: st
         f"train.batch_size={budget.batch_size}", f"train.lr={budget.lr}", "train.validate_every=100000",
         "train.snapshot_examples=0", f"train.checkpoint_every={max(budget.steps // 2, 1)}", "train.progress_bar=false",
         f"data.test_fraction={budget.test_fraction}", f"seed={seed}", f"output_dir={runs}", f"run_name={name}-seed{seed}",
-        f"model.class_conditional={str(budget.class_conditional).lower()}"])
+        f"model.class_conditional={str(budget.class_conditional).lower()}", f"model.time_shift={budget.time_shift}"])
     run = train(config, evaluate_at_end=False, explore=False, device=str(device))
     return {"run": run, **evaluate(run, device=str(device))}
 

@@ -8,6 +8,7 @@ The schedule defaults to Stable Diffusion's (``scaled_linear``, β from 0.00085 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -18,6 +19,8 @@ from torch import nn
 from vaekit.errors import ConfigError
 from vaekit.models.distributions import batch_integers, batch_noise
 from vaekit.registry import MODELS
+
+log = logging.getLogger("vaekit")
 
 
 @dataclass
@@ -57,8 +60,23 @@ class DenoiserConfig:
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
     """Which timesteps a sampler with fewer steps visits (diffusers' option): "leading" (SD's; never the last
     timestep), "trailing" (starts at the last one: pair it with zero terminal SNR), "linspace"."""
+    time_shift: float | Literal["auto", "none"] = "none"
+    """RAE's dimension-dependent shift (bytetriper/RAE ``time_dist_shift``): every timestep's signal-to-noise
+    ratio is divided by α², ᾱ → ᾱ / (ᾱ + α²·(1 − ᾱ)), for training and sampling alike; on RAE's linear flow
+    path that is its t → α·t / (1 + (α − 1)·t). "auto": α = √(C·h·w / time_shift_base_dim), at least 1 (RAE
+    asserts α ≥ 1); a number: α; "none": no shift. See docs/diffusion.md."""
+    time_shift_base_dim: int = 4096
+    """The latent size C·h·w at which "auto" gives α = 1 (RAE's ``time_dist_shift_base``: 4 × 32 × 32, SD's
+    latents at 256²)."""
+    widen_to_latents: bool = False
+    """Multiply every level's width by the smallest integer that makes the first level at least as wide as the
+    latents have channels (RAE: a denoiser narrower than a token cannot fit wide latents)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.time_shift, float) and not self.time_shift > 0:
+            raise ValueError(f"time_shift must be positive (or auto, or none), got {self.time_shift}")
+        if self.time_shift_base_dim < 1:
+            raise ValueError(f"time_shift_base_dim must be at least 1, got {self.time_shift_base_dim}")
         if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
             raise ValueError("rescale_betas_zero_snr=true needs prediction_type=v_prediction: at zero terminal SNR "
                              "the noise cannot be predicted from pure noise")
@@ -68,6 +86,37 @@ class DenoiserOutput(NamedTuple):
     prediction: torch.Tensor
     target: torch.Tensor
     timesteps: torch.Tensor
+
+
+def time_shift(config: DenoiserConfig) -> float:
+    """α of ``config.time_shift``: "auto" is √(C·h·w / time_shift_base_dim) of the latents, at least 1."""
+    if config.time_shift == "none":
+        return 1.0
+    if config.time_shift == "auto":
+        size = config.in_channels * config.sample_size ** 2
+        return max(1.0, math.sqrt(size / config.time_shift_base_dim))
+    return float(config.time_shift)
+
+
+def shift_alphas_cumprod(alphas_cumprod: torch.Tensor, shift: float) -> torch.Tensor:
+    """ᾱ with every SNR ᾱ / (1 − ᾱ) divided by ``shift``²: ᾱ / (ᾱ + shift²·(1 − ᾱ))."""
+    return alphas_cumprod / (alphas_cumprod + shift ** 2 * (1 - alphas_cumprod))
+
+
+def shifted_betas(config: DenoiserConfig) -> list[float] | None:
+    """The β of the config's schedule with its time shift applied (diffusers' ``trained_betas``), or None
+    when there is no shift. Computed in float64 from the unshifted scheduler's ᾱ."""
+    from diffusers import DDPMScheduler
+
+    shift = time_shift(config)
+    if shift == 1.0:
+        return None
+    base = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                         beta_start=config.beta_start, beta_end=config.beta_end,
+                         rescale_betas_zero_snr=config.rescale_betas_zero_snr)
+    shifted = shift_alphas_cumprod(base.alphas_cumprod.double(), shift)
+    previous = torch.cat([torch.ones(1, dtype=shifted.dtype), shifted[:-1]])
+    return (1 - shifted / previous).tolist()
 
 
 def _unet(config: DenoiserConfig) -> nn.Module:
@@ -95,6 +144,7 @@ class LatentDenoiser(nn.Module):
     adam_betas = (0.9, 0.999)
     has_likelihood = False
     scales_latents = False
+    channel_statistics = False
 
     def __init__(self, config: DenoiserConfig):
         super().__init__()
@@ -110,6 +160,10 @@ class LatentDenoiser(nn.Module):
         if config.sample_size % 2 ** (levels - 1):
             raise ConfigError(f"latents of side {config.sample_size} cannot be halved {levels - 1} times: use fewer "
                               "model.block_out_channels levels")
+        if config.block_out_channels[0] < config.in_channels:
+            log.warning("the denoiser's first level is %d channels wide and the latents have %d: narrower than a "
+                        "token, which RAE (Zheng et al. 2025) found cannot fit wide latents; model.name=unet-wide or "
+                        "model.widen_to_latents=true widens it", config.block_out_channels[0], config.in_channels)
         self.config = config
         self.unet = _unet(config)
         self.scheduler = self.noise_scheduler()
@@ -130,7 +184,7 @@ class LatentDenoiser(nn.Module):
         settings = dict(num_train_timesteps=c.num_train_timesteps, beta_schedule=c.beta_schedule,
                         beta_start=c.beta_start, beta_end=c.beta_end, prediction_type=c.prediction_type,
                         clip_sample=False, rescale_betas_zero_snr=c.rescale_betas_zero_snr,
-                        timestep_spacing=c.timestep_spacing)
+                        timestep_spacing=c.timestep_spacing, trained_betas=shifted_betas(c))
         if kind == "ddim":
             # SD's offset shifts "leading" timesteps by one; at as many steps as the schedule has, that would
             # ask for t = T, one past its end
@@ -151,6 +205,9 @@ class LatentDenoiser(nn.Module):
                 updates[key] = value
             elif current != value:
                 raise ConfigError(f"model.{key} is {current} but {data_name} has latents of shape {list(image_shape)}")
+        first = params.block_out_channels[0]
+        if params.widen_to_latents and first < channels:
+            updates["block_out_channels"] = tuple(width * -(-channels // first) for width in params.block_out_channels)
         if params.class_conditional:
             if num_classes is None:
                 raise ConfigError(f"model.class_conditional=true, but {data_name} has no labels (labels come from "
@@ -217,5 +274,9 @@ def _preset(name: str, **values) -> None:
 # widths and depth (320 → 1280, attention on the three highest-resolution levels) without text cross-attention.
 _preset("unet-tiny", block_out_channels=(32, 64), layers_per_block=1, attention_levels=(1,), norm_num_groups=8)
 _preset("unet-small", block_out_channels=(64, 128, 256), layers_per_block=2, attention_levels=(1, 2))
+# unet-tiny's shape, every width multiplied until the first level is as wide as the latents have channels
+# (768 channels of DINOv2-B's RAE latents: 768, 1536), with 64-channel attention heads.
+_preset("unet-wide", block_out_channels=(32, 64), layers_per_block=1, attention_levels=(1,), norm_num_groups=8,
+        attention_head_dim=64, widen_to_latents=True)
 _preset("unet-sd", block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_levels=(0, 1, 2),
         attention_head_dim=64)

@@ -36,6 +36,9 @@ class Autoencoder(nn.Module):
     """What shapes the latent space: "kl" (a Gaussian posterior against the prior) or "vq" (a codebook)."""
     scales_latents: ClassVar[bool] = False
     """Has a ``scaling_factor`` (and ``shift_factor``) for the latents a diffusion model trains on."""
+    channel_statistics: ClassVar[bool] = False
+    """Normalises its latents per channel inside its own ``encode`` and ``decode`` (RAE's latents_mean /
+    latents_std): calibration measures those (``store_channel_statistics``) instead of a scaling factor."""
     frozen_encoder: ClassVar[bool] = False
     """The encoder is a pretrained model that never trains (RAE's): only the decoder learns, and the loss's
     latent regularisers, which shape an encoder's latents, do not apply."""
