@@ -53,12 +53,12 @@ def rae_overrides(tmp_path, encoder, **extra) -> list[str]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, encoder_dir):
     """4 steps of the whole command (validation, evaluation and the GAN from step 2 included)."""
-    return train_rae(tmp_path_factory.mktemp("trained"), encoder_dir, "rae")
+    return train_rae(tmp_path_factory.mktemp("trained"), encoder_dir, "rae", explore=True)
 
 
-def train_rae(tmp_path, encoder, name, *flags, **extra):
+def train_rae(tmp_path, encoder, name, *flags, explore=False, **extra):
     assert main(["train", *rae_overrides(tmp_path, encoder, run_name=name, **extra), "--device", "cpu",
-                 "--no-explore", *flags]) == 0
+                 *([] if explore else ["--no-explore"]), *flags]) == 0
     return tmp_path / "runs" / name
 
 
@@ -103,10 +103,14 @@ def test_training_keeps_the_encoder_bitwise_trains_only_the_decoder_and_exports_
            if key.startswith("module.ema.shadow.")}
     trained.load_state_dict(ema)
     z = torch.randn(2, 64, 8, 8, generator=torch.Generator().manual_seed(1))
+    # The saved model normalises the tokens per channel inside (measured at the end of training; a checkpoint's
+    # model does not yet): its decode takes them normalised.
+    mean, std = torch.tensor(config["latents_mean"]), torch.tensor(config["latents_std"])
+    normalised = (z - mean) / (std + 1e-5)
     with torch.no_grad():
         ours = trained.decode(z)
-        theirs = diffusers_model.decode(z).sample * 2 - 1
-        wrapped = vaekit.load_model(run / "model").decode(z)
+        theirs = diffusers_model.decode(normalised).sample * 2 - 1
+        wrapped = vaekit.load_model(run / "model").decode(normalised)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     torch.testing.assert_close(wrapped, theirs, rtol=0, atol=1e-5)
     assert ours.shape == (2, 3, 32, 32)
@@ -268,3 +272,35 @@ def test_the_preset_holds_raes_dinov2_b_recipe():
     from vaekit.models.rae import RepresentationAutoencoder
 
     assert RepresentationAutoencoder.adam_betas == (0.9, 0.95)
+
+
+def test_an_rae_run_ends_with_its_figures_report_and_per_channel_normalised_latents(trained_run, encoder_dir):
+    """The explorer takes the saved AutoencoderRAE (encode/decode with the contract's labels argument, its fixed
+    token grid); the frozen encoder's tokens are normalised per channel inside the model, as RAE's stage 2 wants,
+    in model/ and best/ alike, and decoding undoes it (reconstructions are the unnormalised model's)."""
+    from diffusers import AutoencoderRAE
+
+    import vaekit
+    from vaekit.data import build_dataset
+    from vaekit.runs import read_run_config
+
+    run = trained_run
+    assert (run / "report.html").is_file()
+    assert {"reconstructions.png", "interpolation_linear.png", "channels.png"} <= {p.name for p in (run / "figures").iterdir()}
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert torch.tensor(config["latents_mean"]).shape == (64, 1, 1)
+    assert json.loads((run / "best" / "config.json").read_text())["latents_std"] == config["latents_std"]
+    data = build_dataset(read_run_config(run).data, "train")
+    x = torch.stack([data[i][0] for i in range(len(data))]) * 2 - 1
+    model = vaekit.load_model(run / "model")
+    with torch.no_grad():
+        z = model.encode(x).mean.double()
+        reconstruction = model.decode(z.float())
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(64, dtype=torch.float64), rtol=0, atol=1e-4)
+    torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(64, dtype=torch.float64), rtol=0, atol=1e-4)
+    raw = AutoencoderRAE.from_pretrained(run / "model", latents_mean=None, latents_std=None,
+                                         ignore_mismatched_sizes=True, low_cpu_mem_usage=False).eval()
+    assert raw._latents_std.shape == (1,) and float(raw._latents_std) == 1.0
+    with torch.no_grad():
+        unnormalised = raw.decode(raw.encode((x + 1) / 2).latent).sample * 2 - 1
+    torch.testing.assert_close(reconstruction, unnormalised, rtol=0, atol=1e-4)

@@ -7,6 +7,7 @@ A bad file among many is skipped with a one-line reason, and the command goes on
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import shutil
@@ -16,6 +17,7 @@ import torch
 
 from vaekit.data.prefetch import prefetch
 from vaekit.errors import VaekitError
+from vaekit.io.atomic import write_json
 from vaekit.io.convert import export_diffusers
 from vaekit.io.images import DEFAULT_MAX_PIXELS, read_image, write_image
 from vaekit.io.latents import load_latents, save_latents
@@ -24,7 +26,7 @@ from vaekit.io.models import in_hub_cache, load_model, locate, save_model, write
 from vaekit.latents import export_latents, open_source
 from vaekit.metrics.image import psnr
 from vaekit.models.blocks import ConvAutoencoder
-from vaekit.models.diffusers_autoencoders import NOT_CALIBRATED, DiffusersAutoencoder
+from vaekit.models.diffusers_autoencoders import NOT_CALIBRATED, DiffusersAutoencoder, set_rae_statistics
 from vaekit.models.latent_scale import LatentNorm, measure_latent_scale, measure_normalised_latents, store_latent_scale
 from vaekit.models.tiling import tiled_decode, tiled_encode
 from vaekit.progress import DEVICE_HELP, progress, resolve_device
@@ -280,9 +282,19 @@ def _calibrate_wrapped(model: DiffusersAutoencoder, args: argparse.Namespace) ->
     if not fields:
         print(f"nothing written: {NOT_CALIBRATED[name]}")
         return 0
-    target = write_config_fields(_editable_folder(args), fields)
-    shown = ", ".join(f"{key} {[round(v, 4) for v in value] if isinstance(value, list) else f'{value:.5g}'}"
-                      for key, value in fields.items())
+    if name == "AutoencoderRAE":  # RAE keeps them in its weights (buffers) as well as its config
+        folder = _editable_folder(args)
+        config = json.loads((folder / "config.json").read_text())
+        set_rae_statistics(model.module, torch.tensor(fields["latents_mean"]), torch.tensor(fields["latents_std"]))
+        model.module.save_pretrained(folder, safe_serialization=True)
+        write_json(folder / "config.json", config)  # the config as it was (save_pretrained adds its own keys)
+        target = write_config_fields(folder, fields)
+        shown = (f"latents_mean and latents_std of shape {list(torch.tensor(fields['latents_mean']).shape)} (per "
+                 "channel; per element where they were), applied inside its encode and undone inside its decode")
+    else:
+        target = write_config_fields(_editable_folder(args), fields)
+        shown = ", ".join(f"{key} {[round(v, 4) for v in value] if isinstance(value, list) else f'{value:.5g}'}"
+                          for key, value in fields.items())
     print(f"{shown} (was {norm.describe()}; nothing else changed) -> {target}")
     return 0
 

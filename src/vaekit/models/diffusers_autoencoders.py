@@ -17,8 +17,10 @@ AutoencoderKLQwenImage     (z − latents_mean) / latents_std per channel; one f
                            layout (qwenimage/pipeline_qwenimage.py)
 AutoencoderKLWan           the same as Qwen-Image (wan/pipeline_wan.py)
 AutoencoderKLHunyuanImage  z · scaling_factor (hunyuan_image/pipeline_hunyuanimage.py)
-AutoencoderRAE             z as it is: the model normalises its encoder's tokens itself (latents_mean,
-                           latents_std, scaling_factor; models/autoencoders/autoencoder_rae.py)
+AutoencoderRAE             z as it is: the model normalises its encoder's tokens itself inside encode
+                           ((tokens − latents_mean) / (latents_std + 1e-5) · scaling_factor) and undoes it
+                           inside decode (models/autoencoders/autoencoder_rae.py); ``vaekit calibrate``
+                           measures and stores per-channel latents_mean/latents_std there
 ConsistencyDecoderVAE      z · scaling_factor (stable_diffusion/pipeline_stable_diffusion.py); decoded by
                            its consistency model with a fixed generator (seed 0), so decoding is repeatable
 =========================  ==============================================================================
@@ -62,8 +64,6 @@ NOT_CALIBRATED = {
     "not rewrite weights",
     "AutoencoderTiny": "TAESD's latents are already in the scaled space of the VAE it distils (the one its diffusion "
     "model was trained in); its pipelines apply no factor, so there is no field to set",
-    "AutoencoderRAE": "RAE's latents_mean/latents_std are applied inside the model's own encode and decode "
-    "(models/autoencoders/autoencoder_rae.py): changing them changes the autoencoder, not the hand-off",
 }
 """Families whose convention has no field for ``vaekit calibrate`` to write, and why."""
 
@@ -106,7 +106,12 @@ class DiffusersAutoencoder(nn.Module):
             probe = self.encode(torch.zeros(1, 3, 128, 128, device=_device_of(module))).mean
         scaling = getattr(module.config, "scaling_factor", None)
         side = getattr(module.config, "sample_size", None)
-        self.config = WrappedConfig(name, probe.shape[1], 128 // probe.shape[-1], 1.0 if scaling is None else scaling,
+        # RAE resizes every image to its encoder's input: its token grid is fixed, and a latent position is
+        # the decoder's patch of the image it gives (patch_size · grid pixels a side)
+        factor = module.config.patch_size if name == "AutoencoderRAE" else 128 // probe.shape[-1]
+        if name == "AutoencoderRAE":
+            side = module.decoder_image_size
+        self.config = WrappedConfig(name, probe.shape[1], factor, 1.0 if scaling is None else scaling,
                                     sample_size=side if isinstance(side, int) else None)
 
     @property
@@ -119,12 +124,22 @@ class DiffusersAutoencoder(nn.Module):
         return self.class_name in POINT
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """The raw latent's shape for images ``(height, width)``; RAE's is its fixed token grid whatever the size."""
+        if self.class_name == "AutoencoderRAE":
+            grid = int(round(self.module.num_patches ** 0.5))
+            return self.config.latent_channels, grid, grid
         f = self.downsampling_factor
         return self.config.latent_channels, -(-height // f), -(-width // f)
 
-    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+    def labels_for(self, labels: torch.Tensor | None) -> None:
+        """No wrapped class is class-conditional: ``encode``/``decode`` take no labels (vaekit's contract)."""
+        return None
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> DiagonalGaussian:
         """The posterior of images ``x`` ``(B, 3, H, W)`` in [-1, 1]: the class's own latent distribution, or a
-        point mass at its latent for deterministic encoders (TAESD, DC-AE, RAE)."""
+        point mass at its latent for deterministic encoders (TAESD, DC-AE, RAE). ``labels`` is the contract's
+        argument (``labels_for`` gives None: no wrapped class is conditional); labels given are refused."""
+        _refuse_labels(labels)
         name = self.class_name
         if name in FRAMES:
             dist = self.module.encode(x.unsqueeze(2)).latent_dist
@@ -138,9 +153,11 @@ class DiffusersAutoencoder(nn.Module):
         dist = self.module.encode(x).latent_dist
         return DiagonalGaussian(dist.mean, dist.logvar)
 
-    def decode(self, z: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None,
+               size: tuple[int, int] | None = None) -> torch.Tensor:
         """Images in [-1, 1] (not clipped) from raw latents ``z``; ``size`` crops (or, for RAE, whose decoder
-        gives its own size, resizes) the images to ``(H, W)``."""
+        gives its own size, resizes) the images to ``(H, W)``. ``labels``: as ``encode``'s."""
+        _refuse_labels(labels)
         name = self.class_name
         z = z.contiguous()  # RAE's decoder reshapes it with .view (a rotated latent is a strided view)
         if name in FRAMES:
@@ -189,8 +206,9 @@ class DiffusersAutoencoder(nn.Module):
         """The config fields that give unit-std normalised latents on measured data, in the family's own
         convention: ``channel_mean``/``channel_std`` are per channel and ``std`` pooled over channels, of the
         latents ``scale_latents`` gives now. SCALED: ``scaling_factor`` / std; the video families: z's own
-        per-channel mean and std (latents_mean + latents_std · mean, latents_std · std). Empty for the
-        families of ``NOT_CALIBRATED``."""
+        per-channel mean and std (latents_mean + latents_std · mean, latents_std · std); RAE: the statistics
+        its own encode applies (``rae_statistics``; they live in its weights too: ``set_rae_statistics``).
+        Empty for the families of ``NOT_CALIBRATED``."""
         name, config = self.class_name, self.module.config
         if name in SCALED:
             return {"scaling_factor": float(config.scaling_factor) / std}
@@ -199,7 +217,46 @@ class DiffusersAutoencoder(nn.Module):
             scale = torch.tensor(config.latents_std, dtype=torch.float64)
             return {"latents_mean": (mean + scale * channel_mean.double().cpu()).tolist(),
                     "latents_std": (scale * channel_std.double().cpu()).tolist()}
+        if name == "AutoencoderRAE":
+            mean, scale = rae_statistics(self.module, channel_mean, channel_std)
+            return {"latents_mean": mean.float().tolist(), "latents_std": scale.float().tolist()}  # as stored
         return {}
+
+
+RAE_EPS = 1e-5
+"""What diffusers' AutoencoderRAE adds to ``latents_std`` before dividing by it."""
+
+
+def rae_statistics(module: nn.Module, channel_mean: torch.Tensor,
+                   channel_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``latents_mean``/``latents_std`` (float64, ``(C, 1, 1)``, or ``(C, h, w)`` where the current ones are
+    per element, as RAE's published statistics are) that make an ``AutoencoderRAE``'s ``encode`` give latents of
+    mean 0 and std 1 per channel on the images measured. ``channel_mean``/``channel_std`` ``(C,)`` are of what it
+    gives now: out = s·(z − m₀)/(σ₀ + ε) with s its ``scaling_factor``; the new m₁ = m₀ + μ·(σ₀ + ε)/s and
+    σ₁ + ε = σ·(σ₀ + ε) give (out − μ)/σ. Decoding undoes them, so reconstructions do not change."""
+    if not bool((channel_std > 0).all()):
+        raise VaekitError("a latent channel has no spread: per-channel statistics cannot normalise it")
+    mean0 = module._latents_mean.detach().double().cpu()
+    std0 = module._latents_std.detach().double().cpu() + RAE_EPS
+    mu = channel_mean.detach().double().cpu().view(-1, 1, 1)
+    sigma = channel_std.detach().double().cpu().view(-1, 1, 1)
+    return mean0 + mu * std0 / float(module.config.scaling_factor), sigma * std0 - RAE_EPS
+
+
+def set_rae_statistics(module: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Store ``latents_mean``/``latents_std`` in an ``AutoencoderRAE`` where diffusers keeps them: its config
+    and its persistent buffers (both are saved, and ``from_pretrained`` needs them to agree in shape)."""
+    mean, std = mean.detach().float().cpu(), std.detach().float().cpu()  # the config says what the buffers hold
+    module.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    device = module._latents_mean.device
+    module._latents_mean = mean.to(device)
+    module._latents_std = std.to(device)
+
+
+def _refuse_labels(labels: torch.Tensor | None) -> None:
+    if labels is not None:
+        raise VaekitError("a wrapped diffusers autoencoder is not class-conditional: encode/decode take no labels "
+                          "(pass model.labels_for(labels), which is None)")
 
 
 def _point(z: torch.Tensor) -> DiagonalGaussian:

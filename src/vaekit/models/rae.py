@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from vaekit.errors import ConfigError
 from vaekit.models.base import Autoencoder
+from vaekit.models.diffusers_autoencoders import rae_statistics, set_rae_statistics
 from vaekit.models.distributions import DiagonalGaussian, batch_noise
 from vaekit.registry import MODELS
 
@@ -191,6 +192,7 @@ class RepresentationAutoencoder(Autoencoder):
     has_likelihood = False
     deterministic = True
     frozen_encoder = True
+    channel_statistics = True
 
     def __init__(self, config: RAEConfig):
         super().__init__()
@@ -267,6 +269,22 @@ class RepresentationAutoencoder(Autoencoder):
 
     def reconstruct(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
         return self.decode(self.encode(x).mode(), size=x.shape[2:])
+
+    def store_channel_statistics(self, channel_mean: torch.Tensor, channel_std: torch.Tensor) -> None:
+        """Make ``encode`` give latents of mean 0 and std 1 per channel where ``channel_mean``/``channel_std``
+        ``(C,)`` were measured on what it gives now: diffusers' latents_mean/latents_std (config and buffers),
+        applied inside encode and undone inside decode, as RAE's stage-2 statistics are (reconstructions do not
+        change). RAE measures them per element (``src/calculate_stat.py``); vaekit per channel."""
+        set_rae_statistics(self.module, *rae_statistics(self.module, channel_mean, channel_std))
+
+    def copy_statistics_to(self, folder: str | Path) -> None:
+        """Write this model's latent statistics into the AutoencoderRAE folder of a model with the same frozen
+        encoder (the run's best/ weights), whose tokens they describe as well."""
+        from diffusers import AutoencoderRAE
+
+        other = AutoencoderRAE.from_pretrained(str(folder), torch_dtype=torch.float32)
+        set_rae_statistics(other, self.module._latents_mean.double(), self.module._latents_std.double())
+        other.save_pretrained(folder, safe_serialization=True)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """The ``AutoencoderRAE`` folder (config.json + diffusion_pytorch_model.safetensors) that diffusers'

@@ -22,7 +22,7 @@ from vaekit.config import RunConfig
 from vaekit.errors import TrainingDiverged, VaekitError
 from vaekit.evaluation import evaluate
 from vaekit.io.layout import latest_checkpoint
-from vaekit.io.models import load_model, save_model, saves_as_diffusers, write_latent_scale
+from vaekit.io.models import load_model, save_model, write_latent_scale
 from vaekit.models.latent_scale import measure_latent_scale, store_latent_scale
 from vaekit.runs import BEST_DIR, update_metrics
 from vaekit.training.distributed import any_process
@@ -183,7 +183,9 @@ def finish(run: Run, evaluate_at_end: bool, explore: bool) -> Path:
         if warning:
             log.warning(warning)
         save_model(model, run.run_dir / "model")
-        if scale and (run.run_dir / BEST_DIR).is_dir():
+        if scale and (run.run_dir / BEST_DIR).is_dir() and model.channel_statistics:
+            model.copy_statistics_to(run.run_dir / BEST_DIR)  # the same frozen encoder: the same statistics
+        elif scale and (run.run_dir / BEST_DIR).is_dir():
             best = load_model(run.run_dir / BEST_DIR, device=run.device)
             calibrate(run, best)
             write_latent_scale(run.run_dir / BEST_DIR, best.latent_norm)
@@ -202,10 +204,7 @@ def finish(run: Run, evaluate_at_end: bool, explore: bool) -> Path:
         })
         if evaluate_at_end:
             evaluate(run.run_dir, device=str(run.device))
-        if explore and saves_as_diffusers(model):
-            log.info("no figures or report.html: the explorer does not take a diffusers model folder (%s) yet; "
-                     "the evaluation is in metrics.json", type(model.module).__name__)
-        elif explore:
+        if explore:
             from vaekit.explore import explore_run
 
             explore_run(run.run_dir, device=str(run.device))
@@ -219,6 +218,8 @@ def calibrate(run: Run, model: torch.nn.Module) -> dict:
     ``model``; what was done, for metrics.json."""
 
     mode = run.cfg.calibrate_latents
+    if model.channel_statistics and mode != "never":
+        return calibrate_channels(run, model)
     if not model.scales_latents or mode == "never":
         return {}
     if mode == "auto" and run.encoder_frozen:
@@ -237,6 +238,24 @@ def calibrate(run: Run, model: torch.nn.Module) -> dict:
     log.info("latent scaling factor %.5g (shift %s) measured on posterior samples of %d training images",
              measured.norm.scaling_factor, measured.norm.shift_factor, measured.images)
     return {**measured.norm.to_dict(), "calibration_images": measured.images, "scaling_factor_before": source_factor}
+
+
+def calibrate_channels(run: Run, model: torch.nn.Module) -> dict:
+    """A model that normalises its latents inside itself (RAE): their per-channel mean and std measured on
+    training examples and stored where its encode applies them, so that it hands a diffusion model latents of
+    mean 0 and std 1 per channel (RAE's stage 2 trains on its normalised tokens); what was done, for
+    metrics.json."""
+    generator = torch.Generator(device=run.device).manual_seed(run.config.seed)
+    batches = ((run.to_model_range(x.to(run.device)), y) for x, y in run.batches.epoch(0))
+    with torch.no_grad():
+        measured = measure_latent_scale(model, batches, generator, per_channel=True,
+                                        max_images=run.cfg.calibration_images)
+    run.batches.close()
+    mean, std = measured.norm.latents_mean, measured.norm.latents_std
+    model.store_channel_statistics(torch.tensor(mean), torch.tensor(std))
+    log.info("per-channel latent statistics (std %.4g to %.4g) measured on %d training images, stored in the model",
+             min(std), max(std), measured.images)
+    return {"latent_channel_statistics": "per channel, inside the model", "calibration_images": measured.images}
 
 
 def latent_space_warning(run: Run, scale: dict) -> str | None:
