@@ -304,3 +304,42 @@ def test_an_rae_run_ends_with_its_figures_report_and_per_channel_normalised_late
     with torch.no_grad():
         unnormalised = raw.decode(raw.encode((x + 1) / 2).latent).sample * 2 - 1
     torch.testing.assert_close(reconstruction, unnormalised, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_diffusability_report_compares_a_trained_rae_with_a_kl_autoencoder_end_to_end(trained_run, tmp_path,
+                                                                                        monkeypatch):
+    """Issue 33's done-when: the tiny vaekit-trained RAE beside a tiny KL autoencoder under one budget, each
+    denoiser as wide as its latents' channels (unet-wide): both rows with finite scores."""
+    import math
+
+    import numpy as np
+    from huggingface_hub import constants
+    from PIL import Image
+    from skimage import data
+
+    import vaekit
+    from vaekit.diffusion.page import JSON_FILE
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    torch.manual_seed(0)
+    vaekit.save_model(vaekit.create_model("autoencoder-kl", block_out_channels=(16, 16), layers_per_block=1,
+                                          norm_num_groups=8, latent_channels=4), tmp_path / "kl")
+    rng, photo = np.random.default_rng(0), data.coffee()
+    (tmp_path / "images").mkdir()
+    for i in range(12):
+        top, left = rng.integers(0, photo.shape[0] - 64), rng.integers(0, photo.shape[1] - 64)
+        Image.fromarray(photo[top:top + 64:2, left:left + 64:2]).save(tmp_path / "images" / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["diffusability", str(trained_run / "model"), str(tmp_path / "kl"), "--data", str(tmp_path / "images"),
+                 "--resolution", "32", "--min-latent-side", "8", "--steps", "2", "--batch-size", "4", "--seeds", "0",
+                 "--samples", "4", "--unet", "unet-wide", "--device", "cpu", "-o", str(out)]) == 0
+    rows = {row["vae"]: row for row in json.loads((out / JSON_FILE).read_text())["rows"]}
+    assert set(rows) == {"rae", "kl"}
+    assert rows["rae"]["latent_shape"] == [64, 8, 8] and rows["kl"]["latent_shape"] == [4, 16, 16]
+    for row in rows.values():  # unlabelled images offline: the cheap signals and the reconstruction are the scores
+        scores = {key: row[key] for key in ("eps_mse", "psnr", "latent_hf_fraction", "reconstruction_mse")}
+        assert all(value is not None and math.isfinite(value) for value in scores.values()), (row["vae"], scores)
+    widths = {path.parent.name: json.loads((path / "config.json").read_text())["block_out_channels"]
+              for path in (out / "runs").glob("*/model")}
+    assert widths == {"rae-seed0": [64, 128], "kl-seed0": [32, 64]}  # unet-wide: as wide as a token
