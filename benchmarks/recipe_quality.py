@@ -10,12 +10,14 @@ arm's overrides, for the same number of steps.
 Collections (``--train DIR --test DIR`` for your own): by default the training folder is scikit-image's
 seven colour photographs (the built-in ``photos`` training set) and the scored folder scikit-learn's two
 sample photographs and matplotlib's Grace Hopper, written as PNG files first, so both sides decode files
-as a user's run would. Scores, on every non-overlapping native-resolution crop of the scored images, at
+as a user's run would. ``--split DIR`` takes a split built by benchmarks/photo_collections.py (``DIR/train``:
+Urban100's 100 photographs; ``DIR/test``: BSD68's 68, resized and centre-cropped to 256² as a diffusion model
+sees them). Scores, on every non-overlapping native-resolution crop of the scored images, at
 64² and 256²: PSNR and SSIM (means over crops) and the reconstructions' high-frequency energy over the
 originals' (``hf_energy_ratio``: blur < 1). Wall time: the whole ``vaekit.train`` call (validation,
 checkpoints and latent calibration included) against the plain loop's, seeds interleaved.
 
-    python benchmarks/recipe_quality.py [--steps 1500] [--arms plain,preset] [--seeds 0,1,2] [--json out.json]
+    python benchmarks/recipe_quality.py [--steps 1500] [--arms plain,preset] [--seeds 0,1,2] [--split DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+BATCH, CROP, LR, EXAMPLES_PER_EPOCH = 8, 64, 1e-3, 4000
 LDM = ["loss.disc_weight=0.5", "loss.disc_start={disc_start}", "loss.reduction=sum", "train.ema_decay=0.995",
        "train.grad_clip=10", "train.lr_warmup_steps=100"]
 """LDM's recipe as the preset had it before this benchmark: PatchGAN from 60 % of the steps (900 of 1,500),
@@ -44,8 +47,12 @@ ARMS = {
     "ldm-no-gan-no-clip": NO_GAN + ["train.grad_clip=null"],
     "ldm-no-gan-no-warmup": NO_GAN + ["train.lr_warmup_steps=0"],
     "preset-no-cache": ["data.cache=false"],
+    # Issue 31 item 5, the preset's seed dependence: the KL's weight relative to a per-pixel-mean reconstruction
+    # as in the plain loop (1e-6 · C·H·W of a 64² crop), the summed reduction, and so clipping, kept ...
+    "preset-kl-matched": [f"loss.kl_weight={1e-6 * 3 * CROP * CROP:g}"],
+    # ... and everything the plain loop lacks removed at once: what remains is the implementation and the data order.
+    "preset-as-plain": ["loss.reduction=mean", "train.grad_clip=null", "train.ema_decay=null", "train.lr_warmup_steps=0"],
 }
-BATCH, CROP, LR, EXAMPLES_PER_EPOCH = 8, 64, 1e-3, 4000
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -175,8 +182,18 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds: each arm runs once per seed")
     parser.add_argument("--train", type=Path, help="folder of photographs to train on (default: built-in)")
     parser.add_argument("--test", type=Path, help="folder of other photographs to score on (default: built-in)")
+    parser.add_argument("--split", type=Path,
+                        help="a folder with train/ and test/ (benchmarks/photo_collections.py builds one): --train DIR/train "
+                             "--test DIR/test")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.split is not None:
+        if args.train is not None or args.test is not None:
+            parser.error("--split replaces --train and --test")
+        args.train, args.test = args.split / "train", args.split / "test"
+        for folder in (args.train, args.test):
+            if not folder.is_dir():
+                parser.error(f"{folder} is not a folder: build the split with benchmarks/photo_collections.py {args.split}")
     if (args.train is None) != (args.test is None):
         parser.error("--train and --test go together")
     arms = args.arms.split(",")
