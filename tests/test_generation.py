@@ -322,6 +322,12 @@ def test_the_track_record_also_correlates_within_one_downsampling_factor():
     arbiter = [np.mean([r["sample_classifier_fd"] for r in g]) for g in groups.values()]
     expected = stats.spearmanr(signal, arbiter).statistic
     assert within["signals"]["latent_hf_fraction"]["rho"] == pytest.approx(expected, abs=1e-9)
+    from vaekit.diffusion.page import _track_record_extra
+
+    page = _track_record_extra(record)  # the report page shows the within-factor ρ beside the overall one
+    column = page["columns"].index("within f = 4")
+    hf_row = next(row for row in page["rows"] if row[0] == "latent_hf_fraction")
+    assert hf_row[column].startswith(f"{expected:.2f} (")
     one_factor = [row for row in rows if row["downsampling_factor"] == 4]
     assert "within_factor" not in track_record(one_factor, lambda row: seed_free_name(row["vae"]),
                                                "sample_classifier_fd")

@@ -368,7 +368,8 @@ def _measure(path: str, name: str, shared: _Shared) -> tuple[dict, tuple]:
     if shared.judge is None:  # the held-out images are the same for every autoencoder: one judge serves all
         shared.judge = _judge(budget, shared.readable, held_out, held_out_names, device)
     signals, spectra = _signals(vae, held_out.to(device), shared.judge)
-    row = {"vae": name, "source": str(path), "downsampling_factor": vae.downsampling_factor, **signals}
+    factor = vae.downsampling_factor * vae.latent_norm.patch_size  # of the latents the denoiser sees
+    row = {"vae": name, "source": str(path), "downsampling_factor": factor, **signals}
     results = [_denoiser(latents_dir, budget, seed, out / "runs", name, device) for seed in budget.seeds]
     eps = [r["eps_mse"] for r in results]
     row.update(eps_mse=statistics.fmean(eps), eps_mse_seeds=eps, eps_mse_spread=max(eps) - min(eps),

@@ -53,6 +53,26 @@ def _track_record_table(rows: list[dict], refused: dict[str, str]) -> dict | Non
     return track_record(rows, lambda row: seed_free_name(row["vae"]), arbiter)
 
 
+def _track_record_extra(record: dict) -> dict:
+    """The page's meta-study table: each signal's ρ over every configuration, then within each downsampling
+    factor that has a record of its own (a signal that only tells one factor from another shows it there)."""
+    within = record.get("within_factor") or {}
+    caption = (f"Spearman's ρ of each signal (oriented: better first) with the arbiter over "
+               f"{len(record['groups'])} configurations (means over their seeds), with a 90 % bootstrap interval "
+               "over configurations")
+    caption += "".join(f"; within f = {f}: its {len(w['groups'])} configurations alone" for f, w in within.items())
+
+    def cell(r: dict | None) -> str:
+        return "n/a" if r is None else f"{r['rho']:.2f} ({r['low']:.2f} to {r['high']:.2f})"
+
+    rows = [[name, f"{r['rho']:.2f}", f"{r['low']:.2f}", f"{r['high']:.2f}",
+             *(cell(w["signals"].get(name)) for w in within.values()), SIGNALS[name][1]]
+            for name, r in sorted(record["signals"].items(), key=lambda item: -item[1]["rho"])]
+    return {"title": f"Which cheap signals predict {record['arbiter']}", "caption": caption + ".",
+            "columns": ["signal", "rho", "low", "high", *(f"within f = {f}" for f in within), "what it is"],
+            "rows": rows}
+
+
 def _write_table(path: Path, rows: list[dict]) -> list[list[str]]:
     table = [[table_cell(row.get(c)) for c in COLUMNS] for row in rows]
     with open(path, "w", newline="") as f:
@@ -99,13 +119,7 @@ def write_report(out: Path, rows: list[dict], spectra: dict, budget, judge: Judg
         title += f"; the table: {len(grouped)} configurations, means over their autoencoders"
     extra = None
     if record is not None:
-        extra = {"title": f"Which cheap signals predict {record['arbiter']}",
-                 "caption": f"Spearman's ρ of each signal (oriented: better first) with the arbiter over "
-                            f"{len(record['groups'])} configurations (means over their seeds), with a 90 % bootstrap "
-                            "interval over configurations.",
-                 "columns": ["signal", "rho", "low", "high", "what it is"],
-                 "rows": [[name, f"{r['rho']:.2f}", f"{r['low']:.2f}", f"{r['high']:.2f}", SIGNALS[name][1]]
-                          for name, r in sorted(record["signals"].items(), key=lambda item: -item[1]["rho"])]}
+        extra = _track_record_extra(record)
     decided = judged["decided_by"]
     title += f"; decided by {decided}" if decided else "; no judge decided"
     return render("sweep.html", out / PAGE, figures, title=title,
