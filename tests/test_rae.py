@@ -347,3 +347,36 @@ def test_the_diffusability_report_compares_a_trained_rae_with_a_kl_autoencoder_e
     widths = {path.parent.name: json.loads((path / "config.json").read_text())["block_out_channels"]
               for path in (out / "runs").glob("*/model")}
     assert widths == {"rae-seed0": [64, 128], "kl-seed0": [32, 64]}  # unet-wide: as wide as a token
+
+
+def test_export_latents_takes_an_rae_checkpoint_as_its_encode_gives_them(tmp_path, encoder_dir):
+    """A checkpoint (vaekit's folder, ``_vaekit_model: rae``) exports the tokens ``encode`` gives, as they are: the
+    model normalises them inside itself (identity ``latent_norm``), and the manifest records the encoder's width."""
+    import numpy as np
+    from PIL import Image
+
+    import vaekit
+    from vaekit.io.models import save_state
+    from vaekit.latents import LatentDataset
+
+    torch.manual_seed(0)
+    model = vaekit.create_model("rae", encoder=str(encoder_dir), **{key.removeprefix("model."): value
+                                                                   for key, value in TINY_DECODER.items()})
+    checkpoint = save_state(model, tmp_path / "run" / "checkpoints" / "step-00000002")
+    assert json.loads((checkpoint / "config.json").read_text())["_vaekit_model"] == "rae"
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    assert main(["export-latents", "--model", str(checkpoint), "--data", str(tmp_path / "images"), "--device", "cpu",
+                 "-o", str(tmp_path / "latents")]) == 0
+    exported = LatentDataset(tmp_path / "latents")
+    manifest = exported.manifest
+    assert (manifest["model"], manifest["latent_channels"], manifest["downsampling_factor"]) == ("rae", 64, 4)
+    assert manifest["logvar"] is False and manifest["scaling_factor"] == 1.0 and manifest["latents_mean"] is None
+    from vaekit.io.images import read_image
+
+    x = torch.cat([read_image(tmp_path / "images" / f"{i}.png") for i in range(3)])
+    with torch.no_grad():
+        expected = vaekit.load_model(checkpoint).encode(x).mean
+    torch.testing.assert_close(torch.stack([exported[i]["latent"] for i in range(3)]), expected, rtol=1e-5, atol=1e-5)

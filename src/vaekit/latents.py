@@ -183,9 +183,16 @@ def _export_spec(model, source: _Source, shard_size: int, resolution: int | None
             "model_class": getattr(model, "class_name", type(model).__name__),
             "model_fingerprint": fingerprint(model), **norm.to_dict(),
             "dtype": str(dtype or next(model.parameters()).dtype).removeprefix("torch."),
-            "latent_channels": model.config.latent_channels * norm.patch_size ** 2,
+            "latent_channels": _latent_channels(model) * norm.patch_size ** 2,
             "downsampling_factor": model.downsampling_factor * norm.patch_size, "names_digest": hashlib.sha256(
                 "\n".join(source.names).encode()).hexdigest()[:16]}
+
+
+def _latent_channels(model) -> int:
+    """Channels of the latents ``model.encode`` gives: its config's, or, for a model whose latent width is its
+    pretrained encoder's (RAE: the encoder's hidden size), the model's own."""
+    channels = getattr(model, "latent_channels", None)
+    return channels if channels is not None else model.config.latent_channels
 
 
 def _claim_spec(output: Path, spec: dict, state) -> None:

@@ -27,6 +27,7 @@ from vaekit.errors import ConfigError
 from vaekit.models.base import Autoencoder
 from vaekit.models.diffusers_autoencoders import rae_statistics, set_rae_statistics
 from vaekit.models.distributions import DiagonalGaussian, batch_noise
+from vaekit.models.latent_scale import LatentNorm
 from vaekit.registry import MODELS
 
 FAMILIES = {"dinov2_with_registers": "dinov2", "siglip": "siglip2", "siglip_vision_model": "siglip2",
@@ -234,7 +235,19 @@ class RepresentationAutoencoder(Autoencoder):
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """The encoder resizes every image to its input size: the token grid is fixed."""
         grid = int(self.module.num_patches ** 0.5)
-        return self.module.config.encoder_hidden_size, grid, grid
+        return self.latent_channels, grid, grid
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents: the encoder's hidden size (one token per position)."""
+        return self.module.config.encoder_hidden_size
+
+    @property
+    def latent_norm(self) -> LatentNorm:
+        """The identity: the per-channel statistics are applied inside ``encode`` (diffusers' latents_mean/
+        latents_std) and undone inside ``decode``, so what ``encode`` gives is already what a diffusion model
+        takes (``export-latents`` of a checkpoint or a saved model records and undoes nothing more)."""
+        return LatentNorm()
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> DiagonalGaussian:
         """x: ``(B, 3, H, W)`` in [-1, 1] → a point mass at the tokens ``(B, hidden_size, grid, grid)``."""
