@@ -49,6 +49,7 @@ def test_training_measures_the_scale_and_what_stage_b_trains_on_has_unit_varianc
     assert model.config.scaling_factor == train["scaling_factor"] != 0.18215
     assert train["scaling_factor_before"] == 0.18215
     assert train["calibration_images"] == 58  # every training example (58 of the 64 files; 6 are held out)
+    assert "patch_size" not in train  # a KL run folds nothing: its metrics.json is what it was before patch_size
     assert main(["export-latents", "--model", str(run), "--data", str(root / "imgs"), "-o", str(root / "export")]) == 0
     exported = LatentDataset(root / "export")
     means = torch.stack([item["latent"] for item in exported]).double()
@@ -163,3 +164,14 @@ def test_calibrate_refuses_what_it_cannot_store_or_measure(trained, tmp_path, ca
     assert main(["calibrate", "--model", str(tmp_path / "vae.safetensors"), "--data", str(root / "imgs"),
                  "--resolution", "32", "--images", "4", "-o", str(tmp_path / "out")]) == 0
     assert vaekit.load_model(tmp_path / "out").config.scaling_factor != 0.18215
+
+
+def test_a_latent_norm_records_patch_size_only_where_it_folds():
+    """Unfolded records keep the keys they had before ``patch_size`` (older readers and files stay the same); a
+    record without it reads back as folding nothing, and a folded one keeps it."""
+    from vaekit.models.latent_scale import LatentNorm
+
+    plain, folded = LatentNorm(0.5, 0.1), LatentNorm(1.0, None, (0.0,) * 4, (1.0,) * 4, patch_size=2)
+    assert set(plain.to_dict()) == {"scaling_factor", "shift_factor", "latents_mean", "latents_std"}
+    assert folded.to_dict()["patch_size"] == 2
+    assert [LatentNorm.from_manifest(norm.to_dict()) for norm in (plain, folded)] == [plain, folded]

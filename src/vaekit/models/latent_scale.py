@@ -74,10 +74,12 @@ class LatentNorm:
                    int(manifest.get("patch_size", 1)))
 
     def to_dict(self) -> dict:
+        """The record ``from_manifest`` reads back. ``patch_size`` only where it folds (> 1): a record without it
+        folds nothing, so unfolded records (metrics.json, exports, latents files) stay what they were before it."""
+        folded = {"patch_size": self.patch_size} if self.patch_size != 1 else {}
         return {"scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor or 0.0,
                 "latents_mean": None if self.latents_mean is None else list(self.latents_mean),
-                "latents_std": None if self.latents_std is None else list(self.latents_std),
-                "patch_size": self.patch_size}
+                "latents_std": None if self.latents_std is None else list(self.latents_std), **folded}
 
     @property
     def per_channel(self) -> bool:
