@@ -302,6 +302,59 @@ def test_resuming_with_other_settings_is_refused(image_folder, small_model, tmp_
         export_latents(model, str(image_folder), tmp_path / "x", shard_size=5)
 
 
+@pytest.mark.parametrize("version", ["before model_class and patch_size", "with patch_size 1 recorded"])
+def test_an_export_interrupted_under_an_earlier_version_resumes(version, image_folder, small_model, tmp_path):
+    """Its export.json lacks fields added since (they take their defaults, model_class is not compared) or records
+    patch_size 1, which the current spec leaves out; a patch_size it would change is still refused."""
+    model = vaekit.load_model(small_model).eval()
+    out = tmp_path / "latents"
+    export_latents(model, str(image_folder), out, shard_size=3)
+    spec = json.loads((out / "export.json").read_text())
+    if version == "with patch_size 1 recorded":
+        spec["patch_size"] = 1
+    else:
+        del spec["model_class"]
+    (out / "export.json").write_text(json.dumps(spec))
+    (out / shard_name(2)).unlink()
+    (out / "manifest.json").unlink()
+    assert export_latents(model, str(image_folder), out, shard_size=3)["encoded"] == 14
+    (out / "export.json").write_text(json.dumps({**spec, "patch_size": 2}))
+    with pytest.raises(VaekitError, match=r"\(patch_size differ\)"):
+        export_latents(model, str(image_folder), out, shard_size=3)
+
+
+def test_folded_latents_get_a_format_readers_of_the_first_refuse(image_folder, small_model, tmp_path, monkeypatch):
+    """``vaekit-latents/1`` readers know nothing of patch_size: an export of folded latents is
+    ``vaekit-latents/2`` (readable here, as /1 still is), and a latents file keeps its folded normalisation
+    under a key they do not read."""
+    from safetensors import safe_open
+
+    from vaekit.io.latents import load_latents, save_latents
+    from vaekit.models.latent_scale import LatentNorm
+
+    model = vaekit.load_model(small_model).eval()
+    plain = export_latents(model, str(image_folder), tmp_path / "plain", shard_size=7)
+    assert plain["format"] == "vaekit-latents/1" and "patch_size" not in plain
+    folded_norm = LatentNorm(0.5, patch_size=2)
+    monkeypatch.setattr(type(model), "latent_norm", property(lambda self: folded_norm))
+    folded = export_latents(model, str(image_folder), tmp_path / "folded", shard_size=7)
+    assert (folded["format"], folded["patch_size"], folded["latent_channels"]) == ("vaekit-latents/2", 2, 12)
+    with safe_open(tmp_path / "folded" / shard_name(0), "pt") as f:
+        assert f.metadata()["format"] == "vaekit-latents/2"
+    data = LatentDataset(tmp_path / "folded")
+    assert data.norm == folded_norm and data[0]["latent"].shape[0] == 12
+    assert LatentDataset(tmp_path / "plain").norm == LatentNorm(0.5)
+    manifest = json.loads((tmp_path / "folded" / "manifest.json").read_text())
+    (tmp_path / "folded" / "manifest.json").write_text(json.dumps({**manifest, "format": "vaekit-latents/9"}))
+    with pytest.raises(VaekitError, match="not a vaekit-latents/1 or vaekit-latents/2 manifest"):
+        LatentDataset(tmp_path / "folded")
+
+    save_latents(tmp_path / "z.safetensors", [torch.zeros(12, 2, 2)], ["a.png"], [(8, 8)], folded_norm)
+    with safe_open(tmp_path / "z.safetensors", "pt") as f:
+        assert "norm" not in f.metadata()  # what readers from before patch_size read, ignoring patch_size
+    assert load_latents(tmp_path / "z.safetensors").norm == folded_norm
+
+
 def test_export_reads_a_hugging_face_dataset(small_model, tmp_path):
     import datasets
 

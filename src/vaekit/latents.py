@@ -47,7 +47,8 @@ from vaekit.data.prefetch import prefetch
 from vaekit.errors import VaekitError
 from vaekit.io.atomic import write_json
 from vaekit.io.images import DEFAULT_MAX_PIXELS, open_rgb, read_image, to_channels, to_tensor
-from vaekit.io.latents import FORMAT, MANIFEST_FILE, SPEC_FILE, open_shard, read_shard_metadata, shard_name, write_shard
+from vaekit.io.latents import (FORMATS, MANIFEST_FILE, SPEC_FILE, format_for, open_shard, read_shard_metadata,
+                               shard_name, write_shard)
 from vaekit.models.latent_scale import LatentNorm
 from vaekit.models.tiling import tiled_encode
 from vaekit.progress import progress
@@ -178,8 +179,9 @@ def _export_spec(model, source: _Source, shard_size: int, resolution: int | None
     latents are decoded by undoing exactly it; ``latent_channels`` and ``downsampling_factor`` are of the
     exported latents (FLUX.2's 2 × 2 patches: 4× the channels at twice the factor)."""
     norm = model.latent_norm
-    return {"format": FORMAT, "source": source.description, "count": len(source.names), "shard_size": shard_size,
-            "resolution": resolution, "logvar": not model.deterministic, "tile": tile, "model": model.registry_name,
+    return {"format": format_for(norm.patch_size), "source": source.description, "count": len(source.names),
+            "shard_size": shard_size, "resolution": resolution, "logvar": not model.deterministic, "tile": tile,
+            "model": model.registry_name,
             "model_class": getattr(model, "class_name", type(model).__name__),
             "model_fingerprint": fingerprint(model), **norm.to_dict(),
             "dtype": str(dtype or next(model.parameters()).dtype).removeprefix("torch."),
@@ -195,13 +197,29 @@ def _latent_channels(model) -> int:
     return channels if channels is not None else model.config.latent_channels
 
 
+SPEC_DEFAULTS = {"patch_size": 1}
+"""What a spec written before a field existed meant by its absence."""
+
+
+def _differences(previous: dict, spec: dict) -> list[str]:
+    """The fields in which an export on disk (``previous``, perhaps written by an earlier version) and ``spec``
+    differ. Fields an older spec lacks take their defaults; ``model_class``, absent from older specs, is not
+    compared there (the fingerprint still is); ``format`` is not compared between formats read here, as it
+    follows from ``patch_size``, which is."""
+    previous, spec = {**SPEC_DEFAULTS, **previous}, {**SPEC_DEFAULTS, **spec}
+    ignored = {"format"} if previous.get("format") in FORMATS else set()
+    if "model_class" not in previous:
+        ignored.add("model_class")
+    return sorted(key for key in spec.keys() | previous.keys()
+                  if key not in ignored and previous.get(key) != spec.get(key))
+
+
 def _claim_spec(output: Path, spec: dict, state) -> None:
     """Refuse a directory that holds an export with other settings; then the main process writes the spec."""
     spec_path = output / SPEC_FILE
     if spec_path.is_file():
-        previous = json.loads(spec_path.read_text())
-        if previous != spec:
-            changed = sorted(k for k in spec if previous.get(k) != spec[k])
+        changed = _differences(json.loads(spec_path.read_text()), spec)
+        if changed:
             raise VaekitError(f"{output} holds an export with other settings ({', '.join(changed)} differ); "
                               "resume with the same ones, or export into a new directory")
     state.wait_for_everyone()
@@ -238,7 +256,7 @@ def _write_shard_of(k: int, items: Iterator, model, source: _Source, spec: dict,
             flush()
         pending.append((i, image))
     flush()
-    write_shard(output / shard_name(k), k, tensors, listed, skipped, spec["model_fingerprint"])
+    write_shard(output / shard_name(k), k, tensors, listed, skipped, spec["model_fingerprint"], spec["format"])
     return len(listed)
 
 
@@ -339,8 +357,9 @@ class LatentDataset(Dataset):
             raise VaekitError(f"{directory} has no {MANIFEST_FILE}: not a finished latent export "
                               "(run vaekit export-latents again to complete it)")
         self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise VaekitError(f"{manifest_path} is not a {FORMAT} manifest")
+        if self.manifest.get("format") not in FORMATS:
+            raise VaekitError(f"{manifest_path} is not a {' or '.join(FORMATS)} manifest (format "
+                              f"{self.manifest.get('format')!r}; a newer vaekit may read it)")
         try:
             self.norm = LatentNorm.from_manifest(self.manifest)
         except (KeyError, TypeError, ValueError) as err:
