@@ -4,6 +4,7 @@ save themselves (no download), trained with vaekit's trainer, exported as diffus
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -380,3 +381,43 @@ def test_export_latents_takes_an_rae_checkpoint_as_its_encode_gives_them(tmp_pat
     with torch.no_grad():
         expected = vaekit.load_model(checkpoint).encode(x).mean
     torch.testing.assert_close(torch.stack([exported[i]["latent"] for i in range(3)]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_rae_folder_is_written_whole_or_not_at_all(tmp_path, encoder_dir, monkeypatch):
+    """diffusers' save_pretrained writes config.json, then the weights: saving the model (run/model) and writing
+    the statistics into best/ go through a temporary sibling renamed into place, so a crash in the weights write
+    leaves the previous folder as it was (not a new config beside the old weights) and nothing half-written."""
+    import safetensors.torch
+
+    import vaekit
+    from vaekit.io.models import save_model
+
+    torch.manual_seed(0)
+    model = vaekit.create_model("rae", encoder=str(encoder_dir), **{key.removeprefix("model."): value
+                                                                   for key, value in TINY_DECODER.items()})
+    for name in ("model", "best"):
+        save_model(model, tmp_path / name)
+    (tmp_path / "best" / "best.json").write_text('{"step": 2}')
+    before = {path.relative_to(tmp_path): path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    model.store_channel_statistics(torch.linspace(-1, 1, 64), torch.linspace(0.5, 2, 64))  # a new config
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed while writing the weights")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        save_model(model, tmp_path / "model")
+    with pytest.raises(RuntimeError, match="killed"):
+        model.copy_statistics_to(tmp_path / "best")
+    after = {path.relative_to(tmp_path): path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert after == before  # no temporary folder left either
+
+    monkeypatch.undo()
+    save_model(model, tmp_path / "model")
+    model.copy_statistics_to(tmp_path / "best")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best", "model"]
+    assert (tmp_path / "best" / "best.json").read_text() == '{"step": 2}'  # its other files kept
+    for name in ("model", "best"):
+        saved = json.loads((tmp_path / name / "config.json").read_text())
+        assert saved["latents_std"] != json.loads(before[Path(name) / "config.json"])["latents_std"]
+        torch.testing.assert_close(vaekit.load_model(tmp_path / name).module._latents_std, model.module._latents_std)

@@ -17,7 +17,7 @@ import torch
 
 from vaekit.data.prefetch import prefetch
 from vaekit.errors import VaekitError
-from vaekit.io.atomic import write_json
+from vaekit.io.atomic import write_folder, write_json
 from vaekit.io.convert import export_diffusers
 from vaekit.io.images import DEFAULT_MAX_PIXELS, read_image, write_image
 from vaekit.io.latents import load_latents, save_latents
@@ -286,9 +286,13 @@ def _calibrate_wrapped(model: DiffusersAutoencoder, args: argparse.Namespace) ->
         folder = _editable_folder(args)
         config = json.loads((folder / "config.json").read_text())
         set_rae_statistics(model.module, torch.tensor(fields["latents_mean"]), torch.tensor(fields["latents_std"]))
-        model.module.save_pretrained(folder, safe_serialization=True)
-        write_json(folder / "config.json", config)  # the config as it was (save_pretrained adds its own keys)
-        target = write_config_fields(folder, fields)
+
+        def write(tmp: Path) -> None:  # weights and config together: a kill leaves the folder as it was
+            model.module.save_pretrained(tmp, safe_serialization=True)
+            write_json(tmp / "config.json", config)  # the config as it was (save_pretrained adds its own keys)
+            write_config_fields(tmp, fields)
+
+        target = write_folder(folder, write, keep_others=True) / "config.json"
         shown = (f"latents_mean and latents_std of shape {list(torch.tensor(fields['latents_mean']).shape)} (per "
                  "channel; per element where they were), applied inside its encode and undone inside its decode")
     else:

@@ -14,7 +14,7 @@ from torch import nn
 from vaekit.config import to_dict
 from vaekit.errors import VaekitError
 from vaekit.io import convert
-from vaekit.io.atomic import save_tensors, write_json
+from vaekit.io.atomic import save_tensors, write_folder, write_json
 from vaekit.io.layout import CONFIG_NAME, WEIGHTS_NAME, resolve_model_dir
 from vaekit.models import create_model
 from vaekit.version import __version__
@@ -22,8 +22,19 @@ from vaekit.version import __version__
 
 def save_model(model: nn.Module, path: str | Path) -> Path:
     """The model's folder: for a model that is a diffusers class inside (RAE), that class's own folder
-    (``save_pretrained``), which diffusers loads unchanged and ``load_model`` wraps; else vaekit's."""
-    return Path(model.save_pretrained(path)) if saves_as_diffusers(model) else save_state(model, path)
+    (``save_pretrained``), which diffusers loads unchanged and ``load_model`` wraps; else vaekit's. diffusers
+    writes config.json before the weights, so its folder is written into a temporary sibling and renamed into
+    place (``io.atomic.write_folder``; other files of a folder replaced are kept): a kill leaves the previous
+    folder or the new one, never a config without its weights."""
+    path = Path(path)
+    if saves_as_diffusers(model):
+        return write_folder(path, model.save_pretrained, keep_others=True)
+    return save_state(model, path)
+
+
+def write_model(model: nn.Module, folder: str | Path) -> Path:
+    """``save_model``'s files written straight into ``folder`` (one that is itself a temporary folder)."""
+    return Path(model.save_pretrained(folder)) if saves_as_diffusers(model) else save_state(model, folder)
 
 
 def saves_as_diffusers(model: nn.Module) -> bool:

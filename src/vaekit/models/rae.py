@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vaekit.errors import ConfigError
+from vaekit.io.atomic import write_folder
 from vaekit.models.base import Autoencoder
 from vaekit.models.diffusers_autoencoders import rae_statistics, set_rae_statistics
 from vaekit.models.distributions import DiagonalGaussian, batch_noise
@@ -292,12 +293,14 @@ class RepresentationAutoencoder(Autoencoder):
 
     def copy_statistics_to(self, folder: str | Path) -> None:
         """Write this model's latent statistics into the AutoencoderRAE folder of a model with the same frozen
-        encoder (the run's best/ weights), whose tokens they describe as well."""
+        encoder (the run's best/ weights), whose tokens they describe as well: that model is loaded, given the
+        statistics, and saved whole into a temporary sibling renamed over the folder (its other files, best.json,
+        kept), so a kill leaves the old folder or the new one, never its config without its weights."""
         from diffusers import AutoencoderRAE
 
         other = AutoencoderRAE.from_pretrained(str(folder), torch_dtype=torch.float32)
         set_rae_statistics(other, self.module._latents_mean.double(), self.module._latents_std.double())
-        other.save_pretrained(folder, safe_serialization=True)
+        write_folder(folder, lambda tmp: other.save_pretrained(tmp, safe_serialization=True), keep_others=True)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """The ``AutoencoderRAE`` folder (config.json + diffusion_pytorch_model.safetensors) that diffusers'

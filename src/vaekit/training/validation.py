@@ -18,16 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vaekit.errors import ConfigError
-from vaekit.io.atomic import write_json
-from vaekit.io.models import save_model
+from vaekit.io.atomic import restore_folder, write_folder, write_json
+from vaekit.io.models import write_model
 from vaekit.metrics.image import high_frequency_energy, per_image_psnr, ssim
 from vaekit.metrics.latent import latent_signals
 from vaekit.runs import BEST_DIR
@@ -212,27 +210,19 @@ class Validator:
 
 def save_best(run_dir: Path, model: nn.Module, record: dict) -> Path:
     """Write the weights and ``best.json`` into ``RUN_DIR/best/``, replacing the previous best in two
-    renames (a kill between them leaves ``.best-previous``, which ``restore_best`` puts back)."""
-    target, previous = run_dir / BEST_DIR, run_dir / ".best-previous"
-    tmp = run_dir / f".best-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
-    write_json(tmp / "best.json", record)
-    if target.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(target, previous)
-    os.replace(tmp, target)
-    shutil.rmtree(previous, ignore_errors=True)
-    return target
+    renames (``io.atomic.write_folder``: a kill between them leaves ``.best-previous``, which ``restore_best``
+    puts back)."""
+
+    def write(tmp: Path) -> None:
+        write_model(model, tmp)
+        write_json(tmp / "best.json", record)
+
+    return write_folder(run_dir / BEST_DIR, write)
 
 
 def restore_best(run_dir: Path) -> None:
     """Undo a replacement of the best weights that a kill interrupted, and remove half-written ones."""
-    target, previous = run_dir / BEST_DIR, run_dir / ".best-previous"
-    if previous.is_dir() and not target.exists():
-        os.replace(previous, target)
-    for unfinished in run_dir.glob(".best-[0-9]*"):
-        shutil.rmtree(unfinished, ignore_errors=True)
+    restore_folder(run_dir / BEST_DIR)
 
 
 def read_best(run_dir: Path) -> dict | None:
