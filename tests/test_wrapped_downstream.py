@@ -268,3 +268,26 @@ def test_a_folder_of_one_variant_loads_it_and_explore_and_serve_name_what_takes_
         error = capsys.readouterr().err.strip()
         assert "is a model folder, not a run directory" in error and "vaekit eval --model" in error
         assert len(error.splitlines()) == 1
+
+
+def test_calibrate_in_place_warns_that_the_familys_pretrained_diffusion_model_no_longer_fits(tmp_path, photo_folder,
+                                                                                            caplog):
+    """A local wrapped folder (Qwen-Image's latents_mean/std here) is still edited in place by default, as vaekit
+    edits its own model folders, but the warning names each field with its old and new values and says that the
+    family's pretrained diffusion model was trained with the old ones; -o and a vaekit run's own folder do not warn."""
+    folder = tmp_path / "qwen"
+    _tiny("AutoencoderKLQwenImage", folder)
+    before = json.loads((folder / "config.json").read_text())
+    common = ["calibrate", "--data", str(photo_folder), "--resolution", "32", "--device", "cpu"]
+    with caplog.at_level("WARNING", logger="vaekit"):
+        assert main([*common, "--model", str(folder), "-o", str(tmp_path / "copy")]) == 0
+    assert "edited in place" not in caplog.text
+    with caplog.at_level("WARNING", logger="vaekit"):
+        assert main([*common, "--model", str(folder)]) == 0
+    after = json.loads((folder / "config.json").read_text())
+    assert after["latents_std"] != before["latents_std"]
+    warning = caplog.text
+    assert f"{folder} was edited in place" in warning and "AutoencoderKLQwenImage family's diffusion model" in warning
+    assert f"latents_mean was {[float(f'{v:.5g}') for v in before['latents_mean']]}" in warning
+    assert f"latents_std was {[float(f'{v:.5g}') for v in before['latents_std']]}, now" in warning
+    assert "trained on latents normalised by the old values" in warning and "-o OUT" in warning

@@ -282,9 +282,9 @@ def _calibrate_wrapped(model: DiffusersAutoencoder, args: argparse.Namespace) ->
     if not fields:
         print(f"nothing written: {NOT_CALIBRATED[name]}")
         return 0
+    folder = _editable_folder(args)
+    config = json.loads((folder / "config.json").read_text())
     if name == "AutoencoderRAE":  # RAE keeps them in its weights (buffers) as well as its config
-        folder = _editable_folder(args)
-        config = json.loads((folder / "config.json").read_text())
         set_rae_statistics(model.module, torch.tensor(fields["latents_mean"]), torch.tensor(fields["latents_std"]))
 
         def write(tmp: Path) -> None:  # weights and config together: a kill leaves the folder as it was
@@ -296,11 +296,25 @@ def _calibrate_wrapped(model: DiffusersAutoencoder, args: argparse.Namespace) ->
         shown = (f"latents_mean and latents_std of shape {list(torch.tensor(fields['latents_mean']).shape)} (per "
                  "channel; per element where they were), applied inside its encode and undone inside its decode")
     else:
-        target = write_config_fields(_editable_folder(args), fields)
+        target = write_config_fields(folder, fields)
         shown = ", ".join(f"{key} {[round(v, 4) for v in value] if isinstance(value, list) else f'{value:.5g}'}"
                           for key, value in fields.items())
     print(f"{shown} (was {norm.describe()}; nothing else changed) -> {target}")
+    if args.output is None and not (folder.parent / CONFIG_FILE).is_file():
+        # edited in place, and not the model of a vaekit run (whose folder vaekit wrote, no diffusion model behind it)
+        was = "; ".join(f"{key} was {_rounded(config.get(key))}, now {_rounded(value)}" for key, value in fields.items())
+        log.warning("%s was edited in place: %s. A pretrained %s family's diffusion model was trained on latents "
+                    "normalised by the old values, so with this folder it gets latents it was not trained on; put the "
+                    "old values back to use it with one (or calibrate with -o OUT to write a copy instead)",
+                    folder, was, name)
     return 0
+
+
+def _rounded(value):
+    """A config value as calibrate prints it: numbers to 4-5 digits, lists element by element (nested for RAE)."""
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return float(f"{value:.5g}") if isinstance(value, (int, float)) else value
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
