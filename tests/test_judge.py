@@ -320,3 +320,26 @@ def test_an_f8_autoencoder_is_compared_on_16_by_16_latents_by_default(tmp_path, 
     assert report["budget"]["resolution"] == 128
     assert all(row["latent_shape"] == [4, 16, 16] for row in report["rows"])
     capsys.readouterr()
+
+
+def test_the_floor_and_calibration_images_hold_every_class_in_proportion(tmp_path):
+    """A labelled folder lists its images class by class; the real-vs-real floor's images (and the
+    calibration batch) were its first names, one or two classes of ten, which put the floor above the
+    samples' own distance. Any prefix of the spread order holds each class within a few images of its share,
+    and every name once."""
+    from vaekit.diffusion.images import FolderImages, spread_order
+
+    names = [f"{c}/{i:05d}.png" for c in range(10) for i in range(200)]
+    order = spread_order(names)
+    assert sorted(order) == sorted(names)
+    for count in (50, 250, 1000):
+        per_class = np.bincount([int(n.split("/")[0]) for n in order[:count]], minlength=10)
+        assert np.all(np.abs(per_class - count / 10) <= 3), per_class
+    for c in range(3):
+        (tmp_path / str(c)).mkdir()
+        for i in range(20):
+            Image.new("RGB", (8, 8), (80 * c, 0, 0)).save(tmp_path / str(c) / f"{i:03d}.png")
+    listed = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
+    images = FolderImages(tmp_path, listed, 8).spread(9, excluding={"0/000.png"})
+    reds = sorted(round(float(v), 2) for v in images[:, 0, 0, 0])  # [-1, 1]: 0, 80, 160 of 255
+    assert [reds.count(v) for v in sorted(set(reds))] == [3, 3, 3]

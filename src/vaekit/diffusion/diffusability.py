@@ -397,7 +397,7 @@ def _judge(budget: Budget, readable: FolderImages, held_out: torch.Tensor, held_
            device) -> Judge:
     """The comparison's judge: the held-out images its reference; as many real images disjoint from them as
     there are samples (the denoisers' training images) for the real-vs-real floor."""
-    others = readable.first(budget.samples, excluding=set(held_out_names))
+    others = readable.spread(budget.samples, excluding=set(held_out_names))
     if len(others) < budget.samples or len(held_out) < SMALL_HELD_OUT:
         log.warning("diffusability: %d held-out images and %d others for the real-vs-real floor, so %d samples are "
                     "scored of the %d asked for: the distances are noisy at this size; give a folder with more "
@@ -418,7 +418,7 @@ def compare(vaes: list[str], budget: Budget, output: str | Path, device: str | t
     budget = resolve_resolution(budget, {path: _downsampling(path) for path in vaes})
     folder = _image_folder(budget, out)
     readable = FolderImages(folder, open_source(str(folder)).names, budget.resolution)
-    shared = _Shared(budget, out, folder, readable, readable.first(256), device)
+    shared = _Shared(budget, out, folder, readable, readable.spread(256), device)
     paths = list(vaes) + ([_control(vaes[0], out)] if budget.control else [])
     rows, spectra, taken = [], {}, set()
     for path in paths:

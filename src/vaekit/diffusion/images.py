@@ -65,6 +65,23 @@ def write_held_out_photos(folder: Path, size: int, count: int) -> int:
     return len(tiles)
 
 
+GOLDEN = (5 ** 0.5 - 1) / 2
+
+
+def spread_order(names: list[str]) -> list[str]:
+    """``names`` reordered so that every prefix is spread evenly over the original order: position
+    ⌊frac(k·φ)·n⌋ for k = 0, 1, 2, … (φ the golden ratio, whose multiples fill [0, 1) with the lowest
+    discrepancy), each position once. In a folder sorted by class, any prefix then holds every class in
+    proportion to its size, deterministically."""
+    n, seen, out = len(names), set(), []
+    for k in range(8 * n + 16):
+        i = int((k * GOLDEN) % 1.0 * n)
+        if i not in seen:
+            seen.add(i)
+            out.append(names[i])
+    return out + [name for i, name in enumerate(names) if i not in seen]
+
+
 class FolderImages:
     """The images of a folder at one resolution, read when asked for and never all held in memory (a folder
     of thousands of photographs does not fit): ``(N, C, r, r)`` in [-1, 1]. An image that cannot be read is
@@ -94,10 +111,11 @@ class FolderImages:
         pairs = [(name, image) for name in names if (image := self._one(name)) is not None]
         return self._stacked(pairs)
 
-    def first(self, count: int, excluding: set[str] = frozenset()) -> torch.Tensor:
-        """Up to ``count`` readable images in the folder's order, none of ``excluding``."""
+    def spread(self, count: int, excluding: set[str] = frozenset()) -> torch.Tensor:
+        """Up to ``count`` readable images spread over the whole folder (``spread_order``), none of
+        ``excluding``: a labelled folder is sorted by class, so its first names would be one or two classes."""
         pairs = []
-        for name in self.names:
+        for name in spread_order(self.names):
             if len(pairs) == count:
                 break
             if name not in excluding and (image := self._one(name)) is not None:
