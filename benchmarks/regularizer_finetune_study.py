@@ -81,7 +81,11 @@ def main() -> None:
     parser.add_argument("-o", "--out", default="study")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--perceptual", type=float, default=0.0, help="LPIPS weight of every arm (default 0)")
+    parser.add_argument("--vf-model", help="add VA-VAE's alignment arm with this vision model (downloaded on first "
+                                           "use), e.g. timm:vit_small_patch14_dinov2.lvd142m")
     args = parser.parse_args()
+    if args.vf_model:
+        ARMS["ft-va-vae"] = {"loss": {"vf_model": args.vf_model}}
     from vaekit.diffusion.diffusability import compare, make_budget
 
     out, times = Path(args.out), {}

@@ -133,19 +133,29 @@ def test_the_verdict_names_the_winner_the_spread_and_the_signals_that_agreed():
     line = verdict(unlabelled, "the images are unlabelled")
     assert line.startswith("no verdict") and "the images are unlabelled" in line
     assert verdict(rows[:1]).startswith("verdict: one autoencoder")
-    # the fallback quotes the shipped meta-study record of the best-recorded signal every row has
-    from vaekit.diffusion.verdict import load_track_record
+    # the fallback quotes the meta-study record of the best signal shown positive that every row has
+    from vaekit.diffusion import verdict as module
+    from vaekit.diffusion.verdict import SIGNALS, load_track_record
 
-    record = load_track_record()["signals"]
-    best = max(record, key=lambda name: record[name]["rho"])
+    shipped = load_track_record()
+    record = {"signals": {"eps_mse": {"rho": 0.3, "low": -0.2, "high": 0.7},
+                          "latent_hf_fraction": {"rho": 0.6, "low": 0.2, "high": 0.9}}, "setting": shipped["setting"]}
+    best = "latent_hf_fraction"
     unmeasured = [{"vae": "a", "sample_classifier_fd": None, best: 0.5, "eps_mse": 0.1},
                   {"vae": "b", "sample_classifier_fd": None, best: 0.4, "eps_mse": 0.2}]
-    line = verdict(unmeasured, "no labels")
+    original = module.load_track_record
+    module.load_track_record = lambda: record
+    try:
+        line = verdict(unmeasured, "no labels")
+    finally:
+        module.load_track_record = original
     assert line.startswith(f"no verdict (no labels): falling back on {best}, whose rank correlation")
-    from vaekit.diffusion.verdict import SIGNALS
-
     order = "a < b" if SIGNALS[best][0] else "b < a"  # a has the higher value
+    record = record["signals"]
     assert f"ρ = {record[best]['rho']:.2f}" in line and line.endswith(f"{order} (better first)")
+    # the shipped record (the 10-configuration meta-study): no signal's interval lies above 0, so no fallback
+    assert all(r["low"] <= 0 for r in shipped["signals"].values())
+    assert "no measured cheap signal has a track record shown positive" in verdict(unmeasured, "no labels")
 
 
 def test_seeds_of_one_configuration_are_pooled_before_the_verdict():

@@ -79,7 +79,17 @@ def test_the_winner_is_compared_with_every_other_autoencoder():
     assert "best is not shown better than every other" in line
 
 
-def test_a_tied_signal_gives_no_order_and_the_fallback_names_its_setting():
+RECORD = {"setting": {"data": "objects", "resolution": 32},
+          "signals": {"latent_hf_fraction": {"rho": 0.8, "low": 0.3, "high": 0.98},
+                      "eps_mse": {"rho": 0.5, "low": 0.1, "high": 0.8},
+                      "psnr": {"rho": 0.6, "low": -0.4, "high": 0.9}}}
+"""A track record in the shipped file's form: two signals shown positive, one (psnr) whose interval holds 0."""
+
+
+def test_a_tied_signal_gives_no_order_and_the_fallback_names_its_setting(monkeypatch):
+    from vaekit.diffusion import verdict as module
+
+    monkeypatch.setattr(module, "load_track_record", lambda: RECORD)
     # f = 8 at 32²: every latent is 4×4, the HF fraction is 1 for all; it must not rank them by input order
     rows = [{"vae": "a", "latent_hf_fraction": 1.0, "eps_mse": 0.2}, {"vae": "b", "latent_hf_fraction": 1.0,
                                                                      "eps_mse": 0.1}]
@@ -93,6 +103,11 @@ def test_a_tied_signal_gives_no_order_and_the_fallback_names_its_setting():
     assert line.startswith("no verdict: no labels; every cheap signal with a track record ties them")
     three = rows + [{"vae": "c", "latent_hf_fraction": 1.0, "eps_mse": 0.1}]
     assert verdict(three, "x", setting={"data": "objects", "resolution": 32}).endswith("by it: b = c < a (better first)")
+    # psnr's ρ is higher than eps_mse's, but its interval holds 0: no fallback on it
+    only_psnr = [{"vae": "a", "psnr": 20.0}, {"vae": "b", "psnr": 21.0}]
+    line = verdict(only_psnr, "no labels", setting={"data": "objects", "resolution": 32})
+    assert line.startswith("no verdict: no labels; and no measured cheap signal has a track record shown positive")
+    assert "the best, psnr, had ρ = 0.60 (-0.40 to 0.90" in line and "by it" not in line
 
 
 def test_a_judge_below_its_accuracy_bar_gives_no_verdict():

@@ -216,16 +216,23 @@ def _setting_note(record: dict, setting: dict | None) -> str:
 
 
 def _fallback(rows: list[dict], reason: str, setting: dict | None = None) -> str:
-    """Without an arbiter: the order of the measured cheap signal with the best positive track record that
-    tells the rows apart (a signal tied on every row gives no order, and the next is tried)."""
+    """Without an arbiter: the order of the measured cheap signal with the best track record shown positive
+    (its interval above 0) that tells the rows apart (a signal tied on every row gives no order, and the next
+    is tried); none such, no order at all."""
     record = load_track_record()
     if record is None:
         return f"no verdict: {reason}"
-    candidates = sorted(((name, r) for name, r in record["signals"].items() if r["rho"] > 0 and name in SIGNALS
-                         and all(isinstance(row.get(name), (int, float)) for row in rows)),
-                        key=lambda item: -item[1]["rho"])
+    measured = sorted(((name, r) for name, r in record["signals"].items() if name in SIGNALS
+                       and all(isinstance(row.get(name), (int, float)) for row in rows)),
+                      key=lambda item: -item[1]["rho"])
+    candidates = [(name, r) for name, r in measured if r["low"] > 0]  # a record shown positive, not a hope
     if not candidates:
-        return f"no verdict: {reason}; and no cheap signal with a positive track record was measured"
+        if not measured:
+            return f"no verdict: {reason}; and no cheap signal with a track record was measured"
+        name, r = measured[0]
+        return (f"no verdict: {reason}; and no measured cheap signal has a track record shown positive (its 90 % "
+                f"interval above 0) to fall back on: the best, {name}, had ρ = {r['rho']:.2f} ({r['low']:.2f} to "
+                f"{r['high']:.2f}, {_setting_note(record, setting)})")
     tied = []
     for name, r in candidates:
         order = _order_by(rows, name)
