@@ -229,3 +229,25 @@ def test_the_practitioners_chain_fine_tune_convert_and_decode_in_diffusers(sourc
         # what a pipeline does with its denoised latents: vae.decode(latents / scaling_factor)
         torch.testing.assert_close(theirs.decode(latents / theirs.config.scaling_factor).sample,
                                    ours.from_latents(latents), atol=1e-5, rtol=1e-5)
+
+
+def test_a_hub_repository_with_only_a_variants_weights_is_fetched_and_loads(source_model, tmp_path, monkeypatch):
+    """Many pipelines ship only diffusion_pytorch_model.fp16.safetensors: the plain file is asked for first,
+    then the variant's, which loads in float32 like the plain weights."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cached = _fake_hub_cache(tmp_path / "hub", "someone/fp16-only", source_model, subfolder="vae")
+    plain = cached / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.half() for k, v in load_file(plain).items()}, cached / "diffusion_pytorch_model.fp16.safetensors")
+    plain.unlink()
+    found = locate("someone/fp16-only/vae")
+    assert found == cached and (found / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    loaded = vaekit.load_model("someone/fp16-only/vae")
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():  # the fp16 copy of the same weights: equal up to half precision's rounding
+        mean = loaded.encode(x).mean
+        assert mean.dtype == torch.float32 and torch.allclose(mean, source_model.encode(x).mean, atol=5e-2)

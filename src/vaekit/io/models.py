@@ -109,6 +109,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
     if config.get("_class_name") in convert.DIFFUSERS_CLASSES:
         fields = {**convert.config_from_diffusers(config, str(model_dir)), **config_overrides}
         weights = next((model_dir / name for name in convert.DIFFUSERS_WEIGHTS if (model_dir / name).is_file()), None)
+        if weights is None:  # a folder holding one variant's weights only (fp16, as hub repositories ship them)
+            from vaekit.models.diffusers_autoencoders import weights_variant
+
+            variant = weights_variant(model_dir)
+            weights = model_dir / f"diffusion_pytorch_model.{variant}.safetensors" if variant else None
         if weights is None:
             raise VaekitError(f"{model_dir} is a diffusers {config['_class_name']} folder without weights "
                               f"({' or '.join(convert.DIFFUSERS_WEIGHTS)})")
@@ -158,6 +163,28 @@ def _with_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path
 
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)?$")
 HUB_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "model.safetensors")
+VARIANT_WEIGHTS = "diffusion_pytorch_model.*.safetensors"
+"""A variant's weights (``.fp16.``, ``.bf16.``): fetched only when a repository has no plain ones."""
+
+
+def _variant_weights(repo: str, subfolder: str, found: Path) -> Path:
+    """A hub folder with a config and no plain weights: many repositories ship only a variant's
+    (``diffusion_pytorch_model.fp16.safetensors``); fetch those (cache first), which the loader reads in
+    float32 (``weights_variant``)."""
+    from huggingface_hub import snapshot_download
+
+    pattern = f"{subfolder}/{VARIANT_WEIGHTS}" if subfolder else VARIANT_WEIGHTS
+    try:
+        folder = snapshot_download(repo, allow_patterns=[pattern], local_files_only=True)
+        if not any((Path(folder) / subfolder).glob(VARIANT_WEIGHTS)):
+            raise FileNotFoundError(pattern)
+    except Exception:  # not in the cache: the network
+        try:
+            folder = snapshot_download(repo, allow_patterns=[pattern])
+        except Exception as err:
+            raise VaekitError(f"{repo}: the hub repository has a config.json but its weights could not be "
+                              f"downloaded ({type(err).__name__}); pass the downloaded folder's path") from err
+    return Path(folder) / subfolder if subfolder else Path(folder)
 
 
 def locate(source: str) -> Path:
@@ -186,6 +213,8 @@ def locate(source: str) -> Path:
                 f"{' '.join(patterns[:2])}` and copy the cache over (or set HF_HOME), or pass the downloaded "
                 "folder's path") from err
     found = Path(folder) / subfolder if subfolder else Path(folder)
+    if (found / "config.json").is_file() and not any((found / name).is_file() for name in HUB_FILES[1:]):
+        found = _variant_weights(repo, subfolder, found)
     if not (found / "config.json").is_file():
         raise VaekitError(f"{source}: the hub repository has no config.json"
                           + (f" in {subfolder}/" if subfolder else " (is the model in a subfolder? owner/name/vae)"))
