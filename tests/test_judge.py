@@ -110,8 +110,11 @@ def test_a_tied_signal_gives_no_order_and_the_fallback_names_its_setting(monkeyp
     assert "the best, psnr, had ρ = 0.60 (-0.40 to 0.90" in line and "by it" not in line
 
 
-def test_a_judge_below_its_accuracy_bar_gives_no_verdict():
+def test_a_judge_below_its_accuracy_bar_gives_no_verdict(monkeypatch):
+    from vaekit.diffusion import verdict as module
     from vaekit.diffusion.judge import ACCURACY_BAR, Classifier, JudgeNet
+
+    monkeypatch.setattr(module, "load_track_record", lambda: RECORD)  # eps_mse's record shown positive
 
     weak = Classifier(JudgeNet(3, 10, torch.zeros(3), torch.ones(3)), ACCURACY_BAR - 0.01, 10, "test")
     rows = [_row("a", [1.0, 2.0, 3.0, 4.0], eps_mse=0.2), _row("b", [10.0, 11.0, 12.0, 13.0], eps_mse=0.1)]
