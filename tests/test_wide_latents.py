@@ -97,3 +97,31 @@ def test_a_denoiser_narrower_than_the_latents_warns_and_unet_wide_is_as_wide_as_
     assert wide.unet.config.block_out_channels == (64, 128) and "narrower" not in caplog.text
     assert LatentDenoiser.config_for_data(entry.config_cls(), (64, 8, 8), None, "latents").get(
         "block_out_channels") is None  # unet-tiny's defaults: not widened, only warned about
+
+
+def test_the_diffusability_base_dim_reaches_every_denoiser_and_sets_auto_alpha(tmp_path, monkeypatch):
+    """`vaekit diffusability --time-shift auto --time-shift-base-dim 256`: each denoiser's config carries the base,
+    so a 64 × 8 × 8 latent gets α = √(4096 / 256) = 4 (with the default 4096 it would get α = 1)."""
+    from vaekit.cli import build_parser
+    from vaekit.diffusion import diffusability
+    from vaekit.diffusion.model import time_shift as alpha_of
+
+    args = build_parser().parse_args(["diffusability", "a", "b", "-o", str(tmp_path), "--time-shift", "auto",
+                                      "--time-shift-base-dim", "256"])
+    budget = diffusability.make_budget(diffusability.budget_overrides(args))
+    assert (budget.time_shift, budget.time_shift_base_dim) == ("auto", 256)
+    seen = {}
+
+    def fake_train(config, **kwargs):
+        seen["config"] = config
+        return tmp_path / "run"
+
+    monkeypatch.setattr(diffusability, "train", fake_train)
+    monkeypatch.setattr(diffusability, "evaluate", lambda run, device: {})
+    monkeypatch.setattr(diffusability, "diffusion_config", lambda path, config, overrides: overrides)
+    diffusability._denoiser(tmp_path, budget, 0, tmp_path, "rae", "cpu")
+    overrides = dict(item.split("=", 1) for item in seen["config"])
+    assert overrides["model.time_shift"] == "auto" and overrides["model.time_shift_base_dim"] == "256"
+    config = DenoiserConfig(in_channels=64, sample_size=8, time_shift="auto",
+                            time_shift_base_dim=int(overrides["model.time_shift_base_dim"]))
+    assert alpha_of(config) == 4.0

@@ -172,7 +172,10 @@ def _add_diffusability(commands) -> None:
     report.add_argument("--unet", help=f"the denoiser preset (default {defaults.unet}; unet-wide for latents "
                         "wider than its first level, as RAE's are)")
     report.add_argument("--time-shift", help="RAE's noise-schedule shift for every denoiser: auto (α = √(C·h·w / "
-                        "4096) of each autoencoder's latents), a number α, or none (the default)")
+                        "--time-shift-base-dim) of each autoencoder's latents), a number α, or none (the default)")
+    report.add_argument("--time-shift-base-dim", type=int, metavar="N",
+                        help="the latent size C·h·w at which --time-shift auto gives α = 1 (default 4096, RAE's "
+                        "4 × 32 × 32: SD's latents at 256²)")
     report.add_argument("--samples", type=int,
                         help=f"decoded samples per autoencoder for FID/KID and the classifier's Fréchet distance "
                         f"(default {defaults.samples})")

@@ -82,6 +82,9 @@ class Budget:
     time_shift: float | Literal["auto", "none"] = "none"
     """The denoisers' noise-schedule shift (``model.time_shift``; RAE's, for wide latents), the same for every
     autoencoder: "auto" gives each its own α from its latents' size."""
+    time_shift_base_dim: int = 4096
+    """The latent size C·h·w at which "auto" gives α = 1 (``model.time_shift_base_dim``; RAE's 4 × 32 × 32, SD's
+    latents at 256²). At another resolution, the size of a plain VAE's latents there keeps RAE's ratio."""
     lr: float = 1e-3
     samples: int = 128
     """Decoded samples per autoencoder and denoiser seed for the arbiter (FID/KID, or the classifier's
@@ -236,7 +239,8 @@ def _denoiser(latents_dir: Path, budget: Budget, seed: int, runs: Path, name: st
         f"train.batch_size={budget.batch_size}", f"train.lr={budget.lr}", "train.validate_every=100000",
         "train.snapshot_examples=0", f"train.checkpoint_every={max(budget.steps // 2, 1)}", "train.progress_bar=false",
         f"data.test_fraction={budget.test_fraction}", f"seed={seed}", f"output_dir={runs}", f"run_name={name}-seed{seed}",
-        f"model.class_conditional={str(budget.class_conditional).lower()}", f"model.time_shift={budget.time_shift}"])
+        f"model.class_conditional={str(budget.class_conditional).lower()}", f"model.time_shift={budget.time_shift}",
+        f"model.time_shift_base_dim={budget.time_shift_base_dim}"])
     run = train(config, evaluate_at_end=False, explore=False, device=str(device))
     return {"run": run, **evaluate(run, device=str(device))}
 
