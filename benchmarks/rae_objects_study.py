@@ -214,9 +214,10 @@ def main() -> None:
             summary_file.write_text(json.dumps(summary, indent=1))
     rae = merged(COMMON, RAE, {"model": {"encoder": str(encoder)}, "loss": {"perceptual_weight": 2 * args.perceptual}})
     for name, recipe in (("rae", rae), ("kl", merged(COMMON, KL, {"loss": {"perceptual_weight": args.perceptual}}))):
-        start = time.perf_counter()
-        train_run(recipe, name, out / "runs", args.device)
-        times[name] = round(time.perf_counter() - start, 1)
+        if not (out / "runs" / name / "model" / "config.json").exists():  # a finished run keeps its time
+            start = time.perf_counter()
+            train_run(recipe, name, out / "runs", args.device)
+            times[name] = round(time.perf_counter() - start, 1)
     for arm, options in ARMS.items():
         if not (out / arm / JSON_FILE).exists():
             start = time.perf_counter()
