@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: the reference model, timing, the machine's matmul rate, peak memory."""
+"""Helpers shared by the benchmarks: the reference model, timing, the machine's matmul rate, peak memory, and
+the studies' resumable training runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import platform
 import statistics
 import time
+from functools import reduce
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -135,3 +138,23 @@ def write_json(path: str | None, payload: dict) -> None:
         with open(path, "w") as f:
             json.dump(payload, f, indent=2)
         print(f"wrote {path}")
+
+
+def merged(*parts: dict) -> dict:
+    """Raw configs merged left to right as vaekit merges overrides (``vaekit.config.merge``)."""
+    from vaekit.config import merge
+
+    return reduce(merge, parts, {})
+
+
+def run(raw: dict, name: str, runs: Path, device: str, log: dict) -> Path:
+    """Train the run ``runs/name`` unless a finished one is there; its wall time goes to ``log[name]``."""
+    from vaekit.training import train
+
+    run_dir = runs / name
+    if (run_dir / "model" / "config.json").exists():
+        return run_dir
+    start = time.perf_counter()
+    train(merged(raw, {"output_dir": str(runs), "run_name": name}), device=device, explore=False)
+    log[name] = round(time.perf_counter() - start, 1)
+    return run_dir

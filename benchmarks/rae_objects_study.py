@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import merged, run
 from vaekit.data.objects import make_objects
 from vaekit.models.rae import IMAGENET
 
@@ -71,14 +72,6 @@ BUDGET = {"data": "objects", "resolution": SIZE, "min_latent_side": 8, "images":
           "batch_size": 32, "seeds": (0, 1, 2, 3), "samples": 250, "class_conditional": True, "dinov2": ""}
 ARMS = {"default": {}, "wide": {"unet": "unet-wide"},
         "wide-shifted": {"unet": "unet-wide", "time_shift": "auto", "time_shift_base_dim": 4 * 8 * 8}}
-
-
-def merged(*parts: dict) -> dict:
-    out: dict = {}
-    for part in parts:
-        for section, values in part.items():
-            out[section] = {**out.get(section, {}), **values} if isinstance(values, dict) else values
-    return out
 
 
 def normalised(images: np.ndarray) -> torch.Tensor:
@@ -151,14 +144,6 @@ def linear_probe(folder: Path, device: str) -> dict:
     return accuracy
 
 
-def train_run(raw: dict, name: str, runs: Path, device: str) -> Path:
-    from vaekit.training import train
-
-    if not (runs / name / "model" / "config.json").exists():
-        train(merged(raw, {"output_dir": str(runs), "run_name": name}), device=device, explore=False)
-    return runs / name
-
-
 def rae_rows(out: Path) -> dict[str, dict]:
     """Each arm's RAE row, renamed by its arm."""
     from vaekit.diffusion.page import JSON_FILE
@@ -214,10 +199,7 @@ def main() -> None:
             summary_file.write_text(json.dumps(summary, indent=1))
     rae = merged(COMMON, RAE, {"model": {"encoder": str(encoder)}, "loss": {"perceptual_weight": 2 * args.perceptual}})
     for name, recipe in (("rae", rae), ("kl", merged(COMMON, KL, {"loss": {"perceptual_weight": args.perceptual}}))):
-        if not (out / "runs" / name / "model" / "config.json").exists():  # a finished run keeps its time
-            start = time.perf_counter()
-            train_run(recipe, name, out / "runs", args.device)
-            times[name] = round(time.perf_counter() - start, 1)
+        run(recipe, name, out / "runs", args.device, times)
     for arm, options in ARMS.items():
         if not (out / arm / JSON_FILE).exists():
             start = time.perf_counter()

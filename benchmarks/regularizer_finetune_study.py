@@ -26,6 +26,8 @@ import json
 import time
 from pathlib import Path
 
+from common import merged, run
+
 BASE = {
     "model": {"name": "autoencoder-kl", "block_out_channels": [32, 64, 64], "layers_per_block": 1,
               "norm_num_groups": 16, "latent_channels": 4, "sample_size": 32},
@@ -53,27 +55,6 @@ SCRATCH = {
 }
 BUDGET = {"data": "objects", "resolution": 32, "min_latent_side": 8, "images": 2000, "steps": 600,
           "batch_size": 32, "seeds": (0, 1, 2, 3), "samples": 250, "class_conditional": True, "dinov2": ""}
-
-
-def merged(*parts: dict) -> dict:
-    out: dict = {}
-    for part in parts:
-        for section, values in part.items():
-            out[section] = {**out.get(section, {}), **values} if isinstance(values, dict) else values
-    return out
-
-
-def run(raw: dict, name: str, runs: Path, device: str, log: dict) -> Path:
-    """Train one run unless a finished one is there; its wall time goes to ``log``."""
-    from vaekit.training import train
-
-    run_dir = runs / name
-    if (run_dir / "model" / "config.json").exists():
-        return run_dir
-    start = time.perf_counter()
-    train(merged(raw, {"output_dir": str(runs), "run_name": name}), device=device, explore=False)
-    log[name] = round(time.perf_counter() - start, 1)
-    return run_dir
 
 
 def main() -> None:
