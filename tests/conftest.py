@@ -24,6 +24,11 @@ def tiny_overrides(tmp_path, **extra) -> list[str]:
     return [f"{key}={value}" for key, value in values.items() if value is not None]
 
 
+def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """Largest error relative to the output's scale (the reference's standard deviation), in float64."""
+    return ((out.double() - reference.double()).abs().max() / reference.double().std()).item()
+
+
 def assert_same_network_output(actual: torch.Tensor, expected: torch.Tensor, scale: float = 1e-4) -> None:
     """Two float32 evaluations of one network that may differ only in summation order (oneDNN and MKL pick
     kernels, and so the order, by CPU, thread count and memory alignment): within ``scale`` times the
@@ -32,9 +37,8 @@ def assert_same_network_output(actual: torch.Tensor, expected: torch.Tensor, sca
     test_autoencoders.py (9.9e-6 of the scale); a wrong call, scaling or crop moves outputs by O(1) of it.
     An element-wise rtol/atol of 1e-5 is not such a bound: it held on one CPU and failed on another."""
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    error = (actual.double() - expected.double()).abs().max().item()
-    bound = scale * expected.double().std().item()
-    assert error <= bound, f"largest difference {error:.3g} > {scale:g} of the output's scale ({bound:.3g})"
+    error = relative_error(actual, expected)
+    assert error <= scale, f"largest difference {error:.3g} of the output's scale, more than {scale:g}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import vaekit
+from conftest import relative_error
 from vaekit.models import autotune, fastconv
 from vaekit.models.autotune import Autotuner
 from vaekit.models.fastconv import fast_paths, winograd_conv3x3, winograd_filter, winograd_matrices
@@ -178,11 +179,6 @@ def test_autoencoder_outputs_with_and_without_fast_paths_agree(tile):
     assert fast_images.is_contiguous()  # callers get ordinary NCHW tensors back
 
 
-def _relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
-    """Largest error relative to the output's scale (its standard deviation)."""
-    return ((out.double() - reference).abs().max() / reference.std()).item()
-
-
 @pytest.mark.parametrize("offset", [0.0, 30.0, 1000.0])
 def test_winograd_on_trained_filters_and_offset_activations(trained_small, offset):
     """F(4×4) amplifies rounding more than F(2×2) or direct convolution; random filters on unit noise do
@@ -207,7 +203,7 @@ def test_winograd_on_trained_filters_and_offset_activations(trained_small, offse
         for m in (4, 2):
             out = winograd_conv3x3(x.contiguous(memory_format=torch.channels_last), winograd_filter(weight, m), bias, m,
                                    None)
-            assert _relative_error(out, reference) < 5e-5, (conv, m)
+            assert relative_error(out, reference) < 5e-5, (conv, m)
 
 
 @pytest.mark.parametrize("offset", [0.0, 100.0])
@@ -236,7 +232,7 @@ def test_fast_paths_on_trained_weights_are_as_accurate_as_float32(trained_small,
             fast_latents = model.encode(photo).mean
             fast_images = model.decode(latents.float() + offset)
     for fast, exact in ((fast_latents, latents), (fast_images, images)):
-        assert _relative_error(fast, exact) < 2e-5
+        assert relative_error(fast, exact) < 2e-5
 
 
 def test_other_dtypes_take_the_ordinary_path_and_keep_their_dtype():
@@ -419,8 +415,8 @@ def test_every_path_agrees_with_the_plain_path(upsample):
             for path in fastconv.conv_paths(laid_out):
                 out = conv.run_path(path, laid_out, upsample)
                 assert out.shape == reference.shape
-                assert _relative_error(out, reference) < 5e-5, path
-                assert _relative_error(out, plain.double()) < 5e-5, path
+                assert relative_error(out, reference) < 5e-5, path
+                assert relative_error(out, plain.double()) < 5e-5, path
     assert fastconv.conv_paths(x.contiguous(memory_format=torch.channels_last)) == fastconv.PATHS
     assert fastconv.conv_paths(x) == ("plain", "winograd2", "winograd4")
     # While timing, a candidate is dropped only beyond F(4×4)'s worst case, far above the contract.
@@ -493,4 +489,4 @@ def test_whatever_the_timings_choose_the_model_stays_within_the_float32_contract
             fast_images = model.decode(latents.float())
     assert len(set(tuner.used.values())) >= 3, tuner.used
     for fast, exact in ((fast_latents, latents), (fast_images, images)):
-        assert _relative_error(fast, exact) < 2e-5
+        assert relative_error(fast, exact) < 2e-5
