@@ -79,6 +79,36 @@ def test_the_winner_is_compared_with_every_other_autoencoder():
     assert "best is not shown better than every other" in line
 
 
+@pytest.mark.parametrize("sizes", [(4, 4), (4, 6), (5, 5), (3, 7)])
+def test_the_smallest_attainable_p_value_is_the_tests_own(sizes):
+    from vaekit.diffusion.verdict import smallest_p_value
+
+    n, m = sizes
+    # one side wholly below the other, spaced unevenly so no other split ties the observed difference
+    apart = permutation_p_value(np.arange(n) ** 1.5, 1e3 + np.arange(m) ** 1.7)
+    assert smallest_p_value(n, m) == pytest.approx(apart, rel=1e-12)
+    rng = np.random.default_rng(n * 10 + m)
+    for _ in range(20):  # no outcome goes below it
+        assert permutation_p_value(rng.normal(size=n), rng.normal(size=m)) >= smallest_p_value(n, m) - 1e-15
+
+
+def test_a_verdict_whose_seed_counts_cannot_reach_alpha_says_so_and_how_many_would():
+    best = _row("best", [10.0, 11.0, 12.0, 13.0])
+    far, farther = _row("far", [20.0, 21.0, 22.0, 23.0]), _row("farther", [30.0, 31.0, 32.0, 33.0])
+    # two comparisons of 4 vs 4: Holm doubles 2/70, 0.057 ≥ 0.05, even with every side wholly apart;
+    # 5 vs 5 gives 2 × 2/252 = 0.016
+    line = verdict([far, best, farther])
+    assert "best scored best" in line and "not told apart, p = 0.057" in line
+    assert "these numbers of values cannot show it: the smallest p any outcome could give is 0.057" in line
+    assert "over 2 comparisons" in line and "5 values a side (autoencoder seeds × denoiser seeds) could" in line
+    five = [_row("best", [10.0, 11.0, 12.0, 13.0, 14.0]), _row("far", [20.0, 21.0, 22.0, 23.0, 24.0]),
+            _row("close", [10.5, 11.5, 12.5, 13.5, 14.5])]
+    line = verdict(five)  # reachable, and not reached: a tie that the seeds could have broken
+    assert "not told apart" in line and "cannot show it" not in line
+    # one comparison of 4 vs 4 can reach α (2/70): nothing to add when it is not reached
+    assert "cannot show it" not in verdict([best, _row("close", [10.5, 11.5, 12.5, 13.5])])
+
+
 RECORD = {"setting": {"data": "objects", "resolution": 32},
           "signals": {"latent_hf_fraction": {"rho": 0.8, "low": 0.3, "high": 0.98},
                       "eps_mse": {"rho": 0.5, "low": 0.1, "high": 0.8},

@@ -123,14 +123,46 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def smallest_p_value(n: int, m: int, resamples: int = 20_000) -> float:
+    """The smallest p-value ``permutation_p_value`` can give with ``n`` and ``m`` values, whatever they are: the
+    observed split alone as extreme (1 of C(n + m, n)), or it and its mirror when n = m (2 of them); sampled
+    splits, 1 / (resamples + 1)."""
+    splits = math.comb(n + m, n)
+    if splits > EXACT_LIMIT:
+        return 1 / (resamples + 1)
+    return (2 if n == m else 1) / splits
+
+
 def comparisons(best: dict, others: list[dict], arbiter: str) -> list[dict]:
-    """The winner against each other row: ``{"vae", "p"}`` with the Holm-adjusted p-value, ``p`` None where a
-    side has fewer than ``MIN_VALUES`` values (the spread was not measured)."""
+    """The winner against each other row: ``{"vae", "p", "p_min"}`` with the Holm-adjusted p-value and the
+    smallest one these numbers of values could give (Holm-adjusted over the same comparisons), both None where
+    a side has fewer than ``MIN_VALUES`` values (the spread was not measured)."""
     mine = _values(best, arbiter)
     tested = [o for o in others if len(mine) >= MIN_VALUES and len(_values(o, arbiter)) >= MIN_VALUES]
     adjusted = holm([permutation_p_value(mine, _values(o, arbiter)) for o in tested]) if tested else []
-    p_of = {id(o): p for o, p in zip(tested, adjusted)}
-    return [{"vae": o["vae"], "p": p_of.get(id(o))} for o in others]
+    floors = holm([smallest_p_value(len(mine), len(_values(o, arbiter))) for o in tested]) if tested else []
+    p_of = {id(o): (p, low) for o, p, low in zip(tested, adjusted, floors)}
+    return [dict(zip(("vae", "p", "p_min"), (o["vae"], *p_of.get(id(o), (None, None))))) for o in others]
+
+
+def values_needed(comparisons_count: int) -> int:
+    """The fewest values a side (equal sides) with which a separation from every one of ``comparisons_count``
+    rows could reach ``ALPHA`` after Holm's adjustment."""
+    n = MIN_VALUES
+    while comparisons_count * smallest_p_value(n, n) >= ALPHA:
+        n += 1
+    return n
+
+
+def _unreachable(results: list[dict]) -> str:
+    """What the seed counts allow, when no outcome of them could show the winner apart from every other row."""
+    floors = [r["p_min"] for r in results if r["p_min"] is not None]
+    if not floors or max(floors) < ALPHA:
+        return ""
+    return (f"; these numbers of values cannot show it: the smallest p any outcome could give is {max(floors):.2g} "
+            f"(≥ α after Holm's adjustment over {len(floors)} comparison{'s' if len(floors) > 1 else ''}), so "
+            f"'not told apart' here says nothing of the difference; {values_needed(len(results))} values a side "
+            f"(autoencoder seeds × denoiser seeds) could")
 
 
 def _described(row: dict, arbiter: str) -> str:
@@ -160,7 +192,7 @@ def arbiter_line(rows: list[dict], arbiter: str) -> str:
     if any(r["p"] is not None for r in results):
         line += f" ({TEST_NAME}, α = {ALPHA})"
     if not apart:
-        line += f"; {best['vae']} is not shown better than every other at this budget"
+        line += f"; {best['vae']} is not shown better than every other at this budget" + _unreachable(results)
     return line
 
 
