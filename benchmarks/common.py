@@ -148,13 +148,17 @@ def merged(*parts: dict) -> dict:
 
 
 def run(raw: dict, name: str, runs: Path, device: str, log: dict) -> Path:
-    """Train the run ``runs/name`` unless a finished one is there; its wall time goes to ``log[name]``."""
+    """Train the run ``runs/name`` unless a finished one is there; one interrupted after a checkpoint goes on
+    from it. Its wall time (this process's share, for a resumed run) goes to ``log[name]``."""
     from vaekit.training import train
 
     run_dir = runs / name
     if (run_dir / "model" / "config.json").exists():
         return run_dir
     start = time.perf_counter()
-    train(merged(raw, {"output_dir": str(runs), "run_name": name}), device=device, explore=False)
+    if any((run_dir / "checkpoints").glob("step-*")):
+        train(resume=run_dir, device=device, explore=False)
+    else:
+        train(merged(raw, {"output_dir": str(runs), "run_name": name}), device=device, explore=False)
     log[name] = round(time.perf_counter() - start, 1)
     return run_dir
