@@ -18,6 +18,7 @@ originals' (``hf_energy_ratio``: blur < 1). Wall time: the whole ``vaekit.train`
 checkpoints and latent calibration included) against the plain loop's, seeds interleaved.
 
     python benchmarks/recipe_quality.py [--steps 1500] [--arms plain,preset] [--seeds 0,1,2] [--split DIR] [--json out.json]
+    python benchmarks/recipe_quality.py --merge out.json more-seeds.json [--against preset]
 """
 
 from __future__ import annotations
@@ -154,25 +155,63 @@ def spread(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
 
 
-def summarise(results: dict, sizes: list[str]) -> None:
-    """Per arm: mean ± standard deviation over seeds, and the paired difference from the plain loop."""
-    plain = {r["seed"]: r for r in results.get("plain", [])}
-    print("\narm: mean ± sd over seeds [paired difference from the plain loop, mean ± sd]; wall time median")
+def sign_flip_p(differences: list[float]) -> float:
+    """Exact two-sided sign-flip test of a zero mean paired difference: the share of the 2^n sign patterns
+    whose mean is at least the observed one in absolute value."""
+    from scipy import stats
+
+    result = stats.permutation_test((np.asarray(differences),), np.mean, permutation_type="samples",
+                                    n_resamples=np.inf, alternative="two-sided")
+    return float(result.pvalue)
+
+
+def spread_p(values: list[float], reference: list[float]) -> float:
+    """Brown–Forsythe test of equal spreads (Levene's test about the median)."""
+    from scipy import stats
+
+    return float(stats.levene(values, reference, center="median").pvalue)
+
+
+def summarise(results: dict, sizes: list[str], against: str = "plain", timed: bool = True) -> None:
+    """Per arm: mean ± standard deviation over seeds, the paired difference from the ``against`` arm with an
+    exact sign-flip test, a Brown–Forsythe test of the seed spreads against that arm's (PSNR), and when
+    ``timed`` the median wall time."""
+    reference = {r["seed"]: r for r in results.get(against, [])}
+    print(f"\narm: mean ± sd over seeds [paired difference from {against}, mean ± sd, exact sign-flip p; "
+          f"PSNR: Brown–Forsythe p of equal seed spreads]" + ("; wall time median" if timed else ""))
     for arm, runs in results.items():
         cells = []
         for size in sizes:
             for key in ("psnr", "ssim", "hf_energy_ratio"):
                 values = [r[size][key] for r in runs]
                 cell = f"{size}² {key} {spread(values)}"
-                paired = [r[size][key] - plain[r["seed"]][size][key] for r in runs if r["seed"] in plain]
-                if arm != "plain" and paired:
-                    cell += f" [{spread(paired)}]"
+                paired = [r[size][key] - reference[r["seed"]][size][key] for r in runs if r["seed"] in reference]
+                if arm != against and len(paired) > 1:
+                    cell += f" [{spread(paired)}, p {sign_flip_p(paired):.2g}"
+                    if key == "psnr":
+                        cell += f"; spread p {spread_p(values, [r[size][key] for r in reference.values()]):.2g}"
+                    cell += "]"
                 cells.append(cell)
-        seconds = float(np.median([r["train_seconds"] for r in runs]))
-        ratio = ""
-        if arm != "plain" and plain:
-            ratio = f" ({seconds / np.median([r['train_seconds'] for r in plain.values()]):.2f}× the plain loop)"
-        print(f"{arm}: " + "; ".join(cells) + f"; {seconds:.0f} s{ratio}")
+        seconds, ratio = float(np.median([r["train_seconds"] for r in runs])), ""
+        if arm != against and reference:
+            ratio = f" ({seconds / np.median([r['train_seconds'] for r in reference.values()]):.2f}× {against})"
+        print(f"{arm} ({len(runs)} seeds): " + "; ".join(cells) + (f"; {seconds:.0f} s{ratio}" if timed else ""))
+
+
+def merged_results(files: list[Path]) -> tuple[int, dict]:
+    """The runs of several ``--json`` files of the same step count, each arm's seeds together."""
+    steps, results = None, {}
+    for file in files:
+        payload = json.loads(file.read_text())
+        if steps is not None and payload["steps"] != steps:
+            raise SystemExit(f"{file} ran {payload['steps']} steps, the others {steps}: not comparable")
+        steps = payload["steps"]
+        for arm, runs in ((arm, runs) for arm, runs in payload["runs"].items() if runs):
+            have = {r["seed"] for r in results.get(arm, [])}
+            if have & {r["seed"] for r in runs}:
+                raise SystemExit(f"{file}: {arm} has seeds {sorted(have & {r['seed'] for r in runs})} twice")
+            results.setdefault(arm, []).extend(runs)
+    return steps, results
 
 
 def main() -> None:
@@ -186,7 +225,17 @@ def main() -> None:
                         help="a folder with train/ and test/ (benchmarks/photo_collections.py builds one): --train DIR/train "
                              "--test DIR/test")
     parser.add_argument("--json")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="train nothing: summarise the runs of these --json files together (their seeds differ)")
+    parser.add_argument("--against", default="plain", help="the arm the others are paired with (default plain)")
     args = parser.parse_args()
+    if args.merge:
+        steps, results = merged_results(args.merge)
+        print(f"{steps} steps; " + ", ".join(f"{arm}: seeds {sorted(r['seed'] for r in runs)}"
+                                             for arm, runs in results.items()))
+        print("wall times are not compared: the files' runs ran at different times, under different loads")
+        summarise(results, [str(size) for size in (CROP, 256)], args.against, timed=False)
+        return
     if args.split is not None:
         if args.train is not None or args.test is not None:
             parser.error("--split replaces --train and --test")
@@ -213,7 +262,7 @@ def main() -> None:
                 print(f"{arm:<22} seed {seed}  {row}  ({seconds:.0f} s)", flush=True)
                 if args.json:
                     Path(args.json).write_text(json.dumps({"steps": args.steps, "runs": results}, indent=2))
-    summarise(results, list(sets))
+    summarise(results, list(sets), args.against)
 
 
 if __name__ == "__main__":
