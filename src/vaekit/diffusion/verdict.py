@@ -85,6 +85,8 @@ ALPHA = 0.05
 """The significance level of each of the winner's comparisons, after Holm's adjustment over all of them."""
 EXACT_LIMIT = 200_000
 """Up to this many ways to split the pooled values, the permutation test enumerates them all."""
+RESAMPLES = 20_000
+"""Beyond ``EXACT_LIMIT`` splits, how many seeded random splits the permutation test draws."""
 TEST_NAME = "two-sided permutation test of the means, Holm-adjusted over the winner's comparisons"
 
 
@@ -92,7 +94,7 @@ def _values(row: dict, key: str) -> list[float]:
     return list(row.get(f"{key}_seeds") or [row[key]])
 
 
-def permutation_p_value(a, b, resamples: int = 20_000, seed: int = 0) -> float:
+def permutation_p_value(a, b, resamples: int = RESAMPLES, seed: int = 0) -> float:
     """The two-sided permutation test of equal means: the share of all splits of the pooled values into groups
     of ``len(a)`` and ``len(b)`` whose difference of means is at least the observed one in absolute value
     (exact when there are at most ``EXACT_LIMIT`` splits; else ``resamples`` seeded random splits, counted as
@@ -123,7 +125,7 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def smallest_p_value(n: int, m: int, resamples: int = 20_000) -> float:
+def smallest_p_value(n: int, m: int, resamples: int = RESAMPLES) -> float:
     """The smallest p-value ``permutation_p_value`` can give with ``n`` and ``m`` values, whatever they are: the
     observed split alone as extreme (1 of C(n + m, n)), or it and its mirror when n = m (2 of them); sampled
     splits, 1 / (resamples + 1)."""
@@ -142,7 +144,11 @@ def comparisons(best: dict, others: list[dict], arbiter: str) -> list[dict]:
     adjusted = holm([permutation_p_value(mine, _values(o, arbiter)) for o in tested]) if tested else []
     floors = holm([smallest_p_value(len(mine), len(_values(o, arbiter))) for o in tested]) if tested else []
     p_of = {id(o): (p, low) for o, p, low in zip(tested, adjusted, floors)}
-    return [dict(zip(("vae", "p", "p_min"), (o["vae"], *p_of.get(id(o), (None, None))))) for o in others]
+    out = []
+    for o in others:
+        p, low = p_of.get(id(o), (None, None))
+        out.append({"vae": o["vae"], "p": p, "p_min": low})
+    return out
 
 
 def values_needed(comparisons_count: int) -> int:
