@@ -149,7 +149,8 @@ def merged(*parts: dict) -> dict:
 
 def run(raw: dict, name: str, runs: Path, device: str, log: dict) -> Path:
     """Train the run ``runs/name`` unless a finished one is there; one interrupted after a checkpoint goes on
-    from it. Its wall time (this process's share, for a resumed run) goes to ``log[name]``."""
+    from it, to the step budget of ``raw`` (which may have been raised since). Its wall time (this process's
+    share, for a resumed run) goes to ``log[name]``."""
     from vaekit.training import train
 
     run_dir = runs / name
@@ -157,7 +158,9 @@ def run(raw: dict, name: str, runs: Path, device: str, log: dict) -> Path:
         return run_dir
     start = time.perf_counter()
     if any((run_dir / "checkpoints").glob("step-*")):
-        train(resume=run_dir, device=device, explore=False)
+        # The study's step budget wins over the one saved with the run, so raising it extends a run.
+        steps = raw.get("train", {}).get("max_steps")
+        train(resume=run_dir, overrides=[f"train.max_steps={steps}"] if steps else [], device=device, explore=False)
     else:
         train(merged(raw, {"output_dir": str(runs), "run_name": name}), device=device, explore=False)
     log[name] = round(time.perf_counter() - start, 1)

@@ -2,7 +2,7 @@
 
 1. One autoencoder (f = 4, 4 latent channels, KL 1e-6; ``objects`` at 32², so its latents are 8 × 8) is
    trained until its validation PSNR has flattened at a constant learning rate (a decaying one flattens any
-   curve): 8,000 steps of batch 16 at 1e-3, validated every 400 steps (the curve is
+   curve): 12,000 steps of batch 16 at 1e-3, validated every 400 steps (the curve is
    ``OUT/runs/converged/train_log.jsonl``).
 2. Every arm starts from its weights and fine-tunes for the same 300 steps at a constant 2e-4 with one
    regulariser each — EQ-VAE (p 0.5), scale equivariance (weight 1), latent denoising (γ 3, masking ≤ 0.7) —
@@ -38,7 +38,7 @@ BASE = {
     "train": {"epochs": 1000, "batch_size": 16, "lr": 1.0e-3, "lr_warmup_steps": 50, "ema_decay": 0.999,
               "snapshot_examples": 0, "checkpoint_every": 500},
 }
-CONVERGE = {"train": {"max_steps": 8000, "lr_schedule": "constant", "validate_every": 400}}
+CONVERGE = {"train": {"max_steps": 12000, "lr_schedule": "constant", "validate_every": 400}}
 FINETUNE = {"train": {"max_steps": 300, "lr": 2.0e-4, "lr_warmup_steps": 20, "ema_decay": 0.0,
                       "validate_every": 100}}
 ARMS = {
